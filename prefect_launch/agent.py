@@ -1,0 +1,151 @@
+"""The launch agent: one process serving one or more queues with a shared `max_jobs`.
+
+It drives one `LaunchWorker` per queue (work pool). Instead of waiting for the
+next poll, it subscribes to the server's event stream and wakes the moment a
+run is scheduled on one of its pools, or cancelled; a slow fallback poll
+covers a dropped stream. `max_jobs` bounds jobs *running* across all queues:
+a slot is held from claim until the job's flow run ends.
+
+Example::
+
+    config = AgentConfig(queues=["demo"], max_jobs=4)
+    anyio.run(Agent(config).run)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+from contextlib import AsyncExitStack
+from typing import Any, Callable
+from uuid import UUID
+
+import anyio
+from prefect.client.orchestration import get_client
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+
+from prefect_launch.agent_config import AgentConfig
+from prefect_launch.deployments.queues import read_queue
+from prefect_launch.errors import LaunchError
+from prefect_launch.worker import LaunchWorker
+
+logger = logging.getLogger("prefect_launch.agent")
+
+FALLBACK_POLL_SECONDS = 5.0
+HEARTBEAT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 60.0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        name: str | None = None,
+        poll_seconds: float = FALLBACK_POLL_SECONDS,
+    ) -> None:
+        if not config.queues:
+            raise LaunchError("the agent has no queues: pass -q QUEUE or list them under `queues:` in its config")
+        placeholders = config.placeholders()
+        if placeholders:
+            raise LaunchError(
+                "the agent config still holds documentation placeholders at "
+                + ", ".join(placeholders)
+                + "; fill them in"
+            )
+        if not isinstance(config.max_jobs, (int, type(None))):
+            raise LaunchError(f"max_jobs must be a number, got {config.max_jobs!r}")
+        self.config = config
+        self.name = name or f"launch-agent-{socket.gethostname()}"
+        self.poll_seconds = poll_seconds
+        self.workers: list[LaunchWorker] = []
+        self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, on_ready: Callable[[], Any] | None = None) -> None:
+        limiter = anyio.CapacityLimiter(self.config.max_jobs or math.inf)
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(get_client())
+            pools = [await read_queue(client, queue) for queue in self.config.queues]
+            for pool in pools:
+                worker = LaunchWorker(
+                    work_pool_name=pool.name,
+                    name=self.name,
+                    create_pool_if_not_found=False,
+                    shared_limiter=limiter,
+                    on_job_done=self.wake,
+                )
+                self.workers.append(await stack.enter_async_context(worker))
+            logger.info(
+                "Agent %s serving %s (max_jobs %s)",
+                self.name,
+                ", ".join(self.config.queues),
+                self.config.max_jobs or "unlimited",
+            )
+            async with anyio.create_task_group() as loops:
+                loops.start_soon(self._poll_loop)
+                loops.start_soon(self._heartbeat_loop)
+                loops.start_soon(self._event_loop, [pool.id for pool in pools])
+                loops.start_soon(self._stop_on_signal, loops.cancel_scope)
+                if on_ready:
+                    on_ready()
+            # Leaving the stack waits for every running job's flow run to end.
+            for worker in self.workers:
+                worker.stop_all("agent stopping")
+            with anyio.move_on_after(STOP_TIMEOUT_SECONDS):
+                await stack.aclose()
+
+    async def _poll_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            with anyio.move_on_after(self.poll_seconds):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                for worker in self.workers:
+                    await worker.get_and_submit_flow_runs()
+                backoff = 1.0
+            except Exception as exc:  # the server may be restarting; keep serving
+                logger.warning("Polling failed (%s); retrying in %.0f s", exc, backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
+            for worker in self.workers:
+                try:
+                    await worker.sync_with_backend()
+                except Exception as exc:
+                    logger.warning("Heartbeat for queue %s failed: %s", worker._work_pool_name, exc)
+
+    async def _event_loop(self, pool_ids: list[UUID]) -> None:
+        event_filter = EventFilter(
+            event=EventNameFilter(name=["prefect.flow-run.Scheduled", "prefect.flow-run.Cancelling"]),
+            any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}" for pool_id in pool_ids]),
+        )
+        while True:
+            try:
+                async with get_events_subscriber(filter=event_filter) as subscriber:
+                    async for event in subscriber:
+                        if event.event.endswith("Cancelling"):
+                            run_id = UUID(event.resource.id.rsplit(".", 1)[-1])
+                            for worker in self.workers:
+                                worker.cancel_in_flight(run_id)
+                        else:
+                            self.wake()
+            except Exception as exc:
+                # The fallback poll keeps jobs flowing while the stream is down.
+                logger.warning("Event stream lost (%s); reconnecting", exc)
+                await anyio.sleep(2.0)
+
+    async def _stop_on_signal(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                logger.info("Received %s: stopping running jobs and exiting", signal.Signals(signum).name)
+                scope.cancel()
+                return

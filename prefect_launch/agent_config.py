@@ -1,0 +1,161 @@
+"""The agent's `launch-config.yaml`, read exactly as W&B writes it.
+
+Keys: `queues`, `max_jobs` (-1 = unlimited), `max_schedulers`, `entity`,
+`builder`, `registry`, `environment`, `secure_mode`, `verbosity`,
+`stopped_run_timeout`. An unknown key is an error. The W&B docs' examples are
+full of placeholders (`<queue-name>`, `<n concurrent jobs>`,
+`docker | kaniko | noop`): `--check` accepts them and lists them, the agent
+refuses to start until they are filled in.
+
+Example:
+    >>> cfg = load_agent_config_text("max_jobs: -1\\nqueues:\\n  - <queue-name>\\n", "x.yaml")
+    >>> cfg.max_jobs, cfg.placeholders()
+    (None, ['queues[0]'])
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from prefect_launch.config_files import ConfigFileError, parse_config_text
+from prefect_launch.errors import LaunchError
+
+DEFAULT_AGENT_CONFIG = Path("~/.config/wandb/launch-config.yaml")
+
+# A value the docs leave for the reader to fill in: `<...>` anywhere, or `a | b | c` choices.
+PLACEHOLDER = re.compile(r"<[^<>]+>|^\s*[\w-]+(\s*\|\s*[\w-]+)+\s*$")
+Placeholder = Annotated[str, StringConstraints(pattern=PLACEHOLDER.pattern)]
+
+
+class BuilderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["docker", "kaniko", "noop"] | Placeholder | None = None
+    destination: str | None = None
+    # Some W&B docs (GCP) name the destination `uri`.
+    uri: str | None = None
+    platform: Literal["linux/amd64", "linux/arm64"] | None = None
+    build_context_store: str | None = Field(default=None, alias="build-context-store")
+    build_job_name: str | None = Field(default=None, alias="build-job-name")
+    secret_name: str | None = Field(default=None, alias="secret-name")
+    secret_key: str | None = Field(default=None, alias="secret-key")
+    kaniko_image: str | None = Field(default=None, alias="kaniko-image")
+    kaniko_config: dict[str, Any] | None = Field(default=None, alias="kaniko-config")
+    base_image: str | None = Field(default=None, alias="base_image")
+
+
+class RegistryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["ecr", "acr", "gcr", "local"] | Placeholder | None = None
+    uri: str | None = None
+
+
+class EnvironmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["aws", "gcp", "azure"] | Placeholder | None = None
+    region: str | None = None
+    project: str | None = None
+
+
+class AgentConfig(BaseModel):
+    """A launch agent's configuration; CLI flags are applied over it with `with_flags`."""
+
+    model_config = ConfigDict(extra="forbid")
+    queues: list[str] = Field(default_factory=list)
+    max_jobs: int | Placeholder | None = Field(
+        default=None, description="Jobs running at once across all queues; None = unlimited"
+    )
+    max_schedulers: int | Placeholder | None = None
+    entity: str | None = None
+    builder: BuilderConfig | None = None
+    registry: RegistryConfig | None = None
+    environment: EnvironmentConfig | None = None
+    secure_mode: bool = False
+    verbosity: int = 0
+    stopped_run_timeout: int = 60
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @field_validator("max_jobs", "max_schedulers", mode="after")
+    @classmethod
+    def _unlimited(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            if value != -1:
+                raise ValueError("must be a positive number, or -1 for unlimited")
+            return None
+        return value
+
+    def with_flags(self, queues: list[str] | None, max_jobs: int | None) -> "AgentConfig":
+        """CLI flags win over the file."""
+        updates: dict[str, Any] = {}
+        if queues:
+            updates["queues"] = list(queues)
+        if max_jobs is not None:
+            updates["max_jobs"] = None if max_jobs == -1 else max_jobs
+        return self.model_copy(update=updates)
+
+    def placeholders(self) -> list[str]:
+        """Paths of values still holding a documentation placeholder."""
+        return _placeholder_paths(self.model_dump(by_alias=True, exclude_none=True), "")
+
+
+def _placeholder_paths(value: Any, where: str) -> list[str]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _placeholder_paths(v, f"{where}.{k}" if where else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _placeholder_paths(v, f"{where}[{i}]")]
+    if isinstance(value, str) and PLACEHOLDER.search(value):
+        return [where]
+    return []
+
+
+class AgentConfigError(LaunchError):
+    """An agent config that cannot be used; the message names the file and the field."""
+
+
+def load_agent_config_text(text: str, source: str) -> AgentConfig:
+    try:
+        raw = parse_config_text(text, source)
+    except ConfigFileError as exc:
+        raise AgentConfigError(str(exc)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise AgentConfigError(f"{source}: expected a mapping of keys (queues, max_jobs, ...)")
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise AgentConfigError(_describe(exc, source)) from None
+
+
+def load_agent_config(path: Path | None) -> AgentConfig:
+    """Read the config at `path`, or W&B's default location if it exists."""
+    explicit = path is not None
+    path = (path or DEFAULT_AGENT_CONFIG).expanduser()
+    if not path.exists():
+        if explicit:
+            raise AgentConfigError(f"{path}: agent config file not found")
+        return AgentConfig()
+    return load_agent_config_text(path.read_text(), str(path))
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines: dict[str, str] = {}
+    for error in exc.errors():
+        # A union reports each branch; the placeholder branch's pattern message says nothing useful.
+        loc = ".".join(str(p) for p in error["loc"] if not _is_union_branch(str(p)))
+        if error["type"] == "extra_forbidden":
+            lines[loc] = f"{source}: unknown key {loc!r}"
+        elif error["type"] != "string_pattern_mismatch" or loc not in lines:
+            lines.setdefault(loc, f"{source}: {loc}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines.values())
+
+
+def _is_union_branch(part: str) -> bool:
+    return part.startswith(("literal[", "constrained-str", "function-")) or part in {"int", "str", "bool"}

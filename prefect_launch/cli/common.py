@@ -1,0 +1,84 @@
+"""What every command shares: connecting to Prefect, running async code, clear errors.
+
+Prefect is imported lazily, after `connect()` has decided which API to use:
+Prefect reads its settings when it is first imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from prefect_launch.home import launch_home
+from prefect_launch.server import configured_api_url, ensure_server, server_env
+
+T = TypeVar("T")
+
+
+def connect() -> str:
+    """Point this process at the configured Prefect API, or at the embedded server."""
+    url = configured_api_url()
+    if url:
+        return url
+    home = launch_home()
+    os.environ.update(server_env(home))
+    url = ensure_server(home)
+    os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def run(coro_fn: Callable[..., Any], *args: Any) -> Any:
+    import anyio
+
+    return anyio.run(coro_fn, *args)
+
+
+def echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def clear_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Known bad input exits 1 with one line on stderr, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        from pydantic import ValidationError
+
+        from prefect_launch.errors import LaunchError
+
+        try:
+            return fn(*args, **kwargs)
+        except LaunchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"])
+                typer.echo(f"error: {where}: {error['msg']}", err=True)
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:
+            if "Prefect server" not in str(exc):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def parse_resource(name: str):
+    from prefect_launch.errors import LaunchError
+    from prefect_launch.spec import Resource
+
+    try:
+        return Resource.parse(name)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr)

@@ -1,0 +1,99 @@
+"""`prefect-launch job create|list|describe`: stored job definitions (code or image)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from prefect_launch.cli.common import clear_errors, connect, echo_json
+
+app = typer.Typer(help="Store and list job definitions.", no_args_is_help=True)
+
+
+class JobKind(str, Enum):
+    code = "code"
+    image = "image"
+
+
+@app.command("create")
+@clear_errors
+def create(
+    kind: JobKind = typer.Argument(..., help="code (a local folder) or image (a container image)"),
+    path: str = typer.Argument(..., help="Code folder, or image name"),
+    project: str = typer.Option(..., "--project", "-p", help="W&B project"),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Job name (default: folder or image name)"),
+    entry_point: Optional[str] = typer.Option(None, "--entry-point", "-E", help='Command, e.g. "python train.py"'),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema the run config must fit"),
+    entity: Optional[str] = typer.Option(None, "--entity", "-e", help="W&B entity (recorded only)"),
+) -> None:
+    """Create (or replace) a job definition that `launch -j NAME` runs."""
+    from prefect_launch.config_files import load_config_file
+    from prefect_launch.errors import LaunchError
+
+    argv = entry_point.split() if entry_point else []
+    input_schema = load_config_file(schema, "input schema") if schema else None
+    if kind is JobKind.code:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise LaunchError(f"code folder {path!r} does not exist or is not a folder")
+        if not argv:
+            raise LaunchError("a code job needs -E/--entry-point")
+        from prefect_launch.sources import check_entry_point_file
+
+        check_entry_point_file(argv, folder, f"code folder {path!r}")
+        default_name = folder.resolve().name
+    else:
+        default_name = path.rsplit("/", 1)[-1].split(":")[0]
+
+    connect()
+    from prefect_launch.blocks.job import LaunchJob
+    from prefect_launch.home import launch_home
+    from prefect_launch.sources import code
+
+    if kind is JobKind.code:
+        source = code.upload(Path(path), code.ensure_default_storage(launch_home())).model_dump()
+        requirements_file = Path(path) / "requirements.txt"
+        requirements = requirements_file.read_text().splitlines() if requirements_file.exists() else []
+    else:
+        source, requirements = {"type": "image", "image": path}, []
+    job = LaunchJob(
+        project=project,
+        name=name or default_name,
+        entity=entity,
+        source=source,
+        entry_point=argv,
+        requirements=[line for line in requirements if line.strip() and not line.startswith("#")],
+        input_schema=input_schema,
+    )
+    job.save(LaunchJob.block_name(job.project, job.name), overwrite=True)
+    typer.echo(f"Created job {job.project}/{job.name} ({kind.value}: {source.get('digest') or path})")
+
+
+@app.command("list")
+@clear_errors
+def list_(project: Optional[str] = typer.Option(None, "--project", "-p", help="Only this project")) -> None:
+    """List job definitions, per project as the W&B App's Jobs tab does."""
+    connect()
+    from prefect_launch.blocks.job import LaunchJob
+
+    for job in LaunchJob.list_all():
+        if project is None or job.project == project:
+            source = job.source.get("digest") or job.source.get("image")
+            typer.echo(f"{job.project}/{job.name}\t{job.source.get('type')}\t{source}\t{' '.join(job.entry_point)}")
+
+
+@app.command("describe")
+@clear_errors
+def describe(
+    name: str = typer.Argument(..., help="[project/]name"),
+    project: Optional[str] = typer.Option(None, "--project", "-p"),
+) -> None:
+    """Show one job definition."""
+    connect()
+    from prefect_launch.blocks.job import LaunchJob
+
+    job = LaunchJob.find(name, project)
+    echo_json(job.model_dump(include={"project", "name", "entity", "source", "entry_point", "requirements", "input_schema"}))

@@ -1,0 +1,260 @@
+"""`prefect-launch launch`: put a job on a queue, as `wandb launch` does.
+
+`--dry-run` submits nothing and prints `{"resource", "image", "submission"}`;
+with `-r/-R` (and `--templates`, `-v`) it needs no server at all.
+"""
+
+from __future__ import annotations
+
+import shlex
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from prefect_launch.cli.common import clear_errors, connect, echo_json, parse_resource, run, stderr
+
+
+class LaunchConfigFile(BaseModel):
+    """The `-c/--config` launch spec, as W&B users write it."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str | None = None
+    job: str | None = None
+    docker_image: str | None = Field(default=None, validation_alias=AliasChoices("docker_image", "image_uri"))
+    entry_point: list[str] | str | None = Field(default=None, validation_alias=AliasChoices("entry_point", "entrypoint"))
+    project: str | None = None
+    entity: str | None = None
+    name: str | None = None
+    run_id: str | None = None
+    queue: str | None = None
+    resource: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    resource_args: dict[str, Any] = Field(default_factory=dict)
+
+
+def _set_vars(pairs: list[str]) -> dict[str, str]:
+    from prefect_launch.errors import LaunchError
+
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise LaunchError(f"-v/--set-var {pair!r}: expected NAME=VALUE")
+        values[name.strip()] = value
+    return values
+
+
+def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | None, job: str | None,
+                entry_point: str | None, project: str | None, entity: str | None,
+                name: str | None, run_id: str | None, store: bool) -> tuple[Any, Path | None]:
+    """The LaunchSpec (flags over the -c file) and the local code folder, if any."""
+    from prefect_launch.errors import LaunchError
+    from prefect_launch.sources import check_entry_point_file, code
+    from prefect_launch.spec import CodeSource, ImageSource, LaunchSpec, new_run_id
+
+    uri = uri or file.uri
+    docker_image = docker_image or file.docker_image
+    job = job or file.job
+    given = [flag for flag, value in (("-u/--uri", uri), ("-d/--docker-image", docker_image), ("-j/--job", job)) if value]
+    if len(given) > 1:
+        raise LaunchError(f"give one of -u/--uri, -d/--docker-image, -j/--job, not {' and '.join(given)}")
+    if not given:
+        raise LaunchError("nothing to launch: give -u/--uri (a code folder), -d/--docker-image or -j/--job")
+    if uri and uri.startswith(("http://", "https://", "git@", "ssh://", "file://")):
+        raise LaunchError(f"-u/--uri {uri!r}: only local code folders are supported by this version")
+
+    argv = shlex.split(entry_point) if entry_point else file.entry_point
+    if isinstance(argv, str):
+        argv = shlex.split(argv)
+    folder = Path(uri) if uri else None
+    source = None
+    if folder is not None:
+        if not folder.is_dir():
+            raise LaunchError(f"-u/--uri {uri!r}: code folder not found")
+        overrides_entry = file.overrides.get("entry_point") or file.overrides.get("entrypoint")
+        check_entry_point_file(list(overrides_entry or argv or []), folder, f"code folder {uri!r}")
+        if store:
+            from prefect_launch.home import launch_home
+
+            source = code.upload(folder, code.ensure_default_storage(launch_home()))
+        else:
+            source = CodeSource(digest=code.pack(folder)[0], storage=code.DEFAULT_STORAGE)
+    elif docker_image:
+        source = ImageSource(image=docker_image)
+
+    spec = LaunchSpec(
+        job=job,
+        source=source,
+        entry_point=argv or None,
+        project=project or file.project or "uncategorized",
+        entity=entity or file.entity,
+        run_name=name or file.name,
+        run_id=run_id or file.run_id or new_run_id(),
+        overrides=file.overrides,
+        resource_args=file.resource_args,
+    )
+    return spec, folder
+
+
+def _inline_queue(resource: str, resource_args: str | None, templates: Path | None, values: dict[str, str]):
+    from prefect_launch.config_files import load_config_file, parse_inline
+    from prefect_launch.spec import QueueConfig
+    from prefect_launch.templates import (
+        apply_template,
+        check_placeholders_declared,
+        check_values,
+        coerce_values,
+        parse_templates,
+        variables_schema,
+    )
+
+    args = parse_inline(resource_args, "-R/--resource-args") if resource_args else {}
+    fields = parse_templates(load_config_file(templates, "templates")) if templates else {}
+    check_placeholders_declared(args, fields)
+    schema = variables_schema(fields)
+    filled = check_values(schema, coerce_values(schema, values))
+    return QueueConfig(resource=parse_resource(resource), resource_args=apply_template(args, filled))
+
+
+async def _queue_from_server(queue: str, values: dict[str, str]):
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import read_queue
+    from prefect_launch.spec import QueueConfig
+    from prefect_launch.templates import apply_template, check_values, coerce_values
+
+    async with get_client() as client:
+        pool = await read_queue(client, queue)
+    template = pool.base_job_template
+    filled = check_values(template["variables"], coerce_values(template["variables"], values))
+    return QueueConfig.model_validate(apply_template(template["job_configuration"], filled))
+
+
+def launch_command(
+    queue: Optional[str] = typer.Option(None, "--queue", "-q", help="Queue to put the job on"),
+    entry_point: Optional[str] = typer.Option(None, "--entry-point", "-E", help='Command, e.g. "python train.py"'),
+    uri: Optional[str] = typer.Option(None, "--uri", "-u", help="Local code folder"),
+    docker_image: Optional[str] = typer.Option(None, "--docker-image", "-d", help="Prebuilt image"),
+    job: Optional[str] = typer.Option(None, "--job", "-j", help="Stored job: [project/]name"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Launch spec JSON/YAML (overrides, resource_args, ...)"),
+    priority: Optional[str] = typer.Option(None, "--priority", "-P", help="critical, high, medium or low"),
+    set_var: list[str] = typer.Option([], "--set-var", "-v", help="Template field NAME=VALUE (repeatable)"),
+    project: Optional[str] = typer.Option(None, "--project", "-p", help="W&B project"),
+    entity: Optional[str] = typer.Option(None, "--entity", "-e", help="W&B entity"),
+    name: Optional[str] = typer.Option(None, "--name", help="W&B run name"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="W&B run id (default: a new one)"),
+    wait: bool = typer.Option(False, "--wait", help="Follow the run, stream its logs, exit non-zero if it fails"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what the target would receive; submit nothing"),
+    resource: Optional[str] = typer.Option(None, "--resource", "-r", help="Dry run without a server: the resource"),
+    resource_args: Optional[str] = typer.Option(None, "--resource-args", "-R", help="Dry run: resource args JSON/YAML or @file"),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="Dry run: template fields file"),
+) -> None:
+    """Put a job on a queue (or, with --dry-run, show what its target would receive)."""
+    clear_errors(_launch)(**locals())
+
+
+def _launch(queue, entry_point, uri, docker_image, job, config, priority, set_var, project, entity,
+            name, run_id, wait, dry_run, resource, resource_args, templates) -> None:
+    from prefect_launch.config_files import load_config_file
+    from prefect_launch.errors import LaunchError
+
+    file = LaunchConfigFile.model_validate(load_config_file(config, "launch config") if config else {})
+    queue = queue or file.queue
+    values = _set_vars(set_var)
+    if dry_run:
+        resource = resource or file.resource
+        if not resource:
+            if not queue:
+                raise LaunchError("--dry-run needs -q/--queue, or -r/--resource for a server-less dry run")
+            connect()
+        spec, _ = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id, store=False)
+        queue_config = (
+            _inline_queue(resource, resource_args, templates, values)
+            if resource
+            else run(_queue_from_server, queue, values)
+        )
+        from prefect_launch.home import launch_home
+        from prefect_launch.render import render
+        from prefect_launch.sources import resolve
+
+        job_resolved = resolve(spec, queue, launch_home(), fetch=False)
+        echo_json(render(job_resolved, queue_config, spec.resource_args))
+        return
+
+    if resource or resource_args or templates:
+        raise LaunchError("-r/--resource, -R/--resource-args and --templates are for --dry-run; a queue holds its own config")
+    if not queue:
+        raise LaunchError("give -q/--queue (or use --dry-run)")
+    connect()
+    spec, _ = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id, store=True)
+    flow_run = run(_enqueue, queue, spec, priority, values)
+    from prefect.utilities.urls import url_for
+
+    stderr(f"Enqueued run {spec.run_id} on queue {queue!r} (flow run {flow_run.name}, {flow_run.id})")
+    link = url_for("flow-run", obj_id=flow_run.id)
+    if link:
+        stderr(f"View it at {link}")
+    typer.echo(spec.run_id)
+    if wait:
+        final = run(follow, flow_run.id)
+        if not final.is_completed():
+            raise typer.Exit(1)
+
+
+async def _enqueue(queue, spec, priority, raw_values):
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import enqueue, read_queue
+    from prefect_launch.templates import coerce_values
+
+    async with get_client() as client:
+        pool = await read_queue(client, queue)
+        values = coerce_values(pool.base_job_template.get("variables", {}), raw_values)
+        return await enqueue(client, queue, spec, priority, values)
+
+
+async def follow(flow_run_id) -> Any:
+    """Print the run's state changes and logs until it ends; return its final state."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
+    from prefect.client.schemas.sorting import LogSort
+
+    seen: set = set()
+    since = None
+    last_state = None
+    quiet_polls_after_end = 0
+    async with get_client() as client:
+        while True:
+            flow_run = await client.read_flow_run(flow_run_id)
+            state = flow_run.state
+            if state and state.name != last_state:
+                last_state = state.name
+                if state.is_scheduled() or state.is_pending():
+                    stderr(f"[{state.name}] waiting for an agent on the queue...")
+                else:
+                    stderr(f"[{state.name}] {state.message or ''}".rstrip())
+            # Batches can land out of order: re-read a short window and skip what was printed.
+            logs = await client.read_logs(
+                LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+                    timestamp=LogFilterTimestamp(after_=since - timedelta(seconds=10)) if since else None,
+                ),
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+            logs = [log for log in logs if log.id not in seen]
+            for log in logs:
+                seen.add(log.id)
+                since = max(since or log.timestamp, log.timestamp)
+                print(log.message, flush=True)
+            if state and state.is_final():
+                # Logs reach the server in batches; drain what is still on its way.
+                quiet_polls_after_end = 0 if logs else quiet_polls_after_end + 1
+                if quiet_polls_after_end >= 4:
+                    stderr(f"Run finished: {state.name}" + (f": {state.message}" if state.message else ""))
+                    return state
+            await anyio.sleep(0.5)
+

@@ -1,0 +1,31 @@
+"""The `prefect-launch` command line.
+
+Example::
+
+    prefect-launch queue create demo --resource local-process
+    prefect-launch agent -q demo &
+    prefect-launch launch -q demo -u examples -E "python train.py" --wait
+"""
+
+from __future__ import annotations
+
+import typer
+
+from prefect_launch.cli import job, queue, server
+from prefect_launch.cli.agent import agent_command
+from prefect_launch.cli.launch import launch_command
+
+app = typer.Typer(
+    name="prefect-launch",
+    help="W&B Launch on Prefect: queues, agents and launch jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(queue.app, name="queue")
+app.add_typer(job.app, name="job")
+app.add_typer(server.app, name="server")
+app.command("launch")(launch_command)
+app.command("agent")(agent_command)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,112 @@
+"""`prefect-launch queue create|list|show|delete`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from prefect_launch.cli.common import clear_errors, connect, echo_json, parse_resource, run
+
+app = typer.Typer(help="Create and inspect queues (one Prefect work pool each).", no_args_is_help=True)
+
+
+@app.command("create")
+@clear_errors
+def create(
+    name: str = typer.Argument(..., help="Queue name"),
+    resource: str = typer.Option(..., "--resource", "-r", help="local-process, local-container, kubernetes, sagemaker, vertex"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Queue config (resource args), YAML or JSON"),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="Template fields, YAML: name -> {type, default, minimum, maximum, enum}"),
+    prioritization: bool = typer.Option(False, "--prioritization", help="Allow -P/--priority critical|high|medium|low"),
+    require_wandb_run: bool = typer.Option(True, "--require-wandb-run/--no-require-wandb-run", help="Fail jobs that never call wandb.init"),
+    description: Optional[str] = typer.Option(None, "--description"),
+) -> None:
+    """Create a queue: its work pool, priority work queues and launch deployment."""
+    connect()
+    from prefect_launch.config_files import load_config_file
+    from prefect_launch.templates import parse_templates
+
+    definition_args = dict(
+        name=name,
+        resource=parse_resource(resource),
+        resource_args=load_config_file(config, "queue config") if config else {},
+        templates=parse_templates(load_config_file(templates, "templates")) if templates else {},
+        prioritization=prioritization,
+        require_wandb_run=require_wandb_run,
+        description=description,
+    )
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import QueueDefinition, create_queue
+
+    definition = QueueDefinition(**definition_args)
+
+    async def _create() -> None:
+        async with get_client() as client:
+            await create_queue(client, definition)
+
+    run(_create)
+    typer.echo(f"Created queue {name!r} ({definition.resource.value})")
+
+
+@app.command("list")
+@clear_errors
+def list_() -> None:
+    """List queues."""
+    connect()
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import list_queues
+
+    async def _list() -> list:
+        async with get_client() as client:
+            return await list_queues(client)
+
+    for pool in run(_list):
+        job_config = (pool.base_job_template or {}).get("job_configuration", {})
+        fields = ", ".join((pool.base_job_template or {}).get("variables", {}).get("properties", {}))
+        typer.echo(f"{pool.name}\t{job_config.get('resource', '?')}\t{fields or '-'}")
+
+
+@app.command("show")
+@clear_errors
+def show(name: str = typer.Argument(..., help="Queue name")) -> None:
+    """Show a queue's config, template fields, priorities and runs per state."""
+    connect()
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import queue_priorities, read_queue, runs_per_state
+
+    async def _show() -> dict:
+        async with get_client() as client:
+            pool = await read_queue(client, name)
+            template = pool.base_job_template or {}
+            return {
+                "name": pool.name,
+                **template.get("job_configuration", {}),
+                "templates": template.get("variables", {}).get("properties", {}),
+                "priorities": await queue_priorities(client, name),
+                "paused": pool.is_paused,
+                "runs": await runs_per_state(client, name),
+            }
+
+    echo_json(run(_show))
+
+
+@app.command("delete")
+@clear_errors
+def delete(name: str = typer.Argument(..., help="Queue name")) -> None:
+    """Delete a queue, its work pool and its launch deployment."""
+    connect()
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import delete_queue
+
+    async def _delete() -> None:
+        async with get_client() as client:
+            await delete_queue(client, name)
+
+    run(_delete)
+    typer.echo(f"Deleted queue {name!r}")

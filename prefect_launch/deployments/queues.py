@@ -1,0 +1,204 @@
+"""Queues: a work pool of type `launch`, its priority work queues and the launch deployment.
+
+One pool per queue. Its `base_job_template.job_configuration` is the queue
+config; its `variables` schema holds the template fields, so the Prefect
+server refuses a run whose values are out of range. With prioritization the
+pool has work queues critical, high, medium, low (priorities 1..4, FIFO
+inside each); without it, every run goes to the pool's default queue.
+
+Example::
+
+    async with get_client() as client:
+        await create_queue(client, QueueDefinition(name="demo", resource="local-process"))
+        run = await enqueue(client, "demo", LaunchSpec(...), priority=None, values={})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    WorkPoolFilter,
+    WorkPoolFilterType,
+)
+from prefect.client.schemas.objects import FlowRun, WorkPool
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.utilities.callables import parameter_schema
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefect_launch.errors import LaunchError
+from prefect_launch.flows.launch import launch
+from prefect_launch.spec import LaunchSpec, Resource
+from prefect_launch.targets import SUPPORTED_RESOURCES
+from prefect_launch.templates import (
+    TemplateField,
+    check_placeholders_declared,
+    variables_schema,
+)
+
+PRIORITIES = {"critical": 1, "high": 2, "medium": 3, "low": 4}
+DEFAULT_PRIORITY = "medium"
+WORKER_TYPE = "launch"
+FLOW_NAME = "launch"
+
+
+class QueueDefinition(BaseModel):
+    """What `queue create` needs; the pool's job template is derived from it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    resource: Resource
+    resource_args: dict[str, Any] = Field(default_factory=dict)
+    templates: dict[str, TemplateField] = Field(default_factory=dict)
+    prioritization: bool = False
+    require_wandb_run: bool = True
+    description: str | None = None
+
+    def base_job_template(self) -> dict[str, Any]:
+        return {
+            "job_configuration": {
+                "resource": self.resource.value,
+                "resource_args": self.resource_args,
+                "require_wandb_run": self.require_wandb_run,
+            },
+            "variables": variables_schema(self.templates),
+        }
+
+
+def deployment_name(queue: str) -> str:
+    return f"{FLOW_NAME}/{queue}"
+
+
+async def create_queue(client: PrefectClient, queue: QueueDefinition) -> WorkPool:
+    """Create the pool, its priority work queues and the launch deployment."""
+    if queue.resource.value not in SUPPORTED_RESOURCES:
+        raise LaunchError(
+            f"queue {queue.name!r}: resource {queue.resource.value!r} is not supported yet; "
+            f"supported: {', '.join(SUPPORTED_RESOURCES)}"
+        )
+    check_placeholders_declared(queue.resource_args, queue.templates)
+    try:
+        pool = await client.create_work_pool(
+            WorkPoolCreate(
+                name=queue.name,
+                type=WORKER_TYPE,
+                description=queue.description or f"prefect-launch queue ({queue.resource.value})",
+                base_job_template=queue.base_job_template(),
+            )
+        )
+    except ObjectAlreadyExists:
+        raise LaunchError(f"queue {queue.name!r} already exists; delete it first to change it") from None
+
+    work_queue = "default"
+    if queue.prioritization:
+        # The pool's own default queue becomes `critical`; the others follow in order.
+        default = (await client.read_work_queues(work_pool_name=queue.name))[0]
+        await client.update_work_queue(default.id, name="critical", priority=1)
+        for name, priority in PRIORITIES.items():
+            if name != "critical":
+                await client.create_work_queue(name=name, priority=priority, work_pool_name=queue.name)
+        work_queue = DEFAULT_PRIORITY
+
+    flow_id = await client.create_flow_from_name(FLOW_NAME)
+    await client.create_deployment(
+        flow_id=flow_id,
+        name=queue.name,
+        work_pool_name=queue.name,
+        work_queue_name=work_queue,
+        entrypoint="prefect_launch.flows.launch:launch",
+        parameter_openapi_schema=parameter_schema(launch).model_dump_for_openapi(),
+        enforce_parameter_schema=True,
+        description=f"Launch jobs on queue {queue.name} ({queue.resource.value})",
+    )
+    return pool
+
+
+async def list_queues(client: PrefectClient) -> list[WorkPool]:
+    return await client.read_work_pools(
+        work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[WORKER_TYPE]))
+    )
+
+
+async def read_queue(client: PrefectClient, name: str) -> WorkPool:
+    try:
+        pool = await client.read_work_pool(name)
+    except ObjectNotFound:
+        raise LaunchError(
+            f"queue {name!r} not found; create it first with `prefect-launch queue create {name} ...`"
+        ) from None
+    if pool.type != WORKER_TYPE:
+        raise LaunchError(f"work pool {name!r} is of type {pool.type!r}, not a prefect-launch queue")
+    return pool
+
+
+async def queue_priorities(client: PrefectClient, name: str) -> list[str]:
+    names = {q.name for q in await client.read_work_queues(work_pool_name=name)}
+    return [p for p in PRIORITIES if p in names]
+
+
+async def delete_queue(client: PrefectClient, name: str) -> None:
+    await read_queue(client, name)
+    try:
+        deployment = await client.read_deployment_by_name(deployment_name(name))
+        await client.delete_deployment(deployment.id)
+    except ObjectNotFound:
+        pass
+    await client.delete_work_pool(name)
+
+
+async def enqueue(
+    client: PrefectClient,
+    queue: str,
+    spec: LaunchSpec,
+    priority: str | None,
+    values: dict[str, Any],
+) -> FlowRun:
+    """Put a job on a queue: one flow run of the queue's launch deployment."""
+    await read_queue(client, queue)
+    try:
+        deployment = await client.read_deployment_by_name(deployment_name(queue))
+    except ObjectNotFound:
+        raise LaunchError(f"queue {queue!r} has no launch deployment; recreate the queue") from None
+    work_queue = None
+    if priority is not None:
+        if priority not in PRIORITIES:
+            raise LaunchError(f"priority {priority!r}: expected one of {', '.join(PRIORITIES)}")
+        if priority not in await queue_priorities(client, queue):
+            raise LaunchError(f"queue {queue!r} was created without --prioritization; -P/--priority needs it")
+        work_queue = priority
+    try:
+        return await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"spec": spec.model_dump(mode="json", exclude_none=True)},
+            job_variables=values,
+            work_queue_name=work_queue,
+            name=spec.run_name or spec.run_id,
+        )
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code in (409, 422):
+            detail = exc.response.json().get("detail", exc.response.text)
+            raise LaunchError(f"queue {queue!r} refused the job: {detail}") from None
+        raise
+
+
+async def runs_per_state(client: PrefectClient, queue: str) -> dict[str, int]:
+    deployment = await client.read_deployment_by_name(deployment_name(queue))
+    counts: dict[str, int] = {}
+    offset = 0
+    while True:
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            limit=200,
+            offset=offset,
+        )
+        for run in runs:
+            name = run.state.name if run.state else "Unknown"
+            counts[name] = counts.get(name, 0) + 1
+        if len(runs) < 200:
+            return counts
+        offset += 200
+

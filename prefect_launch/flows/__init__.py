@@ -1,0 +1,1 @@
+"""The launch flow (and, later, the sweep flow) and their tasks."""

@@ -1,0 +1,197 @@
+"""The `launch` flow: one flow run per launch job, one task per stage.
+
+resolve source -> build -> push -> submit -> monitor, each a Prefect task with
+its own logs, then a markdown artifact with the resolved config (secrets
+masked), the image, the target's handle and the stage timeline.
+
+The flow runs inside a launch agent (or `prefect worker start --type launch`),
+which sets `LaunchContext` with the queue's resolved config before running it:
+the queue config never travels through flow parameters, so nothing the admin
+configured (or any secret in it) shows up as a parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.states import Cancelled, Failed, State
+
+from prefect_launch import sources
+from prefect_launch.errors import LaunchError
+from prefect_launch.redact import redact
+from prefect_launch.render import render
+from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
+from prefect_launch.targets import Handle, Outcome, get_target
+
+
+@dataclass
+class LaunchContext:
+    """What the agent hands the flow: the queue's config and a way to cancel."""
+
+    queue_name: str
+    queue: QueueConfig
+    home: Path
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+current_launch: ContextVar[LaunchContext] = ContextVar("prefect_launch_context")
+
+
+@dataclass
+class Timeline:
+    """Stage name -> (start, end) wall-clock seconds, in order."""
+
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.stages[name] = (start, time.time())
+
+    def markdown(self) -> str:
+        rows = [f"| {name} | {end - start:.2f} s |" for name, (start, end) in self.stages.items()]
+        return "\n".join(["| stage | duration |", "|---|---|", *rows])
+
+
+_task_options: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="resolve-source", **_task_options)
+def resolve_source(spec: LaunchSpec, queue_name: str, home: Path) -> ResolvedJob:
+    job = sources.resolve(spec, queue_name, home)
+    where = job.image or f"code {job.workdir}"
+    get_run_logger().info("Run %s (%s) in project %s from %s", job.run_id, job.run_name, job.project, where)
+    return job
+
+
+@task(name="build", **_task_options)
+def build(job: ResolvedJob, queue: QueueConfig) -> str | None:
+    if queue.resource is Resource.local_process:
+        get_run_logger().info("local-process runs the code folder in the agent's environment: nothing to build")
+    return job.image
+
+
+@task(name="push", **_task_options)
+def push(image: str | None, queue: QueueConfig) -> str | None:
+    if queue.resource is Resource.local_process:
+        get_run_logger().info("local-process needs no registry: nothing to push")
+    return image
+
+
+@task(name="submit", **_task_options)
+def submit(job: ResolvedJob, queue: QueueConfig, overrides: dict[str, Any]) -> tuple[dict[str, Any], Handle]:
+    log = get_run_logger()
+    rendered = render(job, queue, overrides)
+    log.info("Submitting to %s: %s", queue.resource.value, json.dumps(redact(rendered["submission"])))
+    handle = get_target(queue.resource).submit(rendered["submission"], log)
+    return rendered, handle
+
+
+@task(name="monitor", **_task_options)
+def monitor(job: ResolvedJob, queue: QueueConfig, handle: Handle, cancel: threading.Event) -> Outcome:
+    outcome = get_target(queue.resource).wait(handle, cancel, get_run_logger())
+    if outcome.state == "completed" and queue.require_wandb_run and not wandb_run_created(job):
+        return Outcome(
+            state="failed",
+            exit_code=outcome.exit_code,
+            message=(
+                f"the job exited 0 but never called wandb.init: no W&B run {job.run_id} was created "
+                "(every launch job must create its W&B run; a queue can opt out with require_wandb_run: false)"
+            ),
+        )
+    return outcome
+
+
+def wandb_run_created(job: ResolvedJob) -> bool:
+    """wandb writes `<WANDB_DIR>/wandb/[offline-]run-<time>-<run id>/` for every run it creates."""
+    if job.run_dir is None:
+        return True
+    return any((job.run_dir / "wandb").glob(f"*run-*-{job.run_id}"))
+
+
+@flow(name="launch", persist_result=False, log_prints=False)
+def launch(spec: LaunchSpec) -> State | None:
+    """Run one launch job on the queue this flow run was put on."""
+    context = current_launch.get(None)
+    if context is None:
+        raise LaunchError(
+            "the launch flow runs inside a launch agent: start `prefect-launch agent -q QUEUE` "
+            "or `prefect worker start --type launch --pool QUEUE`"
+        )
+    log = get_run_logger()
+    timeline = Timeline()
+    flow_run = FlowRunContext.get().flow_run
+    if flow_run.expected_start_time:
+        queued_at = flow_run.expected_start_time.timestamp()
+        timeline.stages["queue wait"] = (queued_at, max(queued_at, time.time()))
+    job: ResolvedJob | None = None
+    rendered: dict[str, Any] = {}
+    handle: Handle | None = None
+    try:
+        with timeline.stage("resolve"):
+            job = resolve_source(spec, context.queue_name, context.home)
+        with timeline.stage("build"):
+            image = build(job, context.queue)
+        with timeline.stage("push"):
+            job = job.model_copy(update={"image": push(image, context.queue)})
+        with timeline.stage("submit"):
+            rendered, handle = submit(job, context.queue, spec.resource_args)
+        with timeline.stage("run"):
+            outcome = monitor(job, context.queue, handle, context.cancel)
+    except LaunchError as exc:
+        log.error("%s", exc)
+        outcome = Outcome(state="failed", message=str(exc))
+    finally:
+        if job is not None:
+            _record(job, context, rendered, handle, timeline)
+    if outcome.state == "failed":
+        return Failed(message=outcome.message)
+    if outcome.state == "cancelled":
+        return Cancelled(message=outcome.message)
+    log.info("Run %s completed", job.run_id if job else "")
+    return None
+
+
+def _record(
+    job: ResolvedJob,
+    context: LaunchContext,
+    rendered: dict[str, Any],
+    handle: Handle | None,
+    timeline: Timeline,
+) -> None:
+    config = json.dumps(redact(rendered.get("submission", {})), indent=2, sort_keys=True)
+    markdown = "\n".join(
+        [
+            f"# Launch run `{job.run_id}` ({job.run_name})",
+            "",
+            f"- queue: `{context.queue_name}` ({context.queue.resource.value})",
+            f"- project: `{job.project}`" + (f", entity `{job.entity}`" if job.entity else ""),
+            f"- image: `{job.image or 'none'}`",
+            f"- target handle: `{handle.id if handle else 'not submitted'}`",
+            "",
+            "## Stages",
+            "",
+            timeline.markdown(),
+            "",
+            "## Resolved submission (secrets masked)",
+            "",
+            "```json",
+            config,
+            "```",
+        ]
+    )
+    create_markdown_artifact(markdown=markdown, key=f"launch-{job.run_id}", description="Launch run summary")

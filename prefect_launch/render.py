@@ -1,0 +1,80 @@
+"""Rendering: `render(job, queue, overrides) -> submission`, a pure function.
+
+No network and no file access happen here, so `--dry-run` shows exactly what a
+target will receive and tests can check every target's payload without it.
+
+Example:
+    >>> from prefect_launch.spec import RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
+    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"])
+    >>> render(job, QueueConfig(resource="local-process"))["submission"]["argv"]
+    ['python', 't.py']
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from prefect_launch.macros import resolve_macros
+from prefect_launch.spec import RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
+from prefect_launch.targets import get_target
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into a copy of `base`; dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def unwrap_resource_key(resource_args: dict[str, Any], resource: Resource) -> dict[str, Any]:
+    """W&B launch specs key resource args by resource (`{"local-container": {...}}`); accept both forms.
+
+    A Kubernetes custom resource is itself written under `kubernetes:` with a
+    `kind`, so that form is kept as is.
+    """
+    if len(resource_args) == 1:
+        (key, inner), = resource_args.items()
+        if isinstance(inner, dict) and key in _resource_names(resource) and "kind" not in inner:
+            return inner
+    return resource_args
+
+
+def _resource_names(resource: Resource) -> set[str]:
+    return {resource.value} | {alias for alias, name in RESOURCE_ALIASES.items() if name == resource.value}
+
+
+def macro_values(job: ResolvedJob) -> dict[str, str | None]:
+    return {
+        "project_name": job.project,
+        "entity_name": job.entity,
+        "run_id": job.run_id,
+        "run_name": job.run_name,
+        "image_uri": job.image,
+    }
+
+
+def render(
+    job: ResolvedJob, queue: QueueConfig, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The dry-run object: `{"resource", "image", "submission"}`.
+
+    `queue.resource_args` must already have its template fields filled;
+    `overrides` (the job's own `resource_args`) are merged over them, then
+    macros are resolved, then the target renders its payload.
+    """
+    resource_args = deep_merge(
+        unwrap_resource_key(queue.resource_args, queue.resource),
+        unwrap_resource_key(overrides or {}, queue.resource),
+    )
+    resource_args = resolve_macros(resource_args, macro_values(job))
+    target = get_target(queue.resource)
+    return {
+        "resource": queue.resource.value,
+        "image": job.image,
+        "submission": target.render(job, resource_args),
+    }

@@ -1,0 +1,149 @@
+"""The embedded default: a local Prefect server on SQLite under the project-local home.
+
+With no Prefect API configured (no `PREFECT_API_URL` in the environment or in
+the active Prefect profile), prefect-launch starts `prefect server start` on
+127.0.0.1 with `PREFECT_HOME=<launch home>/prefect`, records it in
+`<launch home>/server.json`, and points itself at it. Later commands reuse it.
+
+This module must not import prefect: it decides the settings prefect reads.
+
+Example::
+
+    url = ensure_server(launch_home())   # starts one if none answers
+    stop_server(launch_home())
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+DEFAULT_PORT = 4200
+START_TIMEOUT_SECONDS = 90
+
+
+def configured_api_url() -> str | None:
+    """The API URL the user configured for Prefect, if any (env, then active profile)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    prefect_home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    profiles_path = Path(os.environ.get("PREFECT_PROFILES_PATH", prefect_home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(profiles_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _state_file(home: Path) -> Path:
+    return home / "server.json"
+
+
+def read_state(home: Path) -> dict | None:
+    try:
+        return json.loads(_state_file(home).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+@contextmanager
+def _lock(home: Path) -> Iterator[None]:
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "server.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def server_env(home: Path) -> dict[str, str]:
+    """Settings every process of the embedded setup shares."""
+    return {"PREFECT_HOME": str(home / "prefect")}
+
+
+def start_server(home: Path, port: int = DEFAULT_PORT) -> str:
+    """Start a detached Prefect server for this home and wait until it answers."""
+    port = _free_port(port)
+    url = f"http://127.0.0.1:{port}/api"
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(server_env(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=url)
+    log = open(home / "server.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not healthy(url):
+        if proc.poll() is not None:
+            raise RuntimeError(f"Prefect server exited with code {proc.returncode}; see {home / 'server.log'}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"Prefect server did not answer within {START_TIMEOUT_SECONDS} s; see {home / 'server.log'}")
+        time.sleep(0.25)
+    _state_file(home).write_text(json.dumps({"url": url, "pid": proc.pid}))
+    return url
+
+
+def ensure_server(home: Path) -> str:
+    """The embedded server's URL, starting it if it is not running."""
+    with _lock(home):
+        state = read_state(home)
+        if state and healthy(state["url"]):
+            return state["url"]
+        return start_server(home)
+
+
+def stop_server(home: Path) -> bool:
+    """Stop the embedded server of this home; False if none was running."""
+    with _lock(home):
+        state = read_state(home)
+        _state_file(home).unlink(missing_ok=True)
+    if not state:
+        return False
+    try:
+        os.killpg(state["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(state["pid"], 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.killpg(state["pid"], signal.SIGKILL)
+    return True

@@ -1,0 +1,89 @@
+"""Sources: turn a job spec into a resolved job (code fetched, entry point fixed, run id chosen).
+
+Example::
+
+    job = resolve(LaunchSpec(source=CodeSource(...), entry_point=["python", "train.py"]),
+                  queue="gpu", home=Path(".prefect-launch"))
+    job.workdir   # .prefect-launch/code/<digest>
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from prefect_launch.errors import LaunchError
+from prefect_launch.sources import code
+from prefect_launch.spec import CodeSource, ImageSource, LaunchSpec, ResolvedJob, Source, new_run_id
+
+_PYTHONS = {"python", "python3"}
+
+
+def check_entry_point_file(argv: list[str], folder: Path, where: str) -> None:
+    """`python train.py` must name a file that exists in the code folder."""
+    if len(argv) >= 2 and Path(argv[0]).name in _PYTHONS and argv[1].endswith(".py"):
+        if not (folder / argv[1]).is_file():
+            raise LaunchError(f"entry point file {argv[1]!r} not found in {where}")
+
+
+def _job_definition(spec: LaunchSpec) -> tuple[Source | None, list[str] | None, dict]:
+    from prefect_launch.blocks.job import LaunchJob
+
+    definition = LaunchJob.find(spec.job, spec.project)
+    try:
+        source = TypeAdapter(Source).validate_python(definition.source)
+    except ValidationError as exc:
+        raise LaunchError(f"job {spec.job!r} has an invalid source: {exc.errors()[0]['msg']}") from None
+    return source, definition.entry_point or None, definition.input_schema or {}
+
+
+def _check_run_config(run_config: dict, schema: dict, job: str) -> None:
+    if not schema:
+        return
+    from prefect.utilities.schema_tools.validation import ValidationError as SchemaError
+    from prefect.utilities.schema_tools.validation import validate
+
+    try:
+        validate(run_config, schema, raise_on_error=True, ignore_required=True)
+    except SchemaError as exc:
+        raise LaunchError(f"overrides.run_config does not fit job {job!r}: {exc}") from None
+
+
+def resolve(spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True) -> ResolvedJob:
+    """Fetch the spec's code (or name its image) and fix its run id, name and argv.
+
+    With `fetch=False` (dry runs) the code folder is named, not fetched.
+    """
+    source, entry_point = spec.source, spec.entry_point
+    if spec.job:
+        job_source, job_entry_point, schema = _job_definition(spec)
+        source = source or job_source
+        entry_point = entry_point or job_entry_point
+        _check_run_config(spec.overrides.run_config, schema, spec.job)
+    if source is None:
+        raise LaunchError("the job has no source: give -u/--uri, -d/--docker-image or -j/--job")
+    argv = list(spec.overrides.entry_point or entry_point or []) + list(spec.overrides.args)
+
+    workdir = image = None
+    if isinstance(source, CodeSource):
+        if fetch:
+            workdir = code.fetch(source, home / "code")
+            check_entry_point_file(argv, workdir, f"code {source.digest[:19]}")
+        else:
+            workdir = code.cache_path(source, home / "code")
+    elif isinstance(source, ImageSource):
+        image = source.image
+    run_id = spec.run_id or new_run_id()
+    return ResolvedJob(
+        run_id=run_id,
+        run_name=spec.run_name or run_id,
+        project=spec.project,
+        entity=spec.entity,
+        queue=queue,
+        argv=argv,
+        run_config=spec.overrides.run_config,
+        workdir=workdir,
+        image=image,
+        run_dir=home / "runs" / run_id,
+    )

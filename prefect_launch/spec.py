@@ -1,0 +1,150 @@
+"""The data that flows through a launch: job spec -> resolved job -> submission.
+
+A `LaunchSpec` is what a user puts on a queue (it is the launch flow's only
+parameter, so the Prefect UI renders it as a form). A `QueueConfig` is what the
+queue's admin wrote (resolved from the work pool's job template). A
+`ResolvedJob` is the spec after the agent has taken it: its source fetched, its
+run id fixed, its entry point known.
+
+Example:
+    >>> spec = LaunchSpec.model_validate(
+    ...     {"entry_point": ["python", "train.py"],
+    ...      "overrides": {"run_config": {"lr": 0.1}, "entrypoint": []}})
+    >>> spec.overrides.entry_point is None, spec.overrides.run_config
+    (True, {'lr': 0.1})
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+
+# W&B's spellings of our resources.
+RESOURCE_ALIASES = {"gcp-vertex": "vertex", "local": "local-container"}
+
+
+class Resource(str, Enum):
+    """The targets a queue can send jobs to."""
+
+    local_process = "local-process"
+    local_container = "local-container"
+    kubernetes = "kubernetes"
+    sagemaker = "sagemaker"
+    vertex = "vertex"
+
+    @classmethod
+    def parse(cls, name: str) -> "Resource":
+        """Accept W&B's spellings (`gcp-vertex`, `local`) as well as ours."""
+        try:
+            return cls(RESOURCE_ALIASES.get(name, name))
+        except ValueError:
+            known = ", ".join(r.value for r in cls)
+            raise ValueError(f"unknown resource {name!r}; expected one of: {known}") from None
+
+
+class CodeSource(BaseModel):
+    """A folder of code stored content-addressed in a Prefect storage block."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["code"] = "code"
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    storage: str = Field(description="Name of the Prefect filesystem block holding the code")
+
+
+class ImageSource(BaseModel):
+    """A prebuilt container image."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["image"] = "image"
+    image: str
+
+
+Source = Annotated[CodeSource | ImageSource, Field(discriminator="type")]
+
+
+class Overrides(BaseModel):
+    """Per-run overrides, in the shape the W&B App shows them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    args: list[str] = Field(default_factory=list, description="Arguments appended to the entry point")
+    run_config: dict[str, Any] = Field(default_factory=dict, description="Values for wandb.config")
+    entry_point: list[str] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("entry_point", "entrypoint"),
+        description="Replaces the job's entry point",
+    )
+    dockerfile: str | None = Field(default=None, description="Dockerfile to build with")
+
+    @field_validator("entry_point", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: Any) -> Any:
+        # The W&B App writes `"entrypoint": []` for "no override".
+        if isinstance(value, str):
+            return value.split()
+        return value or None
+
+
+class LaunchSpec(BaseModel):
+    """One job put on a queue: what to run, as whom, with which overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+    job: str | None = Field(default=None, description="A stored job definition: [project/]name")
+    source: Source | None = Field(default=None, description="Code or image, when no job is named")
+    entry_point: list[str] | None = Field(default=None, description="Command to run, as an argv list")
+    project: str = Field(default="uncategorized", description="W&B project")
+    entity: str | None = Field(default=None, description="W&B entity")
+    run_name: str | None = Field(default=None, description="W&B run name")
+    run_id: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,64}$", description="W&B run id")
+    overrides: Overrides = Field(default_factory=Overrides)
+    resource_args: dict[str, Any] = Field(
+        default_factory=dict, description="Merged over the queue's resource args"
+    )
+
+    @field_validator("entry_point", mode="before")
+    @classmethod
+    def _split_string(cls, value: Any) -> Any:
+        return value.split() if isinstance(value, str) else value
+
+
+class QueueConfig(BaseModel):
+    """A queue's configuration after template fields were filled in."""
+
+    model_config = ConfigDict(extra="forbid")
+    resource: Resource
+    resource_args: dict[str, Any] = Field(default_factory=dict)
+    require_wandb_run: bool = True
+
+    @field_validator("resource", mode="before")
+    @classmethod
+    def _parse_resource(cls, value: Any) -> Any:
+        return Resource.parse(value) if isinstance(value, str) else value
+
+
+class ResolvedJob(BaseModel):
+    """A job the agent has taken: everything a target needs to render it."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    run_name: str
+    project: str
+    entity: str | None = None
+    queue: str | None = None
+    argv: list[str] = Field(description="Entry point followed by its args")
+    run_config: dict[str, Any] = Field(default_factory=dict)
+    workdir: Path | None = Field(default=None, description="Code folder, for local-process")
+    image: str | None = None
+    run_dir: Path | None = Field(default=None, description="Per-run scratch folder (WANDB_DIR)")
+
+
+_RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_run_id() -> str:
+    """A W&B-style run id: 8 random lowercase letters and digits."""
+    return "".join(secrets.choice(_RUN_ID_ALPHABET) for _ in range(8))

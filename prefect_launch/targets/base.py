@@ -1,0 +1,53 @@
+"""The target interface: render (pure) -> submit -> wait.
+
+Example, a target that runs nothing::
+
+    class Null(Target):
+        resource = Resource.local_process
+        def render(self, job, resource_args): return {"argv": job.argv}
+        def submit(self, submission, log): return Handle(id="null")
+        def wait(self, handle, cancel, log): return Outcome(state="completed")
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from prefect_launch.spec import Resource, ResolvedJob
+
+
+@dataclass
+class Handle:
+    """What a target returns from submit: enough to follow and stop the job."""
+
+    id: str
+    detail: Any = field(default=None, repr=False)
+
+
+@dataclass
+class Outcome:
+    state: Literal["completed", "failed", "cancelled"]
+    message: str = ""
+    exit_code: int | None = None
+
+
+class Target(abc.ABC):
+    resource: ClassVar[Resource]
+
+    @abc.abstractmethod
+    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
+        """The exact payload the target receives. Pure: no I/O."""
+
+    @abc.abstractmethod
+    def submit(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle:
+        """Start the job; return once it is running (or raise LaunchError)."""
+
+    @abc.abstractmethod
+    def wait(
+        self, handle: Handle, cancel: threading.Event, log: logging.Logger | logging.LoggerAdapter
+    ) -> Outcome:
+        """Follow the job to its end, streaming its output to `log`; stop it when `cancel` is set."""

@@ -1,0 +1,157 @@
+"""Queue config templates: `{{ name }}` fields an admin lets users fill in.
+
+A template field has a type, a default and bounds. They become the work pool's
+`variables` JSON Schema (with `additionalProperties: false`), which the Prefect
+server enforces on every run; `check_values` runs the very same validator so
+`--dry-run` refuses what the server would refuse, with the same message.
+
+Example:
+    >>> fields = parse_templates({"gpus": {"type": "integer", "default": 1, "maximum": 4}})
+    >>> schema = variables_schema(fields)
+    >>> check_values(schema, coerce_values(schema, {"gpus": "2"}))
+    {'gpus': 2}
+    >>> apply_template({"gpus": "{{ gpus }}"}, {"gpus": 2})
+    {'gpus': 2}
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from prefect.utilities.schema_tools.validation import ValidationError, validate
+from prefect.utilities.templating import PLACEHOLDER_CAPTURE_REGEX, apply_values
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from prefect_launch.errors import LaunchError
+
+
+class TemplateError(LaunchError):
+    """A template definition or value that cannot be used."""
+
+
+class TemplateField(BaseModel):
+    """One `{{ name }}` field of a queue config."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["string", "integer", "number"] = "string"
+    default: str | int | float | None = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    enum: list[str | int | float] | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _bounds_fit_type(self) -> "TemplateField":
+        if self.type == "string" and (self.minimum is not None or self.maximum is not None):
+            raise ValueError("minimum/maximum apply to integer and number fields only")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
+        return self
+
+
+def parse_templates(raw: dict[str, Any] | None) -> dict[str, TemplateField]:
+    """Validate a `--templates` document: name -> field definition."""
+    fields: dict[str, TemplateField] = {}
+    for name, definition in (raw or {}).items():
+        if not str(name).isidentifier():
+            raise TemplateError(f"template field {name!r}: name must be a Python identifier")
+        try:
+            fields[name] = TemplateField.model_validate(definition or {})
+        except ValueError as exc:
+            raise TemplateError(f"template field {name!r}: {_first_error(exc)}") from None
+    return fields
+
+
+def variables_schema(fields: dict[str, TemplateField]) -> dict[str, Any]:
+    """The work pool `variables` schema for these fields."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, field in fields.items():
+        prop: dict[str, Any] = {"type": field.type, "title": name}
+        for key in ("default", "minimum", "maximum", "enum", "description"):
+            value = getattr(field, key)
+            if value is not None:
+                prop[key] = value
+        properties[name] = prop
+        if field.default is None:
+            required.append(name)
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def placeholders(template: Any) -> set[str]:
+    """Names of every `{{ name }}` field used in a config."""
+    if isinstance(template, dict):
+        return set().union(*(placeholders(v) for v in template.values())) if template else set()
+    if isinstance(template, list):
+        return set().union(*(placeholders(v) for v in template)) if template else set()
+    if isinstance(template, str):
+        return {name for _, name in PLACEHOLDER_CAPTURE_REGEX.findall(template)}
+    return set()
+
+
+def check_placeholders_declared(config: Any, fields: dict[str, TemplateField]) -> None:
+    """Every `{{ name }}` in a queue config must be a declared template field."""
+    missing = sorted(placeholders(config) - set(fields))
+    if missing:
+        raise TemplateError(
+            f"queue config uses template field(s) {', '.join(missing)} "
+            "that --templates does not declare"
+        )
+
+
+def coerce_values(schema: dict[str, Any], raw: dict[str, str]) -> dict[str, Any]:
+    """Turn `-v name=value` strings into the field's declared type."""
+    properties = schema.get("properties", {})
+    values: dict[str, Any] = {}
+    for name, text in raw.items():
+        kind = properties.get(name, {}).get("type", "string")
+        try:
+            values[name] = {"integer": int, "number": float}.get(kind, str)(text)
+        except ValueError:
+            raise TemplateError(
+                f"Validation failed for field {name!r}. Failure reason: {text!r} is not of type {kind!r}"
+            ) from None
+    return values
+
+
+def check_values(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Validate values exactly as the Prefect server does; return them with defaults."""
+    try:
+        validate(
+            values,
+            schema,
+            raise_on_error=True,
+            preprocess=True,
+            ignore_required=False,
+            allow_none_with_default=True,
+        )
+    except ValidationError as exc:
+        raise TemplateError(str(exc)) from None
+    defaults = {
+        name: prop["default"]
+        for name, prop in schema.get("properties", {}).items()
+        if "default" in prop
+    }
+    return {**defaults, **values}
+
+
+def apply_template(config: Any, values: dict[str, Any]) -> Any:
+    """Fill `{{ name }}` fields; a field that is the whole string keeps the value's type."""
+    return apply_values(copy.deepcopy(config), values)
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" if where else first["msg"]
+    return str(exc)
