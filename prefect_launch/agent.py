@@ -19,13 +19,19 @@ import math
 import signal
 import socket
 from contextlib import AsyncExitStack
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import get_client
 from prefect.events.clients import get_events_subscriber
-from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+from prefect.events.filters import (
+    EventAnyResourceFilter,
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+)
 
 from prefect_launch.agent_config import AgentConfig
 from prefect_launch.deployments.queues import read_queue
@@ -124,11 +130,14 @@ class Agent:
                     logger.warning("Heartbeat for queue %s failed: %s", worker._work_pool_name, exc)
 
     async def _event_loop(self, pool_ids: list[UUID]) -> None:
-        event_filter = EventFilter(
-            event=EventNameFilter(name=["prefect.flow-run.Scheduled", "prefect.flow-run.Cancelling"]),
-            any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}" for pool_id in pool_ids]),
-        )
         while True:
+            # The filter's window must be open-ended: its default ends at "now".
+            now = datetime.now(timezone.utc)
+            event_filter = EventFilter(
+                occurred=EventOccurredFilter(since=now, until=now + timedelta(days=3650)),
+                event=EventNameFilter(name=["prefect.flow-run.Scheduled", "prefect.flow-run.Cancelling"]),
+                any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}" for pool_id in pool_ids]),
+            )
             try:
                 async with get_events_subscriber(filter=event_filter) as subscriber:
                     async for event in subscriber:

@@ -33,6 +33,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.flow_engine import run_flow
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Failed
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, ValidationError
@@ -72,7 +73,10 @@ class LaunchWorkerResult(BaseWorkerResult):
 def _run_in_thread(flow_run: FlowRun, context: LaunchContext) -> Any:
     token = current_launch.set(context)
     try:
-        return run_flow(launch, flow_run=flow_run, return_type="state")
+        # The agent's worker heartbeat stands for its in-process runs; a per-run
+        # heartbeat thread would hold every job's slot up to a second at exit.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return run_flow(launch, flow_run=flow_run, return_type="state")
     finally:
         current_launch.reset(token)
 

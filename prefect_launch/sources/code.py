@@ -66,7 +66,8 @@ def _walk(folder: Path):
 def _load_storage(name: str):
     from prefect.blocks.core import Block
 
-    return Block.load(name)
+    # `_sync=True`: these helpers are sync even when called under an event loop.
+    return Block.load(name, _sync=True)
 
 
 def ensure_default_storage(home: Path) -> str:
@@ -75,9 +76,9 @@ def ensure_default_storage(home: Path) -> str:
 
     block_name = DEFAULT_STORAGE.split("/", 1)[1]
     try:
-        LocalFileSystem.load(block_name)
+        LocalFileSystem.load(block_name, _sync=True)
     except ValueError:
-        LocalFileSystem(basepath=str(home / "code-store")).save(block_name, overwrite=True)
+        LocalFileSystem(basepath=str(home / "code-store")).save(block_name, overwrite=True, _sync=True)
     return DEFAULT_STORAGE
 
 
@@ -87,9 +88,9 @@ def upload(folder: Path, storage: str) -> CodeSource:
     block = _load_storage(storage)
     path = f"{digest.removeprefix('sha256:')}.tar.gz"
     try:
-        block.read_path(path)
+        block.read_path(path, _sync=True)
     except (ValueError, FileNotFoundError, OSError):
-        block.write_path(path, data)
+        block.write_path(path, data, _sync=True)
     return CodeSource(digest=digest, storage=storage)
 
 
@@ -104,7 +105,7 @@ def fetch(source: CodeSource, cache_root: Path) -> Path:
         return target
     hexdigest = source.digest.removeprefix("sha256:")
     try:
-        data = _load_storage(source.storage).read_path(f"{hexdigest}.tar.gz")
+        data = _load_storage(source.storage).read_path(f"{hexdigest}.tar.gz", _sync=True)
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise LaunchError(f"code {source.digest} not found in storage {source.storage!r}: {exc}") from None
     raw = gzip.decompress(data)
