@@ -31,7 +31,6 @@ from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_launch.errors import LaunchError
-from prefect_launch.flows.launch import launch
 from prefect_launch.spec import LaunchSpec, Resource
 from prefect_launch.targets import SUPPORTED_RESOURCES
 from prefect_launch.templates import (
@@ -102,6 +101,8 @@ async def create_queue(client: PrefectClient, queue: QueueDefinition) -> WorkPoo
             if name != "critical":
                 await client.create_work_queue(name=name, priority=priority, work_pool_name=queue.name)
         work_queue = DEFAULT_PRIORITY
+
+    from prefect_launch.flows.launch import launch  # the flow module is heavy; only creation needs it
 
     flow_id = await client.create_flow_from_name(FLOW_NAME)
     await client.create_deployment(
@@ -176,7 +177,7 @@ async def enqueue(
             parameters={"spec": spec.model_dump(mode="json", exclude_none=True)},
             job_variables=values,
             work_queue_name=work_queue,
-            name=spec.run_name or spec.run_id,
+            name=spec.run_id,  # the W&B run id names the flow run: unique and greppable
         )
     except PrefectHTTPStatusError as exc:
         if exc.response.status_code in (409, 422):

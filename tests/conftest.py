@@ -1,0 +1,214 @@
+"""Shared test fixtures: a real Prefect server for the session, agents per test.
+
+The server starts in `pytest_configure`, before any test module imports
+prefect (Prefect reads its settings on import). If it cannot start, the whole
+run fails: a suite that silently skips server tests would be blind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("prefect-launch"))
+EXAMPLES = REPO / "examples"
+JOBS = REPO / "tests" / "jobs"
+
+_session: dict = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    home = Path(tempfile.mkdtemp(prefix="prefect-launch-tests-"))
+    os.environ.update(
+        PREFECT_LAUNCH_HOME=str(home),
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    os.environ.pop("PREFECT_API_URL", None)
+    from prefect_launch.server import ensure_server, server_env
+
+    os.environ.update(server_env(home))
+    os.environ["PREFECT_API_URL"] = ensure_server(home)
+    _session["home"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = _session.get("home")
+    if home:
+        from prefect_launch.server import stop_server
+
+        stop_server(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def home() -> Path:
+    return _session["home"]
+
+
+def cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real `prefect-launch` command."""
+    result = subprocess.run(
+        [CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd or REPO,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"prefect-launch {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class AgentProcess:
+    """A `prefect-launch agent` subprocess; its stderr goes to a file tests can read."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [CLI, "agent", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+            env=os.environ.copy(),
+            cwd=REPO,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while "ready on" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"agent did not start:\n{self.output()}")
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator:
+    agents: list[AgentProcess] = []
+
+    def start(*args: str) -> AgentProcess:
+        agent = AgentProcess(list(args), tmp_path / f"agent-{len(agents)}.log")
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+@pytest.fixture
+def make_queue() -> Iterator:
+    """Create uniquely named queues (deleted afterwards)."""
+    created: list[str] = []
+
+    def make(*args: str, prefix: str = "q") -> str:
+        name = unique(prefix)
+        cli("queue", "create", name, *args)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        cli("queue", "delete", name, check=False)
+
+
+def launch(*args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`prefect-launch launch ...`; stdout's first line is the run id (then, with --wait, its logs)."""
+    return cli("launch", *args, check=check, timeout=timeout)
+
+
+def run_id_of(result: subprocess.CompletedProcess) -> str:
+    return result.stdout.splitlines()[0]
+
+
+def flow_run_of(run_id: str):
+    """The flow run whose name is this W&B run id (the CLI names runs after them)."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
+            return runs[0] if runs else None
+
+    return anyio.run(read)
+
+
+def wait_for_final(run_id: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow_run = flow_run_of(run_id)
+        if flow_run and flow_run.state and flow_run.state.is_final():
+            return flow_run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not finish within {timeout} s: {flow_run_of(run_id)}")
+
+
+def run_logs(flow_run_id) -> list[str]:
+    """Every log line the server holds for a flow run, in order."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    async def read():
+        lines, offset = [], 0
+        async with get_client() as client:
+            while True:
+                batch = await client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                    sort=LogSort.TIMESTAMP_ASC, offset=offset, limit=200,
+                )
+                lines += [log.message for log in batch]
+                offset += len(batch)
+                if len(batch) < 200:
+                    return lines
+
+    return anyio.run(read)
+
+
+def job_report(lines: list[str], marker: str) -> dict:
+    """The JSON a test job printed after `marker` (see tests/jobs/report.py)."""
+    for line in lines:
+        if line.startswith(marker + " "):
+            return json.loads(line[len(marker) + 1:])
+    raise AssertionError(f"no {marker} line in the run's logs:\n" + "\n".join(lines[-40:]))
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path

@@ -1,0 +1,40 @@
+"""A launch job for tests: reports what it sees, then behaves as its arguments say.
+
+    python report.py [--no-wandb] [--exit N] [--sleep S] [--pid-file F] [ARGS...]
+
+Prints `CONFIG {json}` (wandb.config after wandb.init), `ENV {json}` (the
+launch variables) and `ARGS {json}`.
+"""
+
+import argparse
+import json
+import os
+import time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--no-wandb", action="store_true")
+parser.add_argument("--exit", type=int, default=0)
+parser.add_argument("--sleep", type=float, default=0)
+parser.add_argument("--pid-file")
+parser.add_argument("--stamp-file", help="append 'start end' wall-clock times here")
+args, rest = parser.parse_known_args()
+started = time.time()
+if args.pid_file:
+    with open(args.pid_file, "w") as handle:
+        handle.write(str(os.getpid()))
+
+if not args.no_wandb:
+    import wandb
+
+    run = wandb.init(config={"lr": 0.01, "epochs": 1})
+    print("CONFIG " + json.dumps(dict(run.config), sort_keys=True), flush=True)
+names = [n for n in os.environ if n.startswith(("WANDB_", "JOB_", "TEMPLATE_"))]
+print("ENV " + json.dumps({n: os.environ[n] for n in sorted(names)}), flush=True)
+print("ARGS " + json.dumps(rest), flush=True)
+time.sleep(args.sleep)
+if not args.no_wandb:
+    run.finish()
+if args.stamp_file:
+    with open(args.stamp_file, "a") as handle:
+        handle.write(f"{started} {time.time()}\n")
+raise SystemExit(args.exit)

@@ -1,0 +1,69 @@
+"""`prefect-launch agent --check`: W&B's launch-config.yaml, read as W&B writes it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+
+SEEDS = Path(__file__).parent / "seeds"
+SEED_CONFIGS = sorted(SEEDS.glob("*_launch_config_*.yaml"))
+
+
+def check(path: Path, *flags: str, ok: bool = True):
+    result = cli("agent", "--config", str(path), "--check", *flags, check=ok)
+    return json.loads(result.stdout) if ok else result
+
+
+@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: p.name)
+def test_every_seed_agent_config_passes_check_unchanged(path):
+    normalized = check(path)
+    assert isinstance(normalized["queues"], list)
+
+
+def test_all_fourteen_seed_configs_are_covered():
+    assert len(SEED_CONFIGS) == 14
+
+
+def test_tab_indented_config_as_the_seed_writes_it(tmp_path):
+    """Seed 001 indents some agent configs with TABs, which YAML forbids; they load all the same."""
+    path = tmp_path / "launch-config.yaml"
+    path.write_text("max_jobs: 3\nqueues:\n\t- tabbed-queue\nbuilder:\n\ttype: docker\n")
+    normalized = check(path)
+    assert normalized["queues"] == ["tabbed-queue"] and normalized["builder"]["type"] == "docker"
+
+
+def test_flags_win_over_the_file_and_minus_one_is_unlimited(tmp_path):
+    path = tmp_path / "launch-config.yaml"
+    path.write_text("max_jobs: -1\nqueues: [from-file]\nentity: team\n")
+    assert "max_jobs" not in check(path)  # unlimited
+    normalized = check(path, "-q", "a", "-q", "b", "--max-jobs", "5")
+    assert normalized["queues"] == ["a", "b"] and normalized["max_jobs"] == 5 and normalized["entity"] == "team"
+
+
+def test_placeholders_are_reported_not_hidden():
+    result = cli("agent", "--config", str(SEEDS / "001_launch_config_7.yaml"), "--check")
+    assert "placeholders" in result.stderr and "max_jobs" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("queues: [a]\nmax_job: 2\n", "unknown key 'max_job'"),
+        ("queues: [a]\nbuilder:\n  type: dockr\n", "builder.type"),
+        ("queues: [a]\nmax_jobs: 0\n", "max_jobs"),
+        ("queues: [a\n", "not valid YAML or JSON"),
+    ],
+)
+def test_bad_agent_config_names_file_and_field(tmp_path, text, expected):
+    path = tmp_path / "launch-config.yaml"
+    path.write_text(text)
+    result = check(path, ok=False)
+    assert result.returncode == 1
+    assert str(path) in result.stderr and expected in result.stderr
+
+
+def test_agent_refuses_to_start_with_placeholders():
+    result = cli("agent", "--config", str(SEEDS / "003_launch_config_1.yaml"), check=False, timeout=60)
+    assert result.returncode == 1 and "placeholders" in result.stderr and "queues[0]" in result.stderr
