@@ -42,7 +42,6 @@ logger = logging.getLogger("prefect_launch.agent")
 
 FALLBACK_POLL_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30.0
-STOP_TIMEOUT_SECONDS = 60.0
 
 
 class Agent:
@@ -99,11 +98,9 @@ class Agent:
                 loops.start_soon(self._stop_on_signal, loops.cancel_scope)
                 if on_ready:
                     on_ready()
-            # Leaving the stack waits for every running job's flow run to end.
             for worker in self.workers:
                 worker.stop_all("agent stopping")
-            with anyio.move_on_after(STOP_TIMEOUT_SECONDS):
-                await stack.aclose()
+            # Leaving the stack waits for every stopped job's flow run to record its end.
 
     async def _poll_loop(self) -> None:
         backoff = 1.0
@@ -127,7 +124,7 @@ class Agent:
                 try:
                     await worker.sync_with_backend()
                 except Exception as exc:
-                    logger.warning("Heartbeat for queue %s failed: %s", worker._work_pool_name, exc)
+                    logger.warning("Heartbeat for queue %s failed: %s", worker.queue_name, exc)
 
     async def _event_loop(self, pool_ids: list[UUID]) -> None:
         while True:

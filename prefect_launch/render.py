@@ -5,7 +5,7 @@ target will receive and tests can check every target's payload without it.
 
 Example:
     >>> from prefect_launch.spec import RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
-    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"])
+    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], workdir="/code")
     >>> render(job, QueueConfig(resource="local-process"))["submission"]["argv"]
     ['python', 't.py']
 """

@@ -26,6 +26,9 @@ CLI = str(Path(sys.executable).with_name("prefect-launch"))
 EXAMPLES = REPO / "examples"
 JOBS = REPO / "tests" / "jobs"
 
+# Job scripts run as launch jobs; they are not test modules (and must not be imported by --doctest-modules).
+collect_ignore = ["jobs"]
+
 _session: dict = {}
 
 

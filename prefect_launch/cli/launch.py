@@ -211,8 +211,10 @@ async def _enqueue(queue, spec, priority, raw_values):
     from prefect_launch.templates import coerce_values
 
     async with get_client() as client:
-        pool = await read_queue(client, queue)
-        values = coerce_values(pool.base_job_template.get("variables", {}), raw_values)
+        values = {}
+        if raw_values:  # template values are typed by the queue's schema
+            pool = await read_queue(client, queue)
+            values = coerce_values(pool.base_job_template.get("variables", {}), raw_values)
         return await enqueue(client, queue, spec, priority, values)
 
 

@@ -159,11 +159,12 @@ async def enqueue(
     values: dict[str, Any],
 ) -> FlowRun:
     """Put a job on a queue: one flow run of the queue's launch deployment."""
-    await read_queue(client, queue)
     try:
         deployment = await client.read_deployment_by_name(deployment_name(queue))
     except ObjectNotFound:
-        raise LaunchError(f"queue {queue!r} has no launch deployment; recreate the queue") from None
+        raise LaunchError(
+            f"queue {queue!r} not found; create it first with `prefect-launch queue create {queue} ...`"
+        ) from None
     work_queue = None
     if priority is not None:
         if priority not in PRIORITIES:
