@@ -71,6 +71,12 @@ class Agent:
     def wake(self) -> None:
         self._wake.set()
 
+    def _job_done(self) -> None:
+        # A freed slot matters only if runs were left waiting for one; every
+        # poll costs the server writes (it marks the pool's queues as polled).
+        if any(worker.saturated for worker in self.workers):
+            self.wake()
+
     async def run(self, on_ready: Callable[[], Any] | None = None) -> None:
         limiter = anyio.CapacityLimiter(self.config.max_jobs or math.inf)
         async with AsyncExitStack() as stack:
@@ -82,7 +88,7 @@ class Agent:
                     name=self.name,
                     create_pool_if_not_found=False,
                     shared_limiter=limiter,
-                    on_job_done=self.wake,
+                    on_job_done=self._job_done,
                 )
                 self.workers.append(await stack.enter_async_context(worker))
             logger.info(

@@ -97,6 +97,13 @@ def start_server(home: Path, port: int = DEFAULT_PORT) -> str:
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
     env.update(server_env(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=url)
+    # SQLite takes one writer at a time. Every launch job's task runs reach the
+    # database through the task run recorder, one transaction per state by
+    # default; batching them (and events) keeps enqueueing fast while jobs run.
+    for service, batch in (("TASK_RUN_RECORDER", 100), ("EVENT_PERSISTER", 200)):
+        env.setdefault(f"PREFECT_SERVER_SERVICES_{service}_BATCH_SIZE", str(batch))
+        env.setdefault(f"PREFECT_SERVER_SERVICES_{service}_READ_BATCH_SIZE", str(batch))
+        env.setdefault(f"PREFECT_SERVER_SERVICES_{service}_FLUSH_INTERVAL", "1")
     log = open(home / "server.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

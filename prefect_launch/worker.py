@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -47,6 +48,9 @@ from pydantic import Field, ValidationError
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
 from prefect_launch.home import launch_home
 from prefect_launch.spec import QueueConfig, Resource
+
+
+DEPLOYMENT_CACHE_SECONDS = 30.0
 
 
 class LaunchJobConfiguration(BaseJobConfiguration):
@@ -141,6 +145,8 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
         self._claimed: set[UUID] = set()
+        self._deployment_vars: dict[UUID, tuple[float, dict[str, Any]]] = {}
+        self.saturated = False
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = _run_settings()
 
@@ -207,6 +213,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         )
         self._last_polled_time = datetime.now(timezone.utc)
         started: list[FlowRun] = []
+        self.saturated = False
         for response in responses:
             flow_run = response.flow_run
             if flow_run.id in self._claimed:
@@ -215,6 +222,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
                 try:
                     self._limiter.acquire_on_behalf_of_nowait(flow_run.id)
                 except anyio.WouldBlock:
+                    self.saturated = True  # runs are waiting for a free slot
                     break
             self._claimed.add(flow_run.id)
             self._runs_task_group.start_soon(self._claim_and_run, flow_run)
@@ -226,13 +234,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             if not await self._propose_pending_state(flow_run):
                 return  # another agent took it, or it was cancelled meanwhile
             try:
-                configuration = await self.job_configuration.resolve_for_flow_run(
-                    flow_run,
-                    client=self.client,
-                    work_pool=self.work_pool,
-                    worker_name=self.name,
-                    worker_id=self.backend_id,
-                )
+                configuration = await self._job_configuration(flow_run)
             except ObjectNotFound:
                 await self._fail(flow_run, f"queue {self._work_pool_name!r}: its launch deployment no longer exists")
                 return
@@ -243,6 +245,28 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         finally:
             self._claimed.discard(flow_run.id)
             self._release_limit_slot(flow_run.id)
+
+    async def _job_configuration(self, flow_run: FlowRun) -> LaunchJobConfiguration:
+        """The queue config for this run: pool template <- deployment <- run job variables.
+
+        Prefect's `resolve_for_flow_run` reads the deployment and the flow for
+        every run; a queue's deployment rarely changes, so its job variables
+        are cached for a while instead.
+        """
+        values = {**await self._deployment_job_variables(flow_run.deployment_id), **(flow_run.job_variables or {})}
+        return await self.job_configuration.from_template_and_values(
+            base_job_template=self.work_pool.base_job_template, values=values, client=self.client
+        )
+
+    async def _deployment_job_variables(self, deployment_id: UUID | None) -> dict[str, Any]:
+        if deployment_id is None:
+            return {}
+        cached = self._deployment_vars.get(deployment_id)
+        if cached is None or time.monotonic() - cached[0] > DEPLOYMENT_CACHE_SECONDS:
+            deployment = await self.client.read_deployment(deployment_id)
+            cached = (time.monotonic(), dict(deployment.job_variables or {}))
+            self._deployment_vars[deployment_id] = cached
+        return dict(cached[1])
 
     async def _fail(self, flow_run: FlowRun, message: str) -> None:
         await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
