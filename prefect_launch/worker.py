@@ -35,6 +35,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateName,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.exceptions import ObjectNotFound
 from prefect._flow_run_suspension import FlowRunSuspensionRequest, register_flow_run_suspension_request
 from prefect.client.schemas.objects import State
@@ -43,7 +44,7 @@ from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.states import Failed
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
-from pydantic import Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
 from prefect_launch.home import launch_home
@@ -51,6 +52,7 @@ from prefect_launch.spec import QueueConfig, Resource
 
 
 DEPLOYMENT_CACHE_SECONDS = 30.0
+POLL_LIMIT = 100
 
 
 class LaunchJobConfiguration(BaseJobConfiguration):
@@ -206,11 +208,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         await self.check_cancellations()
         if self._runs_task_group is None or self._work_pool is None:
             return []
-        responses = await self.client.get_scheduled_flow_runs_for_work_pool(
-            work_pool_name=self._work_pool_name,
-            scheduled_before=datetime.now(timezone.utc),
-            work_queue_names=list(self._work_queues) or None,
-        )
+        responses = await self._scheduled_runs()
         self._last_polled_time = datetime.now(timezone.utc)
         started: list[FlowRun] = []
         self.saturated = False
@@ -228,6 +226,24 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             self._runs_task_group.start_soon(self._claim_and_run, flow_run)
             started.append(flow_run)
         return started
+
+    async def _scheduled_runs(self) -> list[WorkerFlowRunResponse]:
+        """Scheduled runs, at most as many as there are free slots.
+
+        The client method has no `limit`; without one, every poll of a long
+        backlog makes the server load and send the whole backlog.
+        """
+        free = self._limiter.available_tokens if self._limiter is not None else POLL_LIMIT
+        body: dict[str, Any] = {
+            "scheduled_before": datetime.now(timezone.utc).isoformat(),
+            "limit": int(max(1, min(free, POLL_LIMIT))),  # free is math.inf without max_jobs
+        }
+        if self._work_queues:
+            body["work_queue_names"] = list(self._work_queues)
+        response = await self.client.request(
+            "POST", "/work_pools/{name}/get_scheduled_flow_runs", path_params={"name": self._work_pool_name}, json=body
+        )
+        return TypeAdapter(list[WorkerFlowRunResponse]).validate_python(response.json())
 
     async def _claim_and_run(self, flow_run: FlowRun) -> None:
         try:
