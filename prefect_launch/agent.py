@@ -60,8 +60,6 @@ class Agent:
                 + ", ".join(placeholders)
                 + "; fill them in"
             )
-        if not isinstance(config.max_jobs, (int, type(None))):
-            raise LaunchError(f"max_jobs must be a number, got {config.max_jobs!r}")
         self.config = config
         self.name = name or f"launch-agent-{socket.gethostname()}"
         self.poll_seconds = poll_seconds

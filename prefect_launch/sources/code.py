@@ -1,8 +1,8 @@
 """Code artifacts: a folder packed deterministically and stored by its sha256.
 
 The same folder always packs to the same bytes (sorted entries, zeroed times
-and owners), so its digest names its content: uploads are skipped when the
-store already has it, and agents unpack each digest once into their cache.
+and owners), so its digest names its content: storing it again is harmless,
+and agents unpack each digest once into their cache.
 
 Example:
     >>> import tempfile, pathlib
@@ -83,14 +83,11 @@ def ensure_default_storage(home: Path) -> str:
 
 
 def upload(folder: Path, storage: str) -> CodeSource:
-    """Store the folder's packed content under its digest (once) and return the source."""
+    """Store the folder's packed content under its digest and return the source."""
     digest, data = pack(folder)
-    block = _load_storage(storage)
-    path = f"{digest.removeprefix('sha256:')}.tar.gz"
-    try:
-        block.read_path(path, _sync=True)
-    except (ValueError, FileNotFoundError, OSError):
-        block.write_path(path, data, _sync=True)
+    # Content-addressed: rewriting the same name writes the same bytes, so no
+    # existence check (which read the whole archive back) is needed.
+    _load_storage(storage).write_path(f"{digest.removeprefix('sha256:')}.tar.gz", data, _sync=True)
     return CodeSource(digest=digest, storage=storage)
 
 
