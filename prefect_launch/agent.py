@@ -36,6 +36,7 @@ from prefect.events.filters import (
 from prefect_launch.agent_config import AgentConfig
 from prefect_launch.deployments.queues import read_queue
 from prefect_launch.errors import LaunchError
+from prefect_launch.builders.base import BuildSettings
 from prefect_launch.worker import LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
@@ -87,6 +88,7 @@ class Agent:
                     create_pool_if_not_found=False,
                     shared_limiter=limiter,
                     on_job_done=self._job_done,
+                    build_settings=BuildSettings.from_agent_config(self.config),
                 )
                 self.workers.append(await stack.enter_async_context(worker))
             logger.info(

@@ -58,6 +58,14 @@ def macro_values(job: ResolvedJob) -> dict[str, str | None]:
     }
 
 
+def merged_resource_args(queue: QueueConfig, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The queue's resource args with the job's own merged over them (macros not yet resolved)."""
+    return deep_merge(
+        unwrap_resource_key(queue.resource_args, queue.resource),
+        unwrap_resource_key(overrides or {}, queue.resource),
+    )
+
+
 def render(
     job: ResolvedJob, queue: QueueConfig, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -67,11 +75,7 @@ def render(
     `overrides` (the job's own `resource_args`) are merged over them, then
     macros are resolved, then the target renders its payload.
     """
-    resource_args = deep_merge(
-        unwrap_resource_key(queue.resource_args, queue.resource),
-        unwrap_resource_key(overrides or {}, queue.resource),
-    )
-    resource_args = resolve_macros(resource_args, macro_values(job))
+    resource_args = resolve_macros(merged_resource_args(queue, overrides), macro_values(job))
     target = get_target(queue.resource)
     return {
         "resource": queue.resource.value,

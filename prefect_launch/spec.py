@@ -57,6 +57,23 @@ class CodeSource(BaseModel):
     storage: str = Field(description="Name of the Prefect filesystem block holding the code")
 
 
+class GitSource(BaseModel):
+    """A git repository at a branch, tag or commit (https or ssh remotes only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["git"] = "git"
+    uri: str = Field(description="https://host/repo.git or git@host:repo.git")
+    ref: str | None = Field(default=None, description="Branch, tag or commit; the remote's HEAD if unset")
+
+    @field_validator("uri")
+    @classmethod
+    def _only_https_and_ssh(cls, value: str) -> str:
+        from prefect_launch.sources.git import check_remote
+
+        check_remote(value)
+        return value
+
+
 class ImageSource(BaseModel):
     """A prebuilt container image."""
 
@@ -65,7 +82,7 @@ class ImageSource(BaseModel):
     image: str
 
 
-Source = Annotated[CodeSource | ImageSource, Field(discriminator="type")]
+Source = Annotated[CodeSource | GitSource | ImageSource, Field(discriminator="type")]
 
 
 class Overrides(BaseModel):
@@ -101,6 +118,7 @@ class LaunchSpec(BaseModel):
     entity: str | None = Field(default=None, description="W&B entity")
     run_name: str | None = Field(default=None, description="W&B run name")
     run_id: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,64}$", description="W&B run id")
+    base_image: str | None = Field(default=None, description="Base image of the generated Dockerfile")
     overrides: Overrides = Field(default_factory=Overrides)
     resource_args: dict[str, Any] = Field(
         default_factory=dict, description="Merged over the queue's resource args"
@@ -135,9 +153,13 @@ class ResolvedJob(BaseModel):
     project: str
     entity: str | None = None
     queue: str | None = None
+    source_kind: Literal["code", "git", "image"] = "code"
     argv: list[str] = Field(description="Entry point followed by its args")
     run_config: dict[str, Any] = Field(default_factory=dict)
-    workdir: Path | None = Field(default=None, description="Code folder, for local-process")
+    workdir: Path | None = Field(default=None, description="Code folder: run here, or built into an image")
+    entry_point: list[str] = Field(default_factory=list, description="The entry point alone, without args")
+    dockerfile: str | None = Field(default=None, description="Dockerfile path inside the code folder")
+    base_image: str | None = None
     image: str | None = None
     run_dir: Path | None = Field(default=None, description="Per-run scratch folder (WANDB_DIR)")
 

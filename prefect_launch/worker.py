@@ -46,6 +46,7 @@ from prefect.states import Failed
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, TypeAdapter, ValidationError
 
+from prefect_launch.builders.base import BuildSettings
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
 from prefect_launch.home import launch_home
 from prefect_launch.spec import QueueConfig, Resource
@@ -140,9 +141,11 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         *args: Any,
         shared_limiter: anyio.CapacityLimiter | None = None,
         on_job_done: Callable[[], None] | None = None,
+        build_settings: BuildSettings | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self._build_settings = build_settings or BuildSettings()
         self._shared_limiter = shared_limiter
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
@@ -174,7 +177,9 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
                 task_status.started(os.getpid())
             return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
 
-        context = LaunchContext(queue_name=self._work_pool_name, queue=queue, home=launch_home())
+        context = LaunchContext(
+            queue_name=self._work_pool_name, queue=queue, home=launch_home(), build=self._build_settings
+        )
         self._in_flight[flow_run.id] = context
         if task_status:
             task_status.started(os.getpid())

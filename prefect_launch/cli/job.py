@@ -15,19 +15,21 @@ app = typer.Typer(help="Store and list job definitions.", no_args_is_help=True)
 
 class JobKind(str, Enum):
     code = "code"
+    git = "git"
     image = "image"
 
 
 @app.command("create")
 @clear_errors
 def create(
-    kind: JobKind = typer.Argument(..., help="code (a local folder) or image (a container image)"),
-    path: str = typer.Argument(..., help="Code folder, or image name"),
+    kind: JobKind = typer.Argument(..., help="code (a local folder), git (a remote) or image (a container image)"),
+    path: str = typer.Argument(..., help="Code folder, git remote, or image name"),
     project: str = typer.Option(..., "--project", "-p", help="W&B project"),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Job name (default: folder or image name)"),
     entry_point: Optional[str] = typer.Option(None, "--entry-point", "-E", help='Command, e.g. "python train.py"'),
     schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema the run config must fit"),
     entity: Optional[str] = typer.Option(None, "--entity", "-e", help="W&B entity (recorded only)"),
+    git_ref: Optional[str] = typer.Option(None, "--git-ref", help="git jobs: branch, tag or commit"),
 ) -> None:
     """Create (or replace) a job definition that `launch -j NAME` runs."""
     from prefect_launch.config_files import load_config_file
@@ -45,6 +47,13 @@ def create(
 
         check_entry_point_file(argv, folder, f"code folder {path!r}")
         default_name = folder.resolve().name
+    elif kind is JobKind.git:
+        from prefect_launch.sources.git import check_remote
+
+        check_remote(path)
+        if not argv:
+            raise LaunchError("a git job needs -E/--entry-point")
+        default_name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
     else:
         default_name = path.rsplit("/", 1)[-1].split(":")[0]
 
@@ -57,6 +66,8 @@ def create(
         source = code.upload(Path(path), code.ensure_default_storage(launch_home())).model_dump()
         requirements_file = Path(path) / "requirements.txt"
         requirements = requirements_file.read_text().splitlines() if requirements_file.exists() else []
+    elif kind is JobKind.git:
+        source, requirements = {"type": "git", "uri": path, "ref": git_ref}, []
     else:
         source, requirements = {"type": "image", "image": path}, []
     job = LaunchJob(
@@ -69,7 +80,8 @@ def create(
         input_schema=input_schema,
     )
     job.save(LaunchJob.block_name(job.project, job.name), overwrite=True)
-    typer.echo(f"Created job {job.project}/{job.name} ({kind.value}: {source.get('digest') or path})")
+    where = source.get("digest") or path + (f"@{git_ref}" if git_ref else "")
+    typer.echo(f"Created job {job.project}/{job.name} ({kind.value}: {where})")
 
 
 @app.command("list")
@@ -81,7 +93,7 @@ def list_(project: Optional[str] = typer.Option(None, "--project", "-p", help="O
 
     for job in LaunchJob.list_all():
         if project is None or job.project == project:
-            source = job.source.get("digest") or job.source.get("image")
+            source = job.source.get("digest") or job.source.get("image") or job.source.get("uri")
             typer.echo(f"{job.project}/{job.name}\t{job.source.get('type')}\t{source}\t{' '.join(job.entry_point)}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from prefect_launch.cli.common import clear_errors, connect, echo_json, parse_resource, run, stderr
 
@@ -31,6 +31,8 @@ class LaunchConfigFile(BaseModel):
     run_id: str | None = None
     queue: str | None = None
     resource: str | None = None
+    git_ref: str | None = None
+    base_image: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     resource_args: dict[str, Any] = Field(default_factory=dict)
 
@@ -47,13 +49,18 @@ def _set_vars(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def is_git_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "ssh://", "git@", "file://", "ext::", "git://"))
+
+
 def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | None, job: str | None,
                 entry_point: str | None, project: str | None, entity: str | None,
-                name: str | None, run_id: str | None, store: bool) -> tuple[Any, Path | None]:
+                name: str | None, run_id: str | None, store: bool, git_ref: str | None = None,
+                base_image: str | None = None, dockerfile: str | None = None) -> tuple[Any, Path | None]:
     """The LaunchSpec (flags over the -c file) and the local code folder, if any."""
     from prefect_launch.errors import LaunchError
     from prefect_launch.sources import check_entry_point_file, code
-    from prefect_launch.spec import CodeSource, ImageSource, LaunchSpec, new_run_id
+    from prefect_launch.spec import CodeSource, GitSource, ImageSource, LaunchSpec, new_run_id
 
     uri = uri or file.uri
     docker_image = docker_image or file.docker_image
@@ -63,15 +70,21 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
         raise LaunchError(f"give one of -u/--uri, -d/--docker-image, -j/--job, not {' and '.join(given)}")
     if not given:
         raise LaunchError("nothing to launch: give -u/--uri (a code folder), -d/--docker-image or -j/--job")
-    if uri and uri.startswith(("http://", "https://", "git@", "ssh://", "file://")):
-        raise LaunchError(f"-u/--uri {uri!r}: only local code folders are supported by this version")
+    git_ref = git_ref or file.git_ref
+    if git_ref and not (uri and is_git_uri(uri)):
+        raise LaunchError("--git-ref needs a git -u/--uri (https://... or git@host:...)")
 
     argv = shlex.split(entry_point) if entry_point else file.entry_point
     if isinstance(argv, str):
         argv = shlex.split(argv)
-    folder = Path(uri) if uri else None
+    folder = Path(uri) if uri and not is_git_uri(uri) else None
     source = None
-    if folder is not None:
+    if uri and folder is None:
+        try:
+            source = GitSource(uri=uri, ref=git_ref)
+        except ValidationError as exc:
+            raise LaunchError(str(exc.errors()[0]["ctx"].get("error", exc.errors()[0]["msg"]))) from None
+    elif folder is not None:
         if not folder.is_dir():
             raise LaunchError(f"-u/--uri {uri!r}: code folder not found")
         overrides_entry = file.overrides.get("entry_point") or file.overrides.get("entrypoint")
@@ -93,7 +106,8 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
         entity=entity or file.entity,
         run_name=name or file.name,
         run_id=run_id or file.run_id or new_run_id(),
-        overrides=file.overrides,
+        base_image=base_image or file.base_image,
+        overrides={**file.overrides, **({"dockerfile": dockerfile} if dockerfile else {})},
         resource_args=file.resource_args,
     )
     return spec, folder
@@ -136,9 +150,12 @@ async def _queue_from_server(queue: str, values: dict[str, str]):
 def launch_command(
     queue: Optional[str] = typer.Option(None, "--queue", "-q", help="Queue to put the job on"),
     entry_point: Optional[str] = typer.Option(None, "--entry-point", "-E", help='Command, e.g. "python train.py"'),
-    uri: Optional[str] = typer.Option(None, "--uri", "-u", help="Local code folder"),
+    uri: Optional[str] = typer.Option(None, "--uri", "-u", help="Code folder, or git remote (https:// or git@host:)"),
+    git_ref: Optional[str] = typer.Option(None, "--git-ref", help="Branch, tag or commit of a git -u/--uri"),
     docker_image: Optional[str] = typer.Option(None, "--docker-image", "-d", help="Prebuilt image"),
     job: Optional[str] = typer.Option(None, "--job", "-j", help="Stored job: [project/]name"),
+    base_image: Optional[str] = typer.Option(None, "--base-image", "-B", help="Base image of the generated Dockerfile"),
+    dockerfile: Optional[str] = typer.Option(None, "--dockerfile", "-D", help="Dockerfile in the code folder to build with"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Launch spec JSON/YAML (overrides, resource_args, ...)"),
     priority: Optional[str] = typer.Option(None, "--priority", "-P", help="critical, high, medium or low"),
     set_var: list[str] = typer.Option([], "--set-var", "-v", help="Template field NAME=VALUE (repeatable)"),
@@ -156,8 +173,8 @@ def launch_command(
     clear_errors(_launch)(**locals())
 
 
-def _launch(queue, entry_point, uri, docker_image, job, config, priority, set_var, project, entity,
-            name, run_id, wait, dry_run, resource, resource_args, templates) -> None:
+def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, dockerfile, config, priority,
+            set_var, project, entity, name, run_id, wait, dry_run, resource, resource_args, templates) -> None:
     from prefect_launch.config_files import load_config_file
     from prefect_launch.errors import LaunchError
 
@@ -170,7 +187,8 @@ def _launch(queue, entry_point, uri, docker_image, job, config, priority, set_va
             if not queue:
                 raise LaunchError("--dry-run needs -q/--queue, or -r/--resource for a server-less dry run")
             connect()
-        spec, _ = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id, store=False)
+        spec, folder = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id,
+                                   store=False, git_ref=git_ref, base_image=base_image, dockerfile=dockerfile)
         queue_config = (
             _inline_queue(resource, resource_args, templates, values)
             if resource
@@ -180,8 +198,11 @@ def _launch(queue, entry_point, uri, docker_image, job, config, priority, set_va
         from prefect_launch.render import render
         from prefect_launch.sources import resolve
 
-        job_resolved = resolve(spec, queue, launch_home(), fetch=False)
-        echo_json(render(job_resolved, queue_config, spec.resource_args))
+        # A git job is cloned (into the agent cache) so its image tag is exact.
+        job_resolved = resolve(spec, queue, launch_home(), fetch=spec.source is not None and spec.source.type == "git")
+        if folder is not None:
+            job_resolved = job_resolved.model_copy(update={"workdir": folder})
+        echo_json(render(_with_planned_image(job_resolved, queue, queue_config, spec), queue_config, spec.resource_args))
         return
 
     if resource or resource_args or templates:
@@ -189,7 +210,8 @@ def _launch(queue, entry_point, uri, docker_image, job, config, priority, set_va
     if not queue:
         raise LaunchError("give -q/--queue (or use --dry-run)")
     connect()
-    spec, _ = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id, store=True)
+    spec, _ = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id,
+                          store=True, git_ref=git_ref, base_image=base_image, dockerfile=dockerfile)
     flow_run = run(_enqueue, queue, spec, priority, values)
     from prefect.utilities.urls import url_for
 
@@ -202,6 +224,21 @@ def _launch(queue, entry_point, uri, docker_image, job, config, priority, set_va
         final = run(follow, flow_run.id)
         if not final.is_completed():
             raise typer.Exit(1)
+
+
+def _with_planned_image(job, queue_name, queue_config, spec):
+    """The image tag the agent will build for a code or git job, with this machine's agent config."""
+    from prefect_launch.agent_config import load_agent_config
+    from prefect_launch.builders import BuildSettings, builder_for, plan_for
+    from prefect_launch.registries import registry_for
+    from prefect_launch.spec import Resource
+
+    if job.image or job.workdir is None or queue_config.resource is Resource.local_process:
+        return job
+    settings = BuildSettings.from_agent_config(load_agent_config(None))
+    builder = builder_for(settings, queue_name or "(dry run)", job.source_kind)
+    plan = plan_for(job, queue_config, spec.resource_args, settings, builder, registry_for(settings.destination))
+    return job.model_copy(update={"image": plan.image})
 
 
 async def _enqueue(queue, spec, priority, raw_values):

@@ -28,6 +28,8 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Failed, State
 
 from prefect_launch import sources
+from prefect_launch.builders import BuildSettings, builder_for, plan_for
+from prefect_launch.registries import registry_for
 from prefect_launch.errors import LaunchError
 from prefect_launch.redact import redact
 from prefect_launch.render import render
@@ -42,6 +44,7 @@ class LaunchContext:
     queue_name: str
     queue: QueueConfig
     home: Path
+    build: BuildSettings = field(default_factory=BuildSettings)
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -78,18 +81,42 @@ def resolve_source(spec: LaunchSpec, queue_name: str, home: Path) -> ResolvedJob
     return job
 
 
+@dataclass
+class Image:
+    """The image a job runs, and whether the build task made it (so the push task must push it)."""
+
+    ref: str | None
+    built: bool = False
+
+
 @task(name="build", **_task_options)
-def build(job: ResolvedJob, queue: QueueConfig) -> str | None:
-    if queue.resource is Resource.local_process:
-        get_run_logger().info("local-process runs the code folder in the agent's environment: nothing to build")
-    return job.image
+def build(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -> Image:
+    log = get_run_logger()
+    if context.queue.resource is Resource.local_process:
+        log.info("local-process runs the code folder in the agent's environment: nothing to build")
+        return Image(ref=None)
+    if job.image:
+        log.info("The job names its image %s: nothing to build", job.image)
+        return Image(ref=job.image)
+    builder = builder_for(context.build, context.queue_name, job.source_kind)
+    registry = registry_for(context.build.destination)
+    plan = plan_for(job, context.queue, overrides, context.build, builder, registry)
+    if registry.exists(plan.image):
+        log.info("Image %s already exists: build skipped", plan.image)
+        return Image(ref=plan.image)
+    builder.build(plan, log)
+    log.info("Built %s", plan.image)
+    return Image(ref=plan.image, built=True)
 
 
 @task(name="push", **_task_options)
-def push(image: str | None, queue: QueueConfig) -> str | None:
-    if queue.resource is Resource.local_process:
-        get_run_logger().info("local-process needs no registry: nothing to push")
-    return image
+def push(image: Image, context: LaunchContext) -> str | None:
+    log = get_run_logger()
+    if not image.built:
+        log.info("Nothing was built: nothing to push")
+    else:
+        registry_for(context.build.destination).push(image.ref, log)
+    return image.ref
 
 
 @task(name="submit", **_task_options)
@@ -145,9 +172,9 @@ def launch(spec: LaunchSpec) -> State | None:
         with timeline.stage("resolve"):
             job = resolve_source(spec, context.queue_name, context.home)
         with timeline.stage("build"):
-            image = build(job, context.queue)
+            image = build(job, context, spec.resource_args)
         with timeline.stage("push"):
-            job = job.model_copy(update={"image": push(image, context.queue)})
+            job = job.model_copy(update={"image": push(image, context)})
         with timeline.stage("submit"):
             rendered, handle = submit(job, context.queue, spec.resource_args)
         with timeline.stage("run"):

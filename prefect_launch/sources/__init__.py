@@ -14,8 +14,8 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from prefect_launch.errors import LaunchError
-from prefect_launch.sources import code
-from prefect_launch.spec import CodeSource, ImageSource, LaunchSpec, ResolvedJob, Source, new_run_id
+from prefect_launch.sources import code, git
+from prefect_launch.spec import CodeSource, GitSource, ImageSource, LaunchSpec, ResolvedJob, Source, new_run_id
 
 _PYTHONS = {"python", "python3"}
 
@@ -63,7 +63,8 @@ def resolve(spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True)
         _check_run_config(spec.overrides.run_config, schema, spec.job)
     if source is None:
         raise LaunchError("the job has no source: give -u/--uri, -d/--docker-image or -j/--job")
-    argv = list(spec.overrides.entry_point or entry_point or []) + list(spec.overrides.args)
+    entry_point = list(spec.overrides.entry_point or entry_point or [])
+    argv = entry_point + list(spec.overrides.args)
 
     workdir = image = None
     if isinstance(source, CodeSource):
@@ -72,6 +73,12 @@ def resolve(spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True)
             check_entry_point_file(argv, workdir, f"code {source.digest[:19]}")
         else:
             workdir = code.cache_path(source, home / "code")
+    elif isinstance(source, GitSource):
+        if fetch:
+            workdir, commit = git.fetch(source.uri, source.ref, home / "git")
+            check_entry_point_file(argv, workdir, f"{source.uri} at {commit[:12]}")
+        else:
+            workdir = home / "git" / (source.ref or "HEAD")
     elif isinstance(source, ImageSource):
         image = source.image
     run_id = spec.run_id or new_run_id()
@@ -81,7 +88,11 @@ def resolve(spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True)
         project=spec.project,
         entity=spec.entity,
         queue=queue,
+        source_kind=source.type,
         argv=argv,
+        entry_point=entry_point,
+        dockerfile=spec.overrides.dockerfile,
+        base_image=spec.base_image,
         run_config=spec.overrides.run_config,
         workdir=workdir,
         image=image,

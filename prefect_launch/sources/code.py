@@ -31,8 +31,8 @@ EXCLUDED_NAMES = {".git", "__pycache__", ".venv", "wandb", ".prefect-launch", ".
 DEFAULT_STORAGE = "local-file-system/prefect-launch-code"
 
 
-def pack(folder: Path) -> tuple[str, bytes]:
-    """Return (digest, gzipped tar) for `folder`, identical for identical content."""
+def pack_tar(folder: Path, extra_files: dict[str, bytes] | None = None) -> bytes:
+    """An uncompressed tar of `folder` (plus `extra_files` by path), identical for identical content."""
     folder = Path(folder)
     if not folder.is_dir():
         raise LaunchError(f"code folder {str(folder)!r} does not exist or is not a folder")
@@ -40,15 +40,29 @@ def pack(folder: Path) -> tuple[str, bytes]:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in _walk(folder):
             info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            info.mode = 0o755 if info.isdir() or info.mode & 0o100 else 0o644
+            _normalize(info)
             if info.isfile():
                 with path.open("rb") as handle:
                     tar.addfile(info, handle)
             else:
                 tar.addfile(info)
-    digest = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
-    return digest, gzip.compress(raw.getvalue(), mtime=0)
+        for name, data in sorted((extra_files or {}).items()):
+            info = _normalize(tarfile.TarInfo(name))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    info.mode = 0o755 if info.isdir() or info.mode & 0o100 else 0o644
+    return info
+
+
+def pack(folder: Path) -> tuple[str, bytes]:
+    """Return (digest, gzipped tar) for `folder`, identical for identical content."""
+    raw = pack_tar(folder)
+    return "sha256:" + hashlib.sha256(raw).hexdigest(), gzip.compress(raw, mtime=0)
 
 
 def _walk(folder: Path):
@@ -58,7 +72,8 @@ def _walk(folder: Path):
         if root_path != folder:
             yield root_path
         for name in sorted(files):
-            if name.endswith(".pyc"):
+            # A submodule's `.git` is a file.
+            if name.endswith(".pyc") or name in EXCLUDED_NAMES:
                 continue
             yield root_path / name
 

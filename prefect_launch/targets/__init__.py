@@ -8,9 +8,13 @@ from __future__ import annotations
 from prefect_launch.errors import LaunchError
 from prefect_launch.spec import Resource
 from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.local_container import LocalContainerTarget
 from prefect_launch.targets.local_process import LocalProcessTarget
 
-_TARGETS: dict[Resource, Target] = {Resource.local_process: LocalProcessTarget()}
+_TARGETS: dict[Resource, Target] = {
+    Resource.local_process: LocalProcessTarget(),
+    Resource.local_container: LocalContainerTarget(),
+}
 
 SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS)
 

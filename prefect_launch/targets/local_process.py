@@ -16,10 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 from typing import Any
@@ -27,11 +24,9 @@ from typing import Any
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
+from prefect_launch.targets import process
 from prefect_launch.targets.base import Handle, Outcome, Target
-
-Log = logging.Logger | logging.LoggerAdapter
-
-STOP_GRACE_SECONDS = 10.0
+from prefect_launch.targets.process import Log
 
 
 def _env_entries(value: Any) -> dict[str, str]:
@@ -76,68 +71,7 @@ class LocalProcessTarget(Target):
         # Jobs run with the agent's Python first on PATH, so `python train.py`
         # means the interpreter (and packages) the agent was installed with.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        try:
-            proc = subprocess.Popen(
-                submission["argv"],
-                cwd=submission["cwd"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                text=True,
-                errors="replace",
-                bufsize=1,
-            )
-        except OSError as exc:
-            raise LaunchError(
-                f"entry point {submission['argv'][0]!r} could not start: {exc.strerror or exc}"
-            ) from None
-        log.info("Started process %s: %s", proc.pid, " ".join(submission["argv"]))
-        return Handle(id=str(proc.pid), detail=proc)
+        return process.start(submission["argv"], env, submission["cwd"], log)
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
-        proc: subprocess.Popen[str] = handle.detail
-        finished = threading.Event()
-        stopped = threading.Event()
-
-        def stop_on_cancel() -> None:
-            while not finished.is_set():
-                if cancel.wait(0.25):
-                    stopped.set()
-                    _stop_group(proc)
-                    return
-
-        threading.Thread(target=stop_on_cancel, name=f"cancel-{proc.pid}", daemon=True).start()
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.info(line.rstrip("\n"))
-        code = proc.wait()
-        finished.set()
-        if stopped.is_set():
-            return Outcome(state="cancelled", message="process stopped on cancel", exit_code=code)
-        if code == 0:
-            return Outcome(state="completed", exit_code=0)
-        if code < 0:
-            return Outcome(
-                state="failed",
-                message=f"process killed by {signal.Signals(-code).name}",
-                exit_code=code,
-            )
-        return Outcome(state="failed", message=f"process exited with code {code}", exit_code=code)
-
-
-def _stop_group(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM the job's process group, then SIGKILL what is left after a grace period."""
-    for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        if grace is None:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        return process.follow(handle, cancel, log, stop=process.stop_group)

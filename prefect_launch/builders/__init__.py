@@ -1,0 +1,58 @@
+"""Builders: turn a code or git job into an image. One file per builder.
+
+`builder_for(settings, ...)` picks the agent's builder: `docker`, `noop`
+(build nothing: only image jobs run) or, with none configured, docker when an
+engine answers and noop otherwise, as W&B's agent does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect_launch.builders.base import DEFAULT_BASE_IMAGE, Builder, BuildSettings
+from prefect_launch.builders.plan import BuildPlan, plan_build
+from prefect_launch.errors import LaunchError
+from prefect_launch.registries import Registry
+from prefect_launch.render import merged_resource_args
+from prefect_launch.spec import QueueConfig, ResolvedJob
+
+
+def builder_for(settings: BuildSettings, queue_name: str, source_kind: str) -> Builder:
+    """The builder for a job that needs an image; a clear refusal when the agent cannot build."""
+    from prefect_launch.builders import docker
+
+    kind = settings.builder
+    if kind is None:
+        kind = "docker" if docker.engine_available() else "noop"
+        why = "no builder is configured and no Docker engine answers"
+    else:
+        why = f"the agent's builder.type is {kind}"
+    if kind == "docker":
+        return docker.DockerBuilder()
+    if kind == "noop":
+        raise LaunchError(
+            f"queue {queue_name!r} uses the noop builder ({why}), but this job's {source_kind} source needs "
+            "an image build; launch a prebuilt image with -d/--docker-image, or set builder.type: docker"
+        )
+    raise LaunchError(f"queue {queue_name!r}: the {kind} builder runs on Kubernetes and is not available here")
+
+
+def plan_for(
+    job: ResolvedJob,
+    queue: QueueConfig,
+    overrides: dict[str, Any],
+    settings: BuildSettings,
+    builder: Builder,
+    registry: Registry,
+) -> BuildPlan:
+    """The build plan of a job on a queue, with the agent's settings (the job's resource args win)."""
+    return plan_build(
+        job,
+        merged_resource_args(queue, overrides),
+        default_base_image=settings.base_image,
+        repository=registry.repository(job.project),
+        cache_mounts=builder.cache_mounts,
+    )
+
+
+__all__ = ["Builder", "BuildPlan", "BuildSettings", "DEFAULT_BASE_IMAGE", "builder_for", "plan_build", "plan_for"]

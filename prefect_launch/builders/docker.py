@@ -1,0 +1,157 @@
+"""The docker builder: builds in the local Docker engine, with BuildKit when a CLI can drive it.
+
+BuildKit (for pip cache mounts shared by every build on the engine) needs a
+docker CLI that speaks it: one with the buildx plugin, or a pre-23 CLI with
+`DOCKER_BUILDKIT=1`. The first such `docker` on PATH is used; without one the
+Docker SDK runs the classic builder. Either way the context is the plan's tar,
+builds use the host network (engines here run without a bridge), and every
+line of build output goes to the build task's log.
+
+Example::
+
+    builder = DockerBuilder()
+    builder.build(plan_build(job, {}, "prefect-launch/python:3.11", "127.0.0.1:5000/launch",
+                             builder.cache_mounts), log)
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+
+from prefect_launch.builders.base import Builder, Log
+from prefect_launch.builders.plan import BuildPlan
+from prefect_launch.errors import LaunchError
+
+BUILDKIT_ENV = "PREFECT_LAUNCH_BUILDKIT"
+_TAIL_LINES = 20
+
+
+@functools.cache
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:
+        raise LaunchError(f"no Docker engine answers ({exc.__class__.__name__}: {exc})") from None
+    return client
+
+
+def engine_available() -> bool:
+    try:
+        docker_client()
+        return True
+    except LaunchError:
+        docker_client.cache_clear()
+        return False
+
+
+@functools.cache
+def buildkit_cli() -> tuple[str, dict[str, str]] | None:
+    """(docker CLI path, extra env) of the first CLI on PATH that builds with BuildKit, or None."""
+    if os.environ.get(BUILDKIT_ENV, "1") == "0":
+        return None
+    seen: set[str] = set()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        cli = shutil.which("docker", path=folder)
+        if not cli or os.path.realpath(cli) in seen:
+            continue
+        seen.add(os.path.realpath(cli))
+        if _succeeds([cli, "buildx", "version"]):
+            return cli, {"DOCKER_BUILDKIT": "1"}
+        version = _output([cli, "version", "--format", "{{.Client.Version}}"])
+        if version and version.split(".")[0].isdigit() and int(version.split(".")[0]) < 23:
+            return cli, {"DOCKER_BUILDKIT": "1"}
+    return None
+
+
+def _succeeds(argv: list[str]) -> bool:
+    return _output(argv) is not None
+
+
+def _output(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+class DockerBuilder(Builder):
+    name = "docker"
+
+    @property
+    def cache_mounts(self) -> bool:
+        return buildkit_cli() is not None
+
+    def build(self, plan: BuildPlan, log: Log) -> None:
+        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+
+        def emit(line: str) -> None:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                log.info("%s", line)
+
+        cli = buildkit_cli()
+        log.info("Building %s with %s", plan.image, "BuildKit" if cli else "the classic builder")
+        error = self._build_cli(plan, cli, emit) if cli else self._build_sdk(plan, emit)
+        if error is not None:
+            raise LaunchError(f"image build failed ({error}); last lines of the build log:\n" + "\n".join(tail))
+
+    @staticmethod
+    def _build_cli(plan: BuildPlan, cli: tuple[str, dict[str, str]], emit) -> str | None:
+        path, extra_env = cli
+        # The CLI's BuildKit path refuses a stdin context with -f, so the context goes to a folder.
+        with tempfile.TemporaryDirectory(prefix="prefect-launch-build-") as context:
+            with tarfile.open(fileobj=io.BytesIO(plan.context)) as tar:
+                tar.extractall(context, filter="data")
+            argv = [path, "build", "--network", "host", "--progress", "plain",
+                    "-f", os.path.join(context, plan.dockerfile), "-t", plan.image, context]
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **extra_env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
+            for line in proc.stdout:  # type: ignore[union-attr]
+                emit(line)
+            code = proc.wait()
+        return None if code == 0 else f"docker build exited with {code}"
+
+    @staticmethod
+    def _build_sdk(plan: BuildPlan, emit) -> str | None:
+        from docker.errors import APIError
+
+        try:
+            stream = docker_client().api.build(
+                fileobj=io.BytesIO(plan.context),
+                custom_context=True,
+                dockerfile=plan.dockerfile,
+                tag=plan.image,
+                network_mode="host",
+                rm=True,
+                decode=True,
+            )
+            for record in stream:
+                if "stream" in record:
+                    for line in record["stream"].splitlines():
+                        emit(line)
+                if "error" in record:
+                    emit(record["error"])
+                    return record["error"].strip().splitlines()[-1] if record["error"].strip() else "build error"
+        except APIError as exc:
+            emit(str(exc))
+            return exc.explanation or str(exc)
+        return None

@@ -1,0 +1,59 @@
+"""A Docker/OCI registry reached through the engine (`builder.destination: host[:port]/repo`).
+
+Existence is checked with the registry's manifest API (`docker manifest
+inspect` through the engine), so an image pushed by any agent skips every
+later build of the same tag. Pushes stream their progress into the task log.
+
+Example::
+
+    registry = DockerRegistry("127.0.0.1:5000/launch")
+    registry.exists("127.0.0.1:5000/launch:3f2a...")   # False before the first push
+"""
+
+from __future__ import annotations
+
+from prefect_launch.errors import LaunchError
+from prefect_launch.registries.base import Log, Registry
+
+
+_LAYER_DONE = {"Pushed", "Layer already exists", "Mounted from"}
+
+
+class DockerRegistry(Registry):
+    def __init__(self, destination: str) -> None:
+        self.destination = destination.rstrip("/")
+
+    def repository(self, project: str) -> str:
+        return self.destination
+
+    def exists(self, image: str) -> bool:
+        from docker.errors import APIError, NotFound
+
+        from prefect_launch.builders.docker import docker_client
+
+        try:
+            docker_client().images.get_registry_data(image)
+            return True
+        except NotFound:
+            return False
+        except APIError as exc:
+            # The engine reports a missing manifest as a 500 with "manifest unknown".
+            if "manifest unknown" in str(exc) or "not found" in str(exc).lower():
+                return False
+            raise LaunchError(f"registry {self.destination}: {exc.explanation or exc}") from None
+
+    def push(self, image: str, log: Log) -> str | None:
+        from prefect_launch.builders.docker import docker_client
+
+        repository, tag = image.rsplit(":", 1)
+        log.info("Pushing %s", image)
+        digest = None
+        for record in docker_client().api.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in record:
+                raise LaunchError(f"push of {image} failed: {record['error']}")
+            # One line per layer when it is done; the byte-level progress records are skipped.
+            if record.get("id") and record.get("status") in _LAYER_DONE:
+                log.info("%s: %s", record["id"], record["status"])
+            digest = (record.get("aux") or {}).get("Digest", digest)
+        log.info("Pushed %s (manifest digest %s)", image, digest)
+        return digest

@@ -1,0 +1,26 @@
+"""No registry: images stay in the local engine's store (W&B's default for the docker builder)."""
+
+from __future__ import annotations
+
+from prefect_launch.builders.plan import local_repository
+from prefect_launch.registries.base import Log, Registry
+
+
+class LocalImages(Registry):
+    def repository(self, project: str) -> str:
+        return local_repository(project)
+
+    def exists(self, image: str) -> bool:
+        from docker.errors import ImageNotFound
+
+        from prefect_launch.builders.docker import docker_client
+
+        try:
+            docker_client().images.get(image)
+            return True
+        except ImageNotFound:
+            return False
+
+    def push(self, image: str, log: Log) -> str | None:
+        log.info("No registry configured (builder.destination): %s stays in the local engine", image)
+        return None

@@ -1,0 +1,128 @@
+"""local-container: `docker run` on the agent's Docker engine.
+
+The queue config is `docker run` options, as W&B writes them: a key is a flag
+(`gpus` -> `--gpus`, `v` -> `-v`), a list repeats the flag, `true` is a bare
+flag, `false` or null leaves it out, anything else is the flag's value; an
+`env` entry without `=` passes the agent's variable through. `builder` and
+`scheduler` are not flags (they configure the build and sweeps). The command
+is: `docker run`, the launch's own options (container name from the run id,
+labels, the run folder mounted as `WANDB_DIR`, the W&B variables), the queue's
+options in order, the image, then the entry point and its args.
+
+Secrets never appear in the command: `WANDB_API_KEY` is passed by name, so
+docker reads it from the agent's environment.
+
+Example:
+    >>> from prefect_launch.spec import ResolvedJob
+    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
+    >>> argv = LocalContainerTarget().render(job, {"gpus": "all", "rm": True, "builder": {}})["argv"]
+    >>> argv[-6:]
+    ['--gpus', 'all', '--rm', 'img:1', 'python', 't.py']
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from prefect_launch.errors import LaunchError
+from prefect_launch.jobenv import wandb_env
+from prefect_launch.spec import Resource, ResolvedJob
+from prefect_launch.targets import process
+from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.process import Log
+
+# Queue-config keys that configure prefect-launch, not `docker run`.
+NON_FLAG_KEYS = {"builder", "scheduler"}
+# Passed by name: docker copies the agent's value when it is set, and nothing shows in the command.
+PASS_THROUGH = ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE")
+RUN_DIR = "/launch/run"
+_DOCKER_EXIT = {
+    125: "docker could not run the container",
+    126: "the entry point could not be invoked",
+    127: "the entry point was not found in the image",
+}
+
+
+def container_name(run_id: str) -> str:
+    return f"prefect-launch-{run_id}"
+
+
+def docker_flags(options: dict[str, Any]) -> list[str]:
+    """W&B's docker queue config as `docker run` options, in the config's order."""
+    flags: list[str] = []
+    for key, value in options.items():
+        if key in NON_FLAG_KEYS or value is None or value is False:
+            continue
+        flag = ("-" if len(key) == 1 else "--") + key
+        if value is True:
+            flags.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                flags += [flag, str(item)]
+        elif isinstance(value, dict):
+            if key != "env":
+                raise LaunchError(f"local-container queue config: {key} must be a string, number, boolean or list")
+            for name, item in value.items():
+                flags += [flag, f"{name}={item}"]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+class LocalContainerTarget(Target):
+    resource = Resource.local_container
+
+    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
+        if not job.image:
+            raise LaunchError("local-container needs an image: this job has none (was its build skipped?)")
+        env = {**wandb_env(job)}
+        own = ["--name", container_name(job.run_id), "--label", f"prefect-launch.run-id={job.run_id}"]
+        if job.run_dir is not None:
+            own += ["--volume", f"{job.run_dir}:{RUN_DIR}"]
+            env["WANDB_DIR"] = RUN_DIR
+        for name, value in env.items():
+            own += ["--env", f"{name}={value}"]
+        for name in PASS_THROUGH:
+            own += ["--env", name]
+        return {"argv": ["docker", "run", *own, *docker_flags(resource_args), job.image, *job.argv]}
+
+    def submit(self, submission: dict[str, Any], log: Log) -> Handle:
+        argv = submission["argv"]
+        volume = _run_dir_volume(argv)
+        if volume:
+            # Created by the agent, not by dockerd, so the folder keeps the agent's owner.
+            Path(volume).mkdir(parents=True, exist_ok=True)
+        name = argv[argv.index("--name") + 1]
+        handle = process.start(argv, env=dict(os.environ), cwd=None, log=log)
+        handle.id = name
+        return handle
+
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+        name = handle.id
+
+        def stop(_proc: subprocess.Popen[str]) -> None:
+            log.info("Stopping container %s", name)
+            _docker("stop", "--time", str(int(process.STOP_GRACE_SECONDS)), name)
+
+        try:
+            return process.follow(
+                handle, cancel, log, stop=stop,
+                describe_exit=lambda code: _DOCKER_EXIT.get(code, f"container exited with code {code}"),
+            )
+        finally:
+            _docker("rm", "--force", name)
+
+
+def _run_dir_volume(argv: list[str]) -> str | None:
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--volume" and value.endswith(f":{RUN_DIR}"):
+            return value.rsplit(":", 1)[0]
+    return None
+
+
+def _docker(*args: str) -> None:
+    subprocess.run(["docker", *args], capture_output=True, timeout=60)

@@ -1,0 +1,254 @@
+"""Real services for container tests, all on 127.0.0.1: a git server, a package index, a registry.
+
+- `GitServer`: git's smart HTTP protocol (`git http-backend` as CGI) over TLS
+  with a self-signed certificate and basic auth, so clones need real
+  credentials and `https://` (the only scheme launch accepts besides ssh).
+- `PackageIndex`: a PEP 503 "simple" index serving one pure-Python wheel.
+- `Registry`: Debian's `docker-registry` (the CNCF distribution registry).
+
+The Docker engine itself is started by `./dev test` (it needs root and
+outlives a test run); `docker_engine()` fails loudly when it is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+BASE_IMAGE = os.environ.get("PREFECT_LAUNCH_TEST_BASE_IMAGE", "prefect-launch/python:3.11")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def docker_engine():
+    """The Docker engine and the tests' base image; a failure, never a skip, when either is missing."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        raise AssertionError(f"no Docker engine answers ({exc}); run the tests with ./dev test, which starts dockerd") from None
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        raise AssertionError(f"base image {BASE_IMAGE} missing; build it with infra/images/build-base.sh") from None
+    return client
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class GitServer:
+    """Serves bare repositories under `root` at https://127.0.0.1:PORT/<name>.git, user `git-user`."""
+
+    user = "git-user"
+
+    def __init__(self, root: Path, password: str) -> None:
+        self.root, self.password = root, password
+        self.cert = root / "cert.pem"
+        key = root / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.cert)],
+            check=True, capture_output=True,
+        )
+        expected = "Basic " + base64.b64encode(f"{self.user}:{password}".encode()).decode()
+        server_root = root
+        self.requests: list[str] = []
+        requests = self.requests
+
+        class Handler(_Quiet):
+            def do_GET(self) -> None:
+                self._cgi()
+
+            def do_POST(self) -> None:
+                self._cgi()
+
+            def _cgi(self) -> None:
+                requests.append(self.path)
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.end_headers()
+                    return
+                path, _, query = self.path.partition("?")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                env = {
+                    **os.environ,
+                    "GIT_PROJECT_ROOT": str(server_root),
+                    "GIT_HTTP_EXPORT_ALL": "1",
+                    "REQUEST_METHOD": self.command,
+                    "PATH_INFO": path,
+                    "QUERY_STRING": query,
+                    "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                    "CONTENT_LENGTH": str(len(body)),
+                    "REMOTE_USER": "git-user",
+                    "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                }
+                if self.headers.get("Content-Encoding") == "gzip":
+                    env["HTTP_CONTENT_ENCODING"] = "gzip"
+                out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+                head, _, payload = out.partition(b"\r\n\r\n")
+                status = 200
+                headers = []
+                for line in head.decode().split("\r\n"):
+                    name, _, value = line.partition(": ")
+                    if name.lower() == "status":
+                        status = int(value.split()[0])
+                    elif name:
+                        headers.append((name, value))
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"https://127.0.0.1:{self.port}/{name}.git"
+
+    def credentials_line(self) -> str:
+        return f"https://{self.user}:{self.password}@127.0.0.1:{self.port}\n"
+
+    def publish(self, name: str, work: Path) -> Path:
+        """Make `work` (a git work tree) available as a bare repository `name`; return the bare path."""
+        bare = self.root / f"{name}.git"
+        subprocess.run(["git", "clone", "--quiet", "--bare", str(work), str(bare)], check=True)
+        subprocess.run(["git", "-C", str(bare), "config", "http.receivepack", "true"], check=True)
+        return bare
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def git(work: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    done = subprocess.run(["git", "-C", str(work), *args], check=True, capture_output=True, text=True, env=env)
+    return done.stdout.strip()
+
+
+def _wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
+    """A minimal valid pure-Python wheel."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    files = {
+        f"{name.replace('-', '_')}/__init__.py": module_source.encode(),
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}.dist-info/RECORD,,")
+    files[f"{dist}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = directory / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return wheel
+
+
+class PackageIndex:
+    """A PEP 503 index at http://127.0.0.1:PORT/simple with one package."""
+
+    def __init__(self, root: Path, name: str = "launch-util", version: str = "1.0") -> None:
+        package_dir = root / "simple" / name
+        package_dir.mkdir(parents=True)
+        wheel = _wheel(package_dir, name, version, "GREETING = 'hello from launch-util'\n")
+        (package_dir / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+        self.name, self.port = name, free_port()
+        directory = str(root)
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, directory=directory, **kwargs)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/simple"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+class Registry:
+    """Debian's docker-registry on 127.0.0.1:PORT, storing under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        config = root / "registry.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=(root / "registry.log").open("w"))
+        _wait_port(self.port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def manifest_digest(self, repository: str, tag: str) -> str | None:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://{self.host}/v2/{repository}/manifests/{tag}",
+            method="HEAD",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                               "application/vnd.oci.image.manifest.v1+json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.headers.get("Docker-Content-Digest")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
