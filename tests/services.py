@@ -252,3 +252,25 @@ class Registry:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+class MotoServer:
+    """moto's AWS stand-in on 127.0.0.1:PORT (S3, ECR, SageMaker, ...)."""
+
+    def __init__(self, log: Path) -> None:
+        import shutil
+        import sys
+
+        self.port = free_port()
+        binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+        self.proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        _wait_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)

@@ -30,6 +30,7 @@ def create(
     schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema the run config must fit"),
     entity: Optional[str] = typer.Option(None, "--entity", "-e", help="W&B entity (recorded only)"),
     git_ref: Optional[str] = typer.Option(None, "--git-ref", help="git jobs: branch, tag or commit"),
+    code_storage: Optional[str] = typer.Option(None, "--code-storage", help="code jobs: storage block, e.g. s3-bucket/code"),
 ) -> None:
     """Create (or replace) a job definition that `launch -j NAME` runs."""
     from prefect_launch.config_files import load_config_file
@@ -63,7 +64,7 @@ def create(
     from prefect_launch.sources import code
 
     if kind is JobKind.code:
-        source = code.upload(Path(path), code.ensure_default_storage(launch_home())).model_dump()
+        source = code.upload(Path(path), code.code_storage(code_storage, launch_home())).model_dump()
         requirements_file = Path(path) / "requirements.txt"
         requirements = requirements_file.read_text().splitlines() if requirements_file.exists() else []
     elif kind is JobKind.git:

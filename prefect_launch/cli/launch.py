@@ -56,7 +56,8 @@ def is_git_uri(uri: str) -> bool:
 def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | None, job: str | None,
                 entry_point: str | None, project: str | None, entity: str | None,
                 name: str | None, run_id: str | None, store: bool, git_ref: str | None = None,
-                base_image: str | None = None, dockerfile: str | None = None) -> tuple[Any, Path | None]:
+                base_image: str | None = None, dockerfile: str | None = None,
+                code_storage: str | None = None) -> tuple[Any, Path | None]:
     """The LaunchSpec (flags over the -c file) and the local code folder, if any."""
     from prefect_launch.errors import LaunchError
     from prefect_launch.sources import check_entry_point_file, code
@@ -92,7 +93,7 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
         if store:
             from prefect_launch.home import launch_home
 
-            source = code.upload(folder, code.ensure_default_storage(launch_home()))
+            source = code.upload(folder, code.code_storage(code_storage, launch_home()))
         else:
             source = CodeSource(digest=code.pack(folder)[0], storage=code.DEFAULT_STORAGE)
     elif docker_image:
@@ -156,6 +157,7 @@ def launch_command(
     job: Optional[str] = typer.Option(None, "--job", "-j", help="Stored job: [project/]name"),
     base_image: Optional[str] = typer.Option(None, "--base-image", "-B", help="Base image of the generated Dockerfile"),
     dockerfile: Optional[str] = typer.Option(None, "--dockerfile", "-D", help="Dockerfile in the code folder to build with"),
+    code_storage: Optional[str] = typer.Option(None, "--code-storage", help="Storage block for code, e.g. s3-bucket/code (default: local)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Launch spec JSON/YAML (overrides, resource_args, ...)"),
     priority: Optional[str] = typer.Option(None, "--priority", "-P", help="critical, high, medium or low"),
     set_var: list[str] = typer.Option([], "--set-var", "-v", help="Template field NAME=VALUE (repeatable)"),
@@ -173,7 +175,7 @@ def launch_command(
     clear_errors(_launch)(**locals())
 
 
-def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, dockerfile, config, priority,
+def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, dockerfile, code_storage, config, priority,
             set_var, project, entity, name, run_id, wait, dry_run, resource, resource_args, templates) -> None:
     from prefect_launch.config_files import load_config_file
     from prefect_launch.errors import LaunchError
@@ -211,7 +213,8 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
         raise LaunchError("give -q/--queue (or use --dry-run)")
     connect()
     spec, _ = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id,
-                          store=True, git_ref=git_ref, base_image=base_image, dockerfile=dockerfile)
+                          store=True, git_ref=git_ref, base_image=base_image, dockerfile=dockerfile,
+                          code_storage=code_storage)
     flow_run = run(_enqueue, queue, spec, priority, values)
     from prefect.utilities.urls import url_for
 

@@ -29,6 +29,7 @@ from prefect_launch.spec import CodeSource
 # Folders that are never part of a job's code.
 EXCLUDED_NAMES = {".git", "__pycache__", ".venv", "wandb", ".prefect-launch", ".pytest_cache"}
 DEFAULT_STORAGE = "local-file-system/prefect-launch-code"
+STORAGE_ENV = "PREFECT_LAUNCH_CODE_STORAGE"
 
 
 def pack_tar(folder: Path, extra_files: dict[str, bytes] | None = None) -> bytes:
@@ -83,6 +84,24 @@ def _load_storage(name: str):
 
     # `_sync=True`: these helpers are sync even when called under an event loop.
     return Block.load(name, _sync=True)
+
+
+def code_storage(name: str | None, home: Path) -> str:
+    """The storage block code goes to: `name`, else $PREFECT_LAUNCH_CODE_STORAGE, else the local default.
+
+    Any Prefect filesystem block with `read_path`/`write_path` works: `s3-bucket/NAME`
+    (prefect-aws), `gcs-bucket/NAME` (prefect-gcp), `remote-file-system/NAME`.
+    """
+    name = name or os.environ.get(STORAGE_ENV)
+    if not name:
+        return ensure_default_storage(home)
+    if "/" not in name:
+        raise LaunchError(f"code storage {name!r}: name a block as <block-type-slug>/<name>, e.g. s3-bucket/code")
+    try:
+        _load_storage(name)
+    except (ValueError, KeyError) as exc:
+        raise LaunchError(f"code storage block {name!r} not found: {exc}") from None
+    return name
 
 
 def ensure_default_storage(home: Path) -> str:
