@@ -16,6 +16,7 @@ import base64
 import hashlib
 import http.server
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -187,10 +188,10 @@ class PackageIndex:
     """A PEP 503 index at http://127.0.0.1:PORT/simple with one package."""
 
     def __init__(self, root: Path, name: str = "launch-util", version: str = "1.0") -> None:
+        self.root = root
         package_dir = root / "simple" / name
         package_dir.mkdir(parents=True)
-        wheel = _wheel(package_dir, name, version, "GREETING = 'hello from launch-util'\n")
-        (package_dir / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+        self._list(package_dir, _wheel(package_dir, name, version, "GREETING = 'hello from launch-util'\n"))
         self.name, self.port = name, free_port()
         directory = str(root)
 
@@ -203,6 +204,21 @@ class PackageIndex:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def _list(package_dir: Path, wheel: Path) -> None:
+        with (package_dir / "index.html").open("a") as index:
+            index.write(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+
+    def add(self, wheel: Path) -> None:
+        """Serve a downloaded wheel too, under its PEP 503 normalized project name."""
+        import re
+
+        project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+        package_dir = self.root / "simple" / project
+        package_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(wheel, package_dir / wheel.name)
+        self._list(package_dir, package_dir / wheel.name)
 
     @property
     def url(self) -> str:

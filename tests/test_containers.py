@@ -305,3 +305,25 @@ def test_docker_queue_seeds_render_as_written():
                           "--dry-run").stdout)["submission"]["argv"]
     assert argv[argv.index("trainer:1") - 2:argv.index("trainer:1")] == ["--gpus", "all"]
     assert not any("builder" in arg or "accelerator" in arg for arg in argv)
+
+
+def test_no_builder_configured_uses_the_engine_and_keeps_images_local(engine, index, make_queue, start_agent,
+                                                                      tmp_path):
+    """No agent config: docker is used because an engine answers; no destination keeps images local; -B sets the base."""
+    queue = _container_queue(make_queue, tmp_path)
+    start_agent("-q", queue, "--config", str(_write_empty_config(tmp_path)))
+    code = _code_folder(tmp_path / "code", index, "local image")
+    result = launch("-q", queue, "-u", str(code), "-E", "python train.py", "-B", BASE_IMAGE, "-p", "Local Proj",
+                    "--wait", timeout=600)
+    logs = run_logs(flow_run_of(run_id_of(result)).id)
+    assert "local image" in logs
+    image = _image_in_logs(logs)
+    assert image.startswith("prefect-launch/local-proj:")
+    assert any("stays in the local engine" in line for line in logs)
+    assert engine.images.get(image).attrs["Config"]["Cmd"] == ["python", "train.py"]
+
+
+def _write_empty_config(tmp_path: Path) -> Path:
+    path = tmp_path / "empty-launch-config.yaml"
+    path.write_text("{}\n")
+    return path

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from typing import Callable
 
 from prefect_launch.builders.base import Builder, Log
 from prefect_launch.builders.plan import BuildPlan
@@ -43,6 +44,27 @@ def docker_client():
     except Exception as exc:
         raise LaunchError(f"no Docker engine answers ({exc.__class__.__name__}: {exc})") from None
     return client
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The engine's HTTP status for a docker SDK error.
+
+    Matched by status rather than by class: in a Prefect worker `docker.errors`
+    can end up imported twice (Prefect lazy-imports docker), and then
+    `except NotFound` misses the NotFound that is raised.
+    """
+    return getattr(exc, "status_code", None)
+
+
+def found(lookup: Callable[[], object]) -> bool:
+    """True if the engine lookup succeeds, False if it answers 404; other errors propagate."""
+    try:
+        lookup()
+        return True
+    except Exception as exc:
+        if http_status(exc) == 404:
+            return False
+        raise
 
 
 def engine_available() -> bool:
@@ -132,8 +154,6 @@ class DockerBuilder(Builder):
 
     @staticmethod
     def _build_sdk(plan: BuildPlan, emit) -> str | None:
-        from docker.errors import APIError
-
         try:
             stream = docker_client().api.build(
                 fileobj=io.BytesIO(plan.context),
@@ -151,7 +171,9 @@ class DockerBuilder(Builder):
                 if "error" in record:
                     emit(record["error"])
                     return record["error"].strip().splitlines()[-1] if record["error"].strip() else "build error"
-        except APIError as exc:
+        except Exception as exc:
+            if http_status(exc) is None:
+                raise
             emit(str(exc))
-            return exc.explanation or str(exc)
+            return getattr(exc, "explanation", None) or str(exc)
         return None

@@ -27,20 +27,12 @@ class DockerRegistry(Registry):
         return self.destination
 
     def exists(self, image: str) -> bool:
-        from docker.errors import APIError, NotFound
-
-        from prefect_launch.builders.docker import docker_client
+        from prefect_launch.builders.docker import docker_client, found
 
         try:
-            docker_client().images.get_registry_data(image)
-            return True
-        except NotFound:
-            return False
-        except APIError as exc:
-            # The engine reports a missing manifest as a 500 with "manifest unknown".
-            if "manifest unknown" in str(exc) or "not found" in str(exc).lower():
-                return False
-            raise LaunchError(f"registry {self.destination}: {exc.explanation or exc}") from None
+            return found(lambda: docker_client().images.get_registry_data(image))
+        except Exception as exc:
+            raise LaunchError(f"registry {self.destination}: {getattr(exc, 'explanation', None) or exc}") from None
 
     def push(self, image: str, log: Log) -> str | None:
         from prefect_launch.builders.docker import docker_client

@@ -11,15 +11,9 @@ class LocalImages(Registry):
         return local_repository(project)
 
     def exists(self, image: str) -> bool:
-        from docker.errors import ImageNotFound
+        from prefect_launch.builders.docker import docker_client, found
 
-        from prefect_launch.builders.docker import docker_client
-
-        try:
-            docker_client().images.get(image)
-            return True
-        except ImageNotFound:
-            return False
+        return found(lambda: docker_client().images.get(image))
 
     def push(self, image: str, log: Log) -> str | None:
         log.info("No registry configured (builder.destination): %s stays in the local engine", image)
