@@ -423,7 +423,8 @@ async def measure_throughput(ctx: "Context", submit: Submit, dispatcher: Callabl
     progress(f"  {label}: {jobs} runs waiting; starting the dispatcher")
     server_before = cpu_seconds(ctx.server_pid)
     with dispatcher() as process:
-        runs = await wait_for_runs(ctx.client, run_ids)
+        # The stock worker drains ~15 jobs/min here: allow 10 s per job.
+        runs = await wait_for_runs(ctx.client, run_ids, timeout=max(RUN_TIMEOUT_SECONDS * 5, 10.0 * jobs))
         worker_cpu = cpu_seconds(process.pid)
     check_completed(runs, f"{label} throughput")
     elapsed = max(run.end_time.timestamp() for run in runs) - min(run.start_time.timestamp() for run in runs)

@@ -46,6 +46,7 @@ from prefect.states import Failed
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, TypeAdapter, ValidationError
 
+from prefect_launch.agent_config import load_agent_config
 from prefect_launch.builders.base import BuildSettings
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
 from prefect_launch.home import launch_home
@@ -145,7 +146,8 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._build_settings = build_settings or BuildSettings()
+        # `prefect worker start --type launch` has no agent: read W&B's default launch-config.yaml.
+        self._build_settings = build_settings or BuildSettings.from_agent_config(load_agent_config(None))
         self._shared_limiter = shared_limiter
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
