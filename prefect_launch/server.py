@@ -66,7 +66,8 @@ def read_state(home: Path) -> dict | None:
         return None
 
 
-def _free_port(preferred: int) -> int:
+def free_port(preferred: int = 0) -> int:
+    """`preferred` if it is free on 127.0.0.1, else any free port."""
     for port in (preferred, 0):
         with socket.socket() as sock:
             try:
@@ -92,7 +93,7 @@ def server_env(home: Path) -> dict[str, str]:
 
 def start_server(home: Path, port: int = DEFAULT_PORT) -> str:
     """Start a detached Prefect server for this home and wait until it answers."""
-    port = _free_port(port)
+    port = free_port(port)
     url = f"http://127.0.0.1:{port}/api"
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}

@@ -20,18 +20,15 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import zipfile
 from pathlib import Path
 
+from prefect_launch.server import free_port
+
 BASE_IMAGE = os.environ.get("PREFECT_LAUNCH_TEST_BASE_IMAGE", "prefect-launch/python:3.11")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_port(port: int, timeout: float = 30) -> None:
@@ -274,9 +271,6 @@ class MotoServer:
     """moto's AWS stand-in on 127.0.0.1:PORT (S3, ECR, SageMaker, ...)."""
 
     def __init__(self, log: Path) -> None:
-        import shutil
-        import sys
-
         self.port = free_port()
         binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
         self.proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(self.port)],

@@ -87,16 +87,12 @@ def buildkit_cli() -> tuple[str, dict[str, str]] | None:
         if not cli or os.path.realpath(cli) in seen:
             continue
         seen.add(os.path.realpath(cli))
-        if _succeeds([cli, "buildx", "version"]):
+        if _output([cli, "buildx", "version"]) is not None:
             return cli, {"DOCKER_BUILDKIT": "1"}
         version = _output([cli, "version", "--format", "{{.Client.Version}}"])
         if version and version.split(".")[0].isdigit() and int(version.split(".")[0]) < 23:
             return cli, {"DOCKER_BUILDKIT": "1"}
     return None
-
-
-def _succeeds(argv: list[str]) -> bool:
-    return _output(argv) is not None
 
 
 def _output(argv: list[str]) -> str | None:

@@ -79,7 +79,7 @@ class LocalContainerTarget(Target):
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         if not job.image:
             raise LaunchError("local-container needs an image: this job has none (was its build skipped?)")
-        env = {**wandb_env(job)}
+        env = wandb_env(job)
         own = ["--name", container_name(job.run_id), "--label", f"prefect-launch.run-id={job.run_id}"]
         if job.run_dir is not None:
             own += ["--volume", f"{job.run_dir}:{RUN_DIR}"]
