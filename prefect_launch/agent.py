@@ -35,8 +35,8 @@ from prefect.events.filters import (
 
 from prefect_launch.agent_config import AgentConfig
 from prefect_launch.deployments.queues import read_queue
+from prefect_launch.environments import environment_problems
 from prefect_launch.errors import LaunchError
-from prefect_launch.builders.base import BuildSettings
 from prefect_launch.worker import LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
@@ -61,6 +61,9 @@ class Agent:
                 + ", ".join(placeholders)
                 + "; fill them in"
             )
+        problems = environment_problems(config)
+        if problems:
+            raise LaunchError("the agent config's environment does not fit: " + "; ".join(problems))
         self.config = config
         self.name = name or f"launch-agent-{socket.gethostname()}"
         self.poll_seconds = poll_seconds
@@ -88,7 +91,7 @@ class Agent:
                     create_pool_if_not_found=False,
                     shared_limiter=limiter,
                     on_job_done=self._job_done,
-                    build_settings=BuildSettings.from_agent_config(self.config),
+                    agent_config=self.config,
                 )
                 self.workers.append(await stack.enter_async_context(worker))
             logger.info(

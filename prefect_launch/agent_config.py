@@ -58,6 +58,9 @@ class EnvironmentConfig(BaseModel):
     type: Literal["aws", "gcp", "azure"] | Placeholder | None = None
     region: str | None = None
     project: str | None = None
+    # Beyond W&B: a Prefect credentials block (`aws-credentials/NAME`, `gcp-credentials/NAME`)
+    # instead of the cloud's default credential chain.
+    credentials: str | None = None
 
 
 class AgentConfig(BaseModel):

@@ -36,3 +36,19 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
     if job.run_dir is not None:
         env["WANDB_DIR"] = str(job.run_dir)
     return env
+
+
+def split_long_config(env: dict[str, str], max_length: int) -> dict[str, str]:
+    """`WANDB_CONFIG` cut into `WANDB_CONFIG_0`, `_1`, ... of at most `max_length` characters.
+
+    For targets that limit the length of an environment value (SageMaker: 512);
+    `wandb.init` joins the pieces again.
+
+    >>> split_long_config({"WANDB_CONFIG": "abcde"}, 2)
+    {'WANDB_CONFIG_0': 'ab', 'WANDB_CONFIG_1': 'cd', 'WANDB_CONFIG_2': 'e'}
+    """
+    config = env.get("WANDB_CONFIG")
+    if config is None or len(config) <= max_length:
+        return env
+    pieces = {f"WANDB_CONFIG_{i}": config[start:start + max_length] for i, start in enumerate(range(0, len(config), max_length))}
+    return {**{k: v for k, v in env.items() if k != "WANDB_CONFIG"}, **pieces}

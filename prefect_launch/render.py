@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from prefect_launch.environments import Environment
 from prefect_launch.macros import resolve_macros
 from prefect_launch.spec import RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
 from prefect_launch.targets import get_target
@@ -67,16 +68,21 @@ def merged_resource_args(queue: QueueConfig, overrides: dict[str, Any] | None) -
 
 
 def render(
-    job: ResolvedJob, queue: QueueConfig, overrides: dict[str, Any] | None = None
+    job: ResolvedJob,
+    queue: QueueConfig,
+    overrides: dict[str, Any] | None = None,
+    environment: Environment | None = None,
 ) -> dict[str, Any]:
     """The dry-run object: `{"resource", "image", "submission"}`.
 
     `queue.resource_args` must already have its template fields filled;
     `overrides` (the job's own `resource_args`) are merged over them, then
-    macros are resolved, then the target renders its payload.
+    macros are resolved, then the target renders its payload. A cloud target
+    reads only what `environment.verify()` has already looked up (the AWS
+    account for a bare SageMaker role name).
     """
     resource_args = resolve_macros(merged_resource_args(queue, overrides), macro_values(job))
-    target = get_target(queue.resource)
+    target = get_target(queue.resource, environment)
     return {
         "resource": queue.resource.value,
         "image": job.image,

@@ -27,6 +27,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 # W&B's spellings of our resources.
 RESOURCE_ALIASES = {"gcp-vertex": "vertex", "local": "local-container"}
+# Queue-config keys that configure prefect-launch (the build, sweeps), not the target's payload.
+LAUNCH_KEYS = frozenset({"builder", "scheduler"})
 
 
 class Resource(str, Enum):
@@ -37,6 +39,11 @@ class Resource(str, Enum):
     kubernetes = "kubernetes"
     sagemaker = "sagemaker"
     vertex = "vertex"
+
+    @property
+    def remote(self) -> bool:
+        """Runs off the agent's machine: no agent folder is the job's WANDB_DIR."""
+        return self in (Resource.kubernetes, Resource.sagemaker, Resource.vertex)
 
     @classmethod
     def parse(cls, name: str) -> "Resource":

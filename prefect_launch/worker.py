@@ -46,8 +46,9 @@ from prefect.states import Failed
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, TypeAdapter, ValidationError
 
-from prefect_launch.agent_config import load_agent_config
+from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.builders.base import BuildSettings
+from prefect_launch.environments import environment_for
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
 from prefect_launch.home import launch_home
 from prefect_launch.spec import QueueConfig, Resource
@@ -142,12 +143,14 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         *args: Any,
         shared_limiter: anyio.CapacityLimiter | None = None,
         on_job_done: Callable[[], None] | None = None,
-        build_settings: BuildSettings | None = None,
+        agent_config: AgentConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         # `prefect worker start --type launch` has no agent: read W&B's default launch-config.yaml.
-        self._build_settings = build_settings or BuildSettings.from_agent_config(load_agent_config(None))
+        agent_config = agent_config or load_agent_config(None)
+        self._build_settings = BuildSettings.from_agent_config(agent_config)
+        self._environment = environment_for(agent_config.environment)
         self._shared_limiter = shared_limiter
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
@@ -180,7 +183,11 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
 
         context = LaunchContext(
-            queue_name=self._work_pool_name, queue=queue, home=launch_home(), build=self._build_settings
+            queue_name=self._work_pool_name,
+            queue=queue,
+            home=launch_home(),
+            build=self._build_settings,
+            environment=self._environment,
         )
         self._in_flight[flow_run.id] = context
         if task_status:

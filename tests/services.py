@@ -226,15 +226,22 @@ class PackageIndex:
 
 
 class Registry:
-    """Debian's docker-registry on 127.0.0.1:PORT, storing under `root`."""
+    """Debian's docker-registry on 127.0.0.1:PORT, storing under `root`; with `login`, it asks for that user and password."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, login: tuple[str, str] | None = None) -> None:
         self.port = free_port()
+        self.login = login
         config = root / "registry.yml"
+        auth = ""
+        if login:
+            import bcrypt
+
+            (root / "htpasswd").write_text(f"{login[0]}:{bcrypt.hashpw(login[1].encode(), bcrypt.gensalt()).decode()}\n")
+            auth = f"auth:\n  htpasswd:\n    realm: tests\n    path: {root / 'htpasswd'}\n"
         config.write_text(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
         )
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=(root / "registry.log").open("w"))
@@ -248,12 +255,12 @@ class Registry:
         import urllib.error
         import urllib.request
 
+        headers = {"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                             "application/vnd.oci.image.manifest.v1+json"}
+        if self.login:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.login).encode()).decode()
         request = urllib.request.Request(
-            f"http://{self.host}/v2/{repository}/manifests/{tag}",
-            method="HEAD",
-            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
-                               "application/vnd.oci.image.manifest.v1+json"},
-        )
+            f"http://{self.host}/v2/{repository}/manifests/{tag}", method="HEAD", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.headers.get("Docker-Content-Digest")

@@ -90,7 +90,7 @@ def test_job_level_accelerator_overrides_the_queue(code):
 
     queue = QueueConfig(resource="local-container", resource_args={"builder": {"accelerator": {"base_image": "queue:1"}}})
     job_level = {"builder": {"accelerator": {"base_image": "job:1"}}}
-    plan = plan_for(_job(code), queue, job_level, BuildSettings(), DockerBuilder(), registry_for(None))
+    plan = plan_for(_job(code), queue, job_level, BuildSettings(), DockerBuilder(), registry_for(BuildSettings()))
     assert _files(plan)[GENERATED_DOCKERFILE].startswith("FROM job:1\n")
     assert plan.image.startswith("prefect-launch/p:")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,18 +35,39 @@ class BuildSettings(BaseModel):
         default=None, description="None: docker when an engine answers, else noop (as W&B does)"
     )
     destination: str | None = Field(default=None, description="Registry repository images are pushed to")
+    registry_type: Literal["ecr", "gcr", "acr", "local"] | None = Field(
+        default=None, description="`registry.type`; None = read from the destination's host"
+    )
     base_image: str = DEFAULT_BASE_IMAGE
 
     @classmethod
     def from_agent_config(cls, config) -> "BuildSettings":
-        """`builder.destination` (or `builder.uri`, or the older `registry.uri`) and `builder.type`."""
+        """`builder.destination` (or `builder.uri`, or the older `registry.uri`), `builder.type`, `registry.type`."""
         builder, registry = config.builder, config.registry
         destination = (builder and (builder.destination or builder.uri)) or (registry and registry.uri) or None
         return cls(
             builder=builder.type if builder else None,
-            destination=destination,
+            destination=normalize_destination(destination) if destination else None,
+            registry_type=registry.type if registry else None,
             base_image=(builder and builder.base_image) or DEFAULT_BASE_IMAGE,
         )
+
+
+_ECR_ARN = re.compile(r"^arn:aws[\w-]*:ecr:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):repository/(?P<name>.+)$")
+
+
+def normalize_destination(destination: str) -> str:
+    """A repository as docker names it: no `https://` (the ACR seed), an ECR repository ARN (the SageMaker seed) as its host/name.
+
+    >>> normalize_destination("arn:aws:ecr:us-east-1:123456789012:repository/launch")
+    '123456789012.dkr.ecr.us-east-1.amazonaws.com/launch'
+    >>> normalize_destination("https://reg.azurecr.io/launch/")
+    'reg.azurecr.io/launch'
+    """
+    arn = _ECR_ARN.match(destination)
+    if arn:
+        return f"{arn['account']}.dkr.ecr.{arn['region']}.amazonaws.com/{arn['name']}"
+    return re.sub(r"^https?://", "", destination).rstrip("/")
 
 
 class Builder(abc.ABC):

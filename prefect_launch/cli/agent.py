@@ -24,6 +24,7 @@ def agent_command(
 
 def _agent(queue, max_jobs, config, check, name, poll_seconds) -> None:
     from prefect_launch.agent_config import load_agent_config
+    from prefect_launch.environments import environment_problems
 
     agent_config = load_agent_config(config).with_flags(queue, max_jobs)
     if check:
@@ -31,6 +32,11 @@ def _agent(queue, max_jobs, config, check, name, poll_seconds) -> None:
         if placeholders:
             stderr("note: documentation placeholders to fill in before starting: " + ", ".join(placeholders))
         echo_json(agent_config.model_dump(mode="json", by_alias=True, exclude_none=True))
+        problems = environment_problems(agent_config)
+        for problem in problems:
+            stderr(f"error: {problem}")
+        if problems:
+            raise typer.Exit(1)
         return
 
     connect()

@@ -201,10 +201,13 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
         from prefect_launch.sources import resolve
 
         # A git job is cloned (into the agent cache) so its image tag is exact.
-        job_resolved = resolve(spec, queue, launch_home(), fetch=spec.source is not None and spec.source.type == "git")
+        job_resolved = resolve(spec, queue, launch_home(), fetch=spec.source is not None and spec.source.type == "git",
+                               resource=queue_config.resource)
         if folder is not None:
             job_resolved = job_resolved.model_copy(update={"workdir": folder})
-        echo_json(render(_with_planned_image(job_resolved, queue, queue_config, spec), queue_config, spec.resource_args))
+        environment = _verified_environment(queue_config.resource)
+        job_resolved = _with_planned_image(job_resolved, queue, queue_config, spec, environment)
+        echo_json(render(job_resolved, queue_config, spec.resource_args, environment))
         return
 
     if resource or resource_args or templates:
@@ -229,7 +232,26 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
             raise typer.Exit(1)
 
 
-def _with_planned_image(job, queue_name, queue_config, spec):
+def _verified_environment(resource):
+    """This machine's agent-config environment, verified for a remote target when its cloud answers.
+
+    A dry run needs no cloud: when it cannot be reached, what depends on it
+    (the account of a bare SageMaker role name) fails with its own message.
+    """
+    from prefect_launch.agent_config import load_agent_config
+    from prefect_launch.environments import environment_for
+    from prefect_launch.errors import LaunchError
+
+    environment = environment_for(load_agent_config(None).environment)
+    if environment is not None and resource.remote:
+        try:
+            environment.verify()
+        except LaunchError as exc:
+            stderr(f"note: {exc}")
+    return environment
+
+
+def _with_planned_image(job, queue_name, queue_config, spec, environment):
     """The image tag the agent will build for a code or git job, with this machine's agent config."""
     from prefect_launch.agent_config import load_agent_config
     from prefect_launch.builders import BuildSettings, builder_for, plan_for
@@ -240,7 +262,8 @@ def _with_planned_image(job, queue_name, queue_config, spec):
         return job
     settings = BuildSettings.from_agent_config(load_agent_config(None))
     builder = builder_for(settings, queue_name or "(dry run)", job.source_kind)
-    plan = plan_for(job, queue_config, spec.resource_args, settings, builder, registry_for(settings.destination))
+    registry = registry_for(settings, environment)
+    plan = plan_for(job, queue_config, spec.resource_args, settings, builder, registry)
     return job.model_copy(update={"image": plan.image})
 
 

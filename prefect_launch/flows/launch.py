@@ -29,6 +29,7 @@ from prefect.states import Cancelled, Failed, State
 
 from prefect_launch import sources
 from prefect_launch.builders import BuildSettings, builder_for, plan_for
+from prefect_launch.environments import Environment
 from prefect_launch.registries import registry_for
 from prefect_launch.errors import LaunchError
 from prefect_launch.redact import redact
@@ -45,6 +46,7 @@ class LaunchContext:
     queue: QueueConfig
     home: Path
     build: BuildSettings = field(default_factory=BuildSettings)
+    environment: Environment | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -74,8 +76,8 @@ _task_options: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False
 
 
 @task(name="resolve-source", **_task_options)
-def resolve_source(spec: LaunchSpec, queue_name: str, home: Path) -> ResolvedJob:
-    job = sources.resolve(spec, queue_name, home)
+def resolve_source(spec: LaunchSpec, queue_name: str, home: Path, resource: Resource) -> ResolvedJob:
+    job = sources.resolve(spec, queue_name, home, resource=resource)
     where = job.image or f"code {job.workdir}"
     get_run_logger().info("Run %s (%s) in project %s from %s", job.run_id, job.run_name, job.project, where)
     return job
@@ -99,7 +101,7 @@ def build(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -
         log.info("The job names its image %s: nothing to build", job.image)
         return Image(ref=job.image)
     builder = builder_for(context.build, context.queue_name, job.source_kind)
-    registry = registry_for(context.build.destination)
+    registry = registry_for(context.build, context.environment)
     plan = plan_for(job, context.queue, overrides, context.build, builder, registry)
     if registry.exists(plan.image):
         log.info("Image %s already exists: build skipped", plan.image)
@@ -115,22 +117,26 @@ def push(image: Image, context: LaunchContext) -> str | None:
     if not image.built:
         log.info("Nothing was built: nothing to push")
     else:
-        registry_for(context.build.destination).push(image.ref, log)
+        registry_for(context.build, context.environment).push(image.ref, log)
     return image.ref
 
 
 @task(name="submit", **_task_options)
-def submit(job: ResolvedJob, queue: QueueConfig, overrides: dict[str, Any]) -> tuple[dict[str, Any], Handle]:
+def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -> tuple[dict[str, Any], Handle]:
     log = get_run_logger()
-    rendered = render(job, queue, overrides)
+    queue, environment = context.queue, context.environment
+    if environment is not None and queue.resource.remote:
+        log.info("Using %s", environment.verify())
+    rendered = render(job, queue, overrides, environment)
     log.info("Submitting to %s: %s", queue.resource.value, json.dumps(redact(rendered["submission"])))
-    handle = get_target(queue.resource).submit(rendered["submission"], log)
+    handle = get_target(queue.resource, environment).submit(rendered["submission"], log)
     return rendered, handle
 
 
 @task(name="monitor", **_task_options)
-def monitor(job: ResolvedJob, queue: QueueConfig, handle: Handle, cancel: threading.Event) -> Outcome:
-    outcome = get_target(queue.resource).wait(handle, cancel, get_run_logger())
+def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle) -> Outcome:
+    queue = context.queue
+    outcome = get_target(queue.resource, context.environment).wait(handle, context.cancel, get_run_logger())
     if outcome.state == "completed" and queue.require_wandb_run and not wandb_run_created(job):
         return Outcome(
             state="failed",
@@ -170,15 +176,15 @@ def launch(spec: LaunchSpec) -> State | None:
     handle: Handle | None = None
     try:
         with timeline.stage("resolve"):
-            job = resolve_source(spec, context.queue_name, context.home)
+            job = resolve_source(spec, context.queue_name, context.home, context.queue.resource)
         with timeline.stage("build"):
             image = build(job, context, spec.resource_args)
         with timeline.stage("push"):
             job = job.model_copy(update={"image": push(image, context)})
         with timeline.stage("submit"):
-            rendered, handle = submit(job, context.queue, spec.resource_args)
+            rendered, handle = submit(job, context, spec.resource_args)
         with timeline.stage("run"):
-            outcome = monitor(job, context.queue, handle, context.cancel)
+            outcome = monitor(job, context, handle)
     except LaunchError as exc:
         log.error("%s", exc)
         outcome = Outcome(state="failed", message=str(exc))

@@ -4,6 +4,9 @@ Existence is checked with the registry's manifest API (`docker manifest
 inspect` through the engine), so an image pushed by any agent skips every
 later build of the same tag. Pushes stream their progress into the task log.
 
+Cloud registries (ECR, Artifact Registry, ACR) are this registry with
+`credentials()` from their cloud: every manifest check and push carries them.
+
 Example::
 
     registry = DockerRegistry("127.0.0.1:5000/launch")
@@ -23,14 +26,23 @@ class DockerRegistry(Registry):
     def __init__(self, destination: str) -> None:
         self.destination = destination.rstrip("/")
 
+    @property
+    def host(self) -> str:
+        return self.destination.split("/", 1)[0]
+
     def repository(self, project: str) -> str:
         return self.destination
+
+    def credentials(self) -> dict[str, str] | None:
+        """Docker `auth_config` for this registry; None = the engine's own login (`docker login`)."""
+        return None
 
     def exists(self, image: str) -> bool:
         from prefect_launch.builders.docker import docker_client, found
 
+        auth = self.credentials()
         try:
-            return found(lambda: docker_client().images.get_registry_data(image))
+            return found(lambda: docker_client().images.get_registry_data(image, auth_config=auth))
         except Exception as exc:
             raise LaunchError(f"registry {self.destination}: {getattr(exc, 'explanation', None) or exc}") from None
 
@@ -40,7 +52,8 @@ class DockerRegistry(Registry):
         repository, tag = image.rsplit(":", 1)
         log.info("Pushing %s", image)
         digest = None
-        for record in docker_client().api.push(repository, tag=tag, stream=True, decode=True):
+        pushing = docker_client().api.push(repository, tag=tag, stream=True, decode=True, auth_config=self.credentials())
+        for record in pushing:
             if "error" in record:
                 raise LaunchError(f"push of {image} failed: {record['error']}")
             # One line per layer when it is done; the byte-level progress records are skipped.

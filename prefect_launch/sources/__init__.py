@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.sources import code, git
-from prefect_launch.spec import CodeSource, GitSource, ImageSource, LaunchSpec, ResolvedJob, Source, new_run_id
+from prefect_launch.spec import CodeSource, GitSource, ImageSource, LaunchSpec, Resource, ResolvedJob, Source, new_run_id
 
 _PYTHONS = {"python", "python3"}
 
@@ -50,10 +50,13 @@ def _check_run_config(run_config: dict, schema: dict, job: str) -> None:
         raise LaunchError(f"overrides.run_config does not fit job {job!r}: {exc}") from None
 
 
-def resolve(spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True) -> ResolvedJob:
+def resolve(
+    spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True, resource: Resource | None = None
+) -> ResolvedJob:
     """Fetch the spec's code (or name its image) and fix its run id, name and argv.
 
-    With `fetch=False` (dry runs) the code folder is named, not fetched.
+    With `fetch=False` (dry runs) the code folder is named, not fetched. A job
+    for a `resource` that runs off the agent's machine gets no run folder.
     """
     source, entry_point = spec.source, spec.entry_point
     if spec.job:
@@ -96,5 +99,5 @@ def resolve(spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True)
         run_config=spec.overrides.run_config,
         workdir=workdir,
         image=image,
-        run_dir=home / "runs" / run_id,
+        run_dir=None if resource is not None and resource.remote else home / "runs" / run_id,
     )

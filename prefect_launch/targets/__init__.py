@@ -5,23 +5,25 @@ Each target renders a payload (pure), submits it, and waits for it.
 
 from __future__ import annotations
 
+from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.spec import Resource
 from prefect_launch.targets.base import Handle, Outcome, Target
 from prefect_launch.targets.local_container import LocalContainerTarget
 from prefect_launch.targets.local_process import LocalProcessTarget
+from prefect_launch.targets.sagemaker import SageMakerTarget
+from prefect_launch.targets.vertex import VertexTarget
 
-_TARGETS: dict[Resource, Target] = {
-    Resource.local_process: LocalProcessTarget(),
-    Resource.local_container: LocalContainerTarget(),
+_TARGETS: dict[Resource, type[Target]] = {
+    t.resource: t for t in (LocalProcessTarget, LocalContainerTarget, SageMakerTarget, VertexTarget)
 }
 
 SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS)
 
 
-def get_target(resource: Resource) -> Target:
+def get_target(resource: Resource, environment: Environment | None = None) -> Target:
     try:
-        return _TARGETS[resource]
+        return _TARGETS[resource](environment)
     except KeyError:
         raise LaunchError(
             f"resource {resource.value!r} is not supported by this agent; "

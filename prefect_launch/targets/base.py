@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from prefect_launch.environments import Environment
 from prefect_launch.spec import Resource, ResolvedJob
 
 
@@ -37,6 +38,10 @@ class Outcome:
 
 class Target(abc.ABC):
     resource: ClassVar[Resource]
+
+    def __init__(self, environment: Environment | None = None) -> None:
+        # The agent's cloud credentials and region; only the cloud targets use them.
+        self.environment = environment
 
     @abc.abstractmethod
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:

@@ -30,13 +30,11 @@ from typing import Any
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
-from prefect_launch.spec import Resource, ResolvedJob
+from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
 from prefect_launch.targets import process
 from prefect_launch.targets.base import Handle, Outcome, Target
 from prefect_launch.targets.process import Log
 
-# Queue-config keys that configure prefect-launch, not `docker run`.
-NON_FLAG_KEYS = {"builder", "scheduler"}
 # Passed by name: docker copies the agent's value when it is set, and nothing shows in the command.
 PASS_THROUGH = ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE")
 RUN_DIR = "/launch/run"
@@ -55,7 +53,7 @@ def docker_flags(options: dict[str, Any]) -> list[str]:
     """W&B's docker queue config as `docker run` options, in the config's order."""
     flags: list[str] = []
     for key, value in options.items():
-        if key in NON_FLAG_KEYS or value is None or value is False:
+        if key in LAUNCH_KEYS or value is None or value is False:
             continue
         flag = ("-" if len(key) == 1 else "--") + key
         if value is True:

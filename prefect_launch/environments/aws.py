@@ -1,0 +1,67 @@
+"""The aws environment: boto3's default credential chain, or an `AwsCredentials` block.
+
+`region` is required, as W&B requires it; ECR registries must lie in it.
+`AWS_ENDPOINT_URL` (boto3's own setting) points every client at a stand-in
+such as moto.
+
+Example:
+    >>> env = AwsEnvironment(region="us-east-1")
+    >>> env.registry_problems("123456789012.dkr.ecr.eu-west-1.amazonaws.com/launch")
+    ['the ECR registry 123456789012.dkr.ecr.eu-west-1.amazonaws.com is in eu-west-1 but environment.region is us-east-1']
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from prefect_launch.environments.base import Environment
+from prefect_launch.errors import LaunchError
+
+ECR_HOST = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+
+
+class AwsEnvironment(Environment):
+    type = "aws"
+
+    def __init__(self, region: str | None = None, project: str | None = None, credentials: str | None = None):
+        if not region:
+            raise LaunchError("environment.type aws needs environment.region (the AWS region the agent works in)")
+        super().__init__(region, project, credentials)
+
+    @functools.cached_property
+    def session(self):
+        import boto3
+
+        if self.credentials_block:
+            from prefect_aws import AwsCredentials
+
+            # Clients still take environment.region, whatever region the block names.
+            return AwsCredentials.load(self.credentials_block.split("/", 1)[-1]).get_boto3_session()
+        return boto3.Session(region_name=self.region)
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, region_name=self.region)
+
+    @functools.cached_property
+    def account_id(self) -> str:
+        return self.client("sts").get_caller_identity()["Account"]
+
+    @property
+    def known_account_id(self) -> str | None:
+        """The account id if `verify` (or `account_id`) has looked it up; no I/O."""
+        return self.__dict__.get("account_id")
+
+    def verify(self) -> str:
+        try:
+            return f"AWS account {self.account_id}, region {self.region}"
+        except Exception as exc:
+            raise LaunchError(f"aws environment: cannot reach AWS with the configured credentials: {exc}") from None
+
+    def registry_problems(self, repository: str) -> list[str]:
+        registry_host = repository.split("/", 1)[0]
+        match = ECR_HOST.match(registry_host)
+        if match and match["region"] != self.region:
+            return [f"the ECR registry {registry_host} is in {match['region']} but environment.region is {self.region}"]
+        return []

@@ -1,0 +1,24 @@
+"""Google Artifact Registry (`<region>-docker.pkg.dev/<project>/<repo>/<image>`).
+
+Docker logs in as `oauth2accesstoken` with an access token from the gcp
+environment (`google.auth.default()` or a `GcpCredentials` block), fetched
+again whenever it expires.
+
+Example::
+
+    registry = ArtifactRegistry("us-central1-docker.pkg.dev/ml/launch/train", GcpEnvironment(region="us-central1", project="ml"))
+"""
+
+from __future__ import annotations
+
+from prefect_launch.environments.gcp import GcpEnvironment
+from prefect_launch.registries.docker_registry import DockerRegistry
+
+
+class ArtifactRegistry(DockerRegistry):
+    def __init__(self, destination: str, environment: GcpEnvironment) -> None:
+        super().__init__(destination)
+        self.environment = environment
+
+    def credentials(self) -> dict[str, str]:
+        return {"username": "oauth2accesstoken", "password": self.environment.access_token()}

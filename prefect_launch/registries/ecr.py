@@ -1,0 +1,62 @@
+"""Amazon ECR: login from `GetAuthorizationToken`, a repository check, then the registry API.
+
+The repository must exist in the aws environment's region (prefect-launch
+does not create it: that needs `ecr:CreateRepository`, which an agent should
+not hold). The image-exists check and the push go through the registry API with
+the token's credentials, so any ECR-compatible endpoint works.
+
+Example::
+
+    registry = EcrRegistry("123456789012.dkr.ecr.us-east-1.amazonaws.com/launch", AwsEnvironment(region="us-east-1"))
+    registry.exists(registry.destination + ":3f2a...")
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import time
+
+from prefect_launch.environments.aws import ECR_HOST, AwsEnvironment
+from prefect_launch.errors import LaunchError
+from prefect_launch.registries.docker_registry import DockerRegistry
+
+# ECR tokens last 12 hours; fetch a new one well before.
+TOKEN_SECONDS = 6 * 3600
+
+
+class EcrRegistry(DockerRegistry):
+    def __init__(self, destination: str, environment: AwsEnvironment) -> None:
+        super().__init__(destination)
+        self.environment = environment
+        self.repository_name = self.destination.split("/", 1)[1] if "/" in self.destination else ""
+        match = ECR_HOST.match(self.host)
+        self.registry_id = match["account"] if match else None
+        self._token: tuple[float, dict[str, str]] | None = None
+
+    @functools.cached_property
+    def _ecr(self):
+        return self.environment.client("ecr")
+
+    def credentials(self) -> dict[str, str]:
+        if self._token is None or time.monotonic() - self._token[0] > TOKEN_SECONDS:
+            ids = {"registryIds": [self.registry_id]} if self.registry_id else {}
+            data = self._ecr.get_authorization_token(**ids)["authorizationData"][0]
+            username, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+            self._token = (time.monotonic(), {"username": username, "password": password})
+        return self._token[1]
+
+    def check_repository(self) -> None:
+        ids = {"registryId": self.registry_id} if self.registry_id else {}
+        try:
+            self._ecr.describe_repositories(repositoryNames=[self.repository_name], **ids)
+        except self._ecr.exceptions.RepositoryNotFoundException:
+            raise LaunchError(
+                f"ECR repository {self.repository_name!r} does not exist in {self.environment.region}: "
+                f"create it (aws ecr create-repository --repository-name {self.repository_name} "
+                f"--region {self.environment.region}) or fix builder.destination"
+            ) from None
+
+    def exists(self, image: str) -> bool:
+        self.check_repository()
+        return super().exists(image)

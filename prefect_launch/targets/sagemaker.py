@@ -1,0 +1,206 @@
+"""sagemaker: an Amazon SageMaker training job per launch run.
+
+The queue config is the `CreateTrainingJob` request body, as W&B writes it.
+`RoleArn`, `OutputDataConfig.S3OutputPath`, `ResourceConfig` and
+`StoppingCondition` are required (a `<REQUIRED>` placeholder counts as
+missing); a bare role name becomes the execution role's ARN in the aws
+environment's account. The launch fills in the rest:
+
+- `TrainingJobName`: the run id (SageMaker's characters, at most 63), unless set;
+- `AlgorithmSpecification.TrainingImage`: the built or given image (ECR);
+  `ContainerEntrypoint` / `ContainerArguments`: the entry point and its args;
+- `Environment`: the W&B variables over the queue's, within SageMaker's limits
+  (100 variables, 512 characters each: `WANDB_CONFIG` is split as W&B does);
+- a `prefect-launch.run-id` tag.
+
+The monitor polls `DescribeTrainingJob`, logs each secondary status and the
+job's CloudWatch log lines; `Completed` completes the run, `Failed` fails it
+with SageMaker's reason, `Stopped` cancels it. Cancelling the run calls
+`StopTrainingJob`. Clients come from the aws environment (`AWS_ENDPOINT_URL`
+points them at a stand-in).
+
+Example:
+    >>> from prefect_launch.spec import ResolvedJob
+    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py", "--lr", "1"],
+    ...                   entry_point=["python", "t.py"], image="1.dkr.ecr.us-east-1.amazonaws.com/l:1")
+    >>> request = SageMakerTarget().render(job, {
+    ...     "RoleArn": "arn:aws:iam::123456789012:role/sm", "ResourceConfig": {"InstanceType": "ml.m4.xlarge"},
+    ...     "OutputDataConfig": {"S3OutputPath": "s3://b/out"}, "StoppingCondition": {"MaxRuntimeInSeconds": 60}})
+    >>> request["TrainingJobName"], request["AlgorithmSpecification"]["ContainerArguments"]
+    ('r1', ['--lr', '1'])
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+from typing import Any
+
+from prefect_launch.errors import LaunchError
+from prefect_launch.jobenv import split_long_config, wandb_env
+from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
+from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.process import Log
+from prefect_launch.targets.remote import follow_remote, unfilled
+
+REQUIRED = ("RoleArn", "OutputDataConfig.S3OutputPath", "ResourceConfig", "StoppingCondition")
+MAX_ENV_VARIABLES = 100
+MAX_ENV_VALUE = 512
+RUN_ID_TAG = "prefect-launch.run-id"
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+_NAME_INVALID = re.compile(r"[^a-zA-Z0-9-]+")
+
+
+def _lookup(request: dict[str, Any], path: str) -> Any:
+    value: Any = request
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def training_job_name(run_id: str) -> str:
+    """The run id in SageMaker's name alphabet (`[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`)."""
+    name = _NAME_INVALID.sub("-", run_id).strip("-")[:63].rstrip("-")
+    if not name:
+        raise LaunchError(f"run id {run_id!r} has no character SageMaker accepts in a training job name")
+    return name
+
+
+class SageMakerTarget(Target):
+    resource = Resource.sagemaker
+
+    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
+        request = {k: copy.deepcopy(v) for k, v in resource_args.items() if k not in LAUNCH_KEYS}
+        missing = [path for path in REQUIRED if unfilled(_lookup(request, path))]
+        if missing:
+            raise LaunchError(
+                "sagemaker queue config: " + ", ".join(missing) + " must be set "
+                "(CreateTrainingJob needs RoleArn, OutputDataConfig.S3OutputPath, ResourceConfig and StoppingCondition)"
+            )
+        if not job.image:
+            raise LaunchError("sagemaker runs an image: this job has none (a code job needs a builder and an ECR destination)")
+        request["RoleArn"] = self._role_arn(request["RoleArn"])
+        request.setdefault("TrainingJobName", training_job_name(job.run_id))
+        entry_point = job.entry_point or job.argv[:1]
+        algorithm = request.setdefault("AlgorithmSpecification", {})
+        algorithm["TrainingImage"] = job.image
+        algorithm.setdefault("TrainingInputMode", "File")
+        algorithm["ContainerEntrypoint"] = entry_point
+        algorithm["ContainerArguments"] = job.argv[len(entry_point):]
+        if not algorithm["ContainerArguments"]:
+            del algorithm["ContainerArguments"]
+        request["Environment"] = _environment({**request.get("Environment", {}), **wandb_env(job)})
+        tags = [tag for tag in request.get("Tags", []) if tag.get("Key") != RUN_ID_TAG]
+        request["Tags"] = [*tags, {"Key": RUN_ID_TAG, "Value": job.run_id}]
+        return request
+
+    def _role_arn(self, role: str) -> str:
+        if role.startswith("arn:"):
+            return role
+        account = getattr(self.environment, "known_account_id", None)
+        if not account:
+            raise LaunchError(
+                f"sagemaker queue config: RoleArn {role!r} is a role name, and the AWS account to make it an ARN "
+                "is unknown: give the full arn:aws:iam::<account>:role/<name>, or configure `environment: type: aws`"
+            )
+        return f"arn:aws:iam::{account}:role/{role.removeprefix('role/')}"
+
+    @property
+    def _client(self):
+        if self.environment is None or self.environment.type != "aws":
+            raise LaunchError("sagemaker needs `environment: type: aws` with a region in the agent config")
+        return self.environment.client("sagemaker")
+
+    def submit(self, submission: dict[str, Any], log: Log) -> Handle:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client
+        name = submission["TrainingJobName"]
+        try:
+            response = client.create_training_job(**submission)
+        except ClientError as exc:
+            raise LaunchError(f"SageMaker refused training job {name}: {_aws_error(exc)}") from None
+        except BotoCoreError as exc:  # client-side validation against the API schema, or no connection
+            raise LaunchError(f"SageMaker training job {name} not created: {exc}") from None
+        log.info("Created SageMaker training job %s (%s)", name, response["TrainingJobArn"])
+        return Handle(id=name, detail=response["TrainingJobArn"])
+
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+        client = self._client
+        logs = _CloudWatchLogs(self.environment.client("logs"), handle.id)
+        seen_status = None
+
+        def poll(stop_requested: bool) -> Outcome | None:
+            nonlocal seen_status
+            job = client.describe_training_job(TrainingJobName=handle.id)
+            secondary = (job.get("SecondaryStatus"), _last_message(job))
+            if secondary != seen_status:
+                seen_status = secondary
+                log.info("SageMaker %s: %s%s", handle.id, secondary[0], f" - {secondary[1]}" if secondary[1] else "")
+            logs.forward(log)
+            return _outcome(job, stop_requested)
+
+        def stop() -> None:
+            log.info("Stopping SageMaker training job %s", handle.id)
+            client.stop_training_job(TrainingJobName=handle.id)
+
+        return follow_remote(poll, stop, cancel)
+
+
+def _environment(env: dict[str, str]) -> dict[str, str]:
+    env = split_long_config(env, MAX_ENV_VALUE)
+    too_long = [name for name, value in env.items() if len(str(value)) > MAX_ENV_VALUE]
+    if too_long:
+        raise LaunchError(
+            f"sagemaker: environment variable(s) {', '.join(too_long)} longer than SageMaker's {MAX_ENV_VALUE} characters"
+        )
+    if len(env) > MAX_ENV_VARIABLES:
+        raise LaunchError(f"sagemaker: {len(env)} environment variables; SageMaker allows {MAX_ENV_VARIABLES}")
+    return {name: str(value) for name, value in env.items()}
+
+
+def _last_message(job: dict[str, Any]) -> str:
+    transitions = job.get("SecondaryStatusTransitions") or []
+    return transitions[-1].get("StatusMessage", "") if transitions else ""
+
+
+def _outcome(job: dict[str, Any], stop_requested: bool) -> Outcome | None:
+    status = job["TrainingJobStatus"]
+    if status == "Failed":
+        return Outcome(state="failed", message=f"SageMaker training job failed: {job.get('FailureReason') or 'no reason given'}")
+    if status == "Stopped":
+        why = "cancelled" if stop_requested else "stopped outside prefect-launch"
+        return Outcome(state="cancelled", message=f"SageMaker training job {why}")
+    return Outcome(state="completed") if status == "Completed" else None
+
+
+def _aws_error(exc: Exception) -> str:
+    error = getattr(exc, "response", {}).get("Error", {})
+    return f"{error.get('Code', type(exc).__name__)}: {error.get('Message', exc)}"
+
+
+class _CloudWatchLogs:
+    """The training job's CloudWatch log streams (`<job name>/algo-N-...`), forwarded line by line."""
+
+    def __init__(self, client: Any, job_name: str) -> None:
+        self.client = client
+        self.prefix = f"{job_name}/"
+        self.tokens: dict[str, str] = {}
+
+    def forward(self, log: Log) -> None:
+        try:
+            streams = self.client.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=self.prefix)["logStreams"]
+        except self.client.exceptions.ResourceNotFoundException:
+            return  # no log group yet: the job has not written a line
+        for stream in streams:
+            name = stream["logStreamName"]
+            while True:
+                args = {"nextToken": self.tokens[name]} if name in self.tokens else {"startFromHead": True}
+                page = self.client.get_log_events(logGroupName=LOG_GROUP, logStreamName=name, **args)
+                for event in page["events"]:
+                    log.info("%s", event["message"])
+                if page["nextForwardToken"] == self.tokens.get(name) or not page["events"]:
+                    self.tokens[name] = page["nextForwardToken"]
+                    break
+                self.tokens[name] = page["nextForwardToken"]

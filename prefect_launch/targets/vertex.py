@@ -1,0 +1,193 @@
+"""vertex: a Vertex AI CustomJob per launch run.
+
+The queue config has `spec`, the keyword arguments of `aiplatform.CustomJob`,
+and `run`, those of `CustomJob.run`, in snake_case as W&B writes them
+(`workerPoolSpecs` is refused, naming `worker_pool_specs`).
+`spec.worker_pool_specs` (non-empty) and `spec.staging_bucket` are required.
+The launch fills in, for every worker pool, the image (`${image_uri}` or an
+unset `container_spec.image_uri`), the command (entry point and args) and the
+W&B variables; `display_name` defaults to the run name; the run id becomes a
+label. `spec.service_account`, which the seeds document, moves to
+`run.service_account`, where the SDK takes it.
+
+The client is `google-cloud-aiplatform` over REST, with the gcp
+environment's project, region and credentials;
+`PREFECT_LAUNCH_VERTEX_API_ENDPOINT` points it elsewhere (a stand-in). The
+monitor maps every `JobState`; cancelling the run cancels the CustomJob.
+
+Example:
+    >>> from prefect_launch.spec import ResolvedJob
+    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
+    >>> payload = VertexTarget().render(job, {"spec": {"staging_bucket": "gs://b", "service_account": "sa@p",
+    ...     "worker_pool_specs": [{"machine_spec": {"machine_type": "n1-standard-4"}, "replica_count": 1,
+    ...                            "container_spec": {"image_uri": "img:1"}}]}})
+    >>> payload["spec"]["worker_pool_specs"][0]["container_spec"]["command"], payload["run"]
+    (['python', 't.py'], {'service_account': 'sa@p'})
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import re
+import threading
+from typing import Any
+
+from prefect_launch.errors import LaunchError
+from prefect_launch.jobenv import wandb_env
+from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
+from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.process import Log
+from prefect_launch.targets.remote import follow_remote, unfilled
+
+# `CustomJob.__init__` and `CustomJob.run` keywords (tests compare them with the installed SDK).
+SPEC_KEYS = frozenset({
+    "display_name", "worker_pool_specs", "base_output_dir", "project", "location", "labels",
+    "encryption_spec_key_name", "staging_bucket", "persistent_resource_id",
+})
+RUN_KEYS = frozenset({
+    "service_account", "network", "timeout", "restart_job_on_worker_restart", "enable_web_access",
+    "experiment", "experiment_run", "tensorboard", "create_request_timeout", "disable_retries",
+    "persistent_resource_id", "scheduling_strategy", "max_wait_duration", "psc_interface_config",
+})
+RUN_ID_LABEL = "prefect-launch-run-id"
+ENDPOINT_VARIABLE = "PREFECT_LAUNCH_VERTEX_API_ENDPOINT"
+# Keys whose own keys are the user's names, not the SDK's.
+_FREE_FORM = {"labels", "env"}
+_CAMEL = re.compile(r"[a-z0-9][A-Z]")
+_OUTCOMES = {
+    "JOB_STATE_SUCCEEDED": ("completed", ""),
+    "JOB_STATE_FAILED": ("failed", "Vertex AI CustomJob failed"),
+    "JOB_STATE_CANCELLED": ("cancelled", "Vertex AI CustomJob cancelled"),
+    "JOB_STATE_EXPIRED": ("failed", "Vertex AI CustomJob expired before it could run"),
+    "JOB_STATE_PARTIALLY_SUCCEEDED": ("failed", "Vertex AI CustomJob only partially succeeded"),
+}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def _camel_keys(value: Any, where: str) -> list[str]:
+    """Every camelCase key under `value`, as `path.key -> path.snake_key`."""
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in _camel_keys(item, f"{where}[{i}]")]
+    if not isinstance(value, dict):
+        return []
+    found = []
+    for key, item in value.items():
+        if _CAMEL.search(str(key)):
+            found.append(f"{where}.{key} (write {_snake(key)})")
+        if key not in _FREE_FORM:
+            found += _camel_keys(item, f"{where}.{key}")
+    return found
+
+
+def _label(value: str) -> str:
+    """A GCP label value: lowercase letters, digits, `-` and `_`, at most 63."""
+    return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
+
+
+class VertexTarget(Target):
+    resource = Resource.vertex
+
+    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
+        args = {k: v for k, v in resource_args.items() if k not in LAUNCH_KEYS}
+        camel = _camel_keys(args, "vertex queue config")
+        if camel:
+            raise LaunchError("keys must be snake_case, as the Vertex AI SDK names them: " + "; ".join(camel))
+        unknown = set(args) - {"spec", "run"}
+        if unknown:
+            raise LaunchError(f"vertex queue config: unknown key(s) {', '.join(sorted(unknown))}; expected spec and run")
+        spec = copy.deepcopy(args.get("spec") or {})
+        run = copy.deepcopy(args.get("run") or {})
+        if "service_account" in spec:
+            run.setdefault("service_account", spec.pop("service_account"))
+        _check_keys(spec, SPEC_KEYS, "spec", "aiplatform.CustomJob")
+        _check_keys(run, RUN_KEYS, "run", "CustomJob.run")
+        pools = spec.get("worker_pool_specs")
+        if not isinstance(pools, list) or not pools:
+            raise LaunchError("vertex queue config: spec.worker_pool_specs must be a non-empty list of worker pool specs")
+        if unfilled(spec.get("staging_bucket")):
+            raise LaunchError("vertex queue config: spec.staging_bucket must be set (a gs:// bucket for Vertex AI's staging)")
+        if not job.image:
+            raise LaunchError("vertex runs an image: this job has none (a code job needs a builder and a registry destination)")
+        env = [{"name": name, "value": value} for name, value in wandb_env(job).items()]
+        for i, pool in enumerate(pools):
+            container = pool.setdefault("container_spec", {}) if isinstance(pool, dict) else None
+            if not isinstance(container, dict):
+                raise LaunchError(f"vertex queue config: spec.worker_pool_specs[{i}] must be a mapping with a container_spec")
+            if unfilled(container.get("image_uri")):
+                container["image_uri"] = job.image
+            container["command"] = list(job.argv)
+            container.pop("args", None)
+            own = {item["name"] for item in env}
+            container["env"] = [item for item in container.get("env", []) if item.get("name") not in own] + env
+        spec.setdefault("display_name", job.run_name)
+        spec["labels"] = {**spec.get("labels", {}), RUN_ID_LABEL: _label(job.run_id)}
+        return {"spec": spec, "run": run}
+
+    @property
+    def _gcp(self):
+        if self.environment is None or self.environment.type != "gcp":
+            raise LaunchError("vertex needs `environment: type: gcp` with region and project in the agent config")
+        return self.environment
+
+    @functools.cached_property
+    def _aiplatform(self):
+        from google.cloud import aiplatform
+
+        gcp = self._gcp
+        aiplatform.init(
+            project=gcp.project,
+            location=gcp.region,
+            credentials=gcp.credentials,
+            api_transport="rest",
+            api_endpoint=os.environ.get(ENDPOINT_VARIABLE) or None,
+        )
+        return aiplatform
+
+    def submit(self, submission: dict[str, Any], log: Log) -> Handle:
+        aiplatform = self._aiplatform
+        try:
+            job = aiplatform.CustomJob(**submission["spec"])
+            job.submit(**submission["run"])
+        except Exception as exc:  # the SDK raises google.api_core errors and ValueError alike
+            raise LaunchError(f"Vertex AI refused the CustomJob: {exc}") from None
+        log.info("Created Vertex AI CustomJob %s", job.resource_name)
+        return Handle(id=job.resource_name, detail=job)
+
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+        job = handle.detail if handle.detail is not None else self._aiplatform.CustomJob.get(handle.id)
+        seen = None
+
+        def poll(cancel_requested: bool) -> Outcome | None:
+            nonlocal seen
+            state = job.state.name  # one GET of the CustomJob
+            if state != seen:
+                seen = state
+                log.info("Vertex AI %s: %s", handle.id, state)
+            if state not in _OUTCOMES:
+                return None
+            kind, message = _OUTCOMES[state]
+            if kind == "cancelled" and not cancel_requested:
+                message += " outside prefect-launch"
+            error = job.error.message if kind == "failed" and job.error else ""
+            return Outcome(state=kind, message=": ".join(m for m in (message, error) if m))
+
+        def cancel_job() -> None:
+            log.info("Cancelling Vertex AI CustomJob %s", handle.id)
+            job.cancel()
+
+        return follow_remote(poll, cancel_job, cancel)
+
+
+def _check_keys(given: dict[str, Any], known: frozenset[str], where: str, signature: str) -> None:
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise LaunchError(
+            f"vertex queue config: {where}.{', '.join(unknown)} is not a keyword of {signature}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
