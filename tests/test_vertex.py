@@ -1,0 +1,214 @@
+"""Vertex AI and Artifact Registry end to end: the real google-cloud-aiplatform over REST to a 127.0.0.1 stand-in.
+
+The agent's gcp environment runs `google.auth.default()` on a generated
+service-account key whose token endpoint is the stand-in; the stand-in only
+accepts calls signed with that key. The Artifact Registry login
+(`oauth2accesstoken` + the access token) is the only one the test registry
+accepts. The test moves each CustomJob through its states.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, write_json
+from services import BASE_IMAGE, Registry, docker_engine
+from vertex_standin import VertexStandIn
+
+SEEDS = Path(__file__).parent / "seeds"
+PROJECT, REGION = "ml-project", "us-central1"
+REPOSITORY = f"{PROJECT}/launch/train"
+RUNNER = "runner@ml-project.iam.gserviceaccount.com"
+
+
+@pytest.fixture(scope="module")
+def vertex():
+    with VertexStandIn() as vertex:
+        yield vertex
+
+
+@pytest.fixture(scope="module")
+def artifact_registry(vertex, tmp_path_factory):
+    docker_engine()
+    registry = Registry(tmp_path_factory.mktemp("gar"), login=("oauth2accesstoken", vertex.access_token))
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def gcp_env(vertex, monkeypatch, tmp_path):
+    env = {
+        "GOOGLE_APPLICATION_CREDENTIALS": vertex.credentials_file(tmp_path),
+        "PREFECT_LAUNCH_VERTEX_API_ENDPOINT": vertex.endpoint,
+        "PREFECT_LAUNCH_CLOUD_POLL_SECONDS": "0.3",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def _queue_config() -> dict:
+    """Seed 003's queue config with its `<REQUIRED>` bucket filled in and the documented service account."""
+    config = yaml.safe_load((SEEDS / "003_vertex_queue_1.yaml").read_text())
+    config["spec"]["staging_bucket"] = "gs://ml-staging"
+    config["spec"]["service_account"] = RUNNER
+    return config
+
+
+@pytest.fixture
+def vertex_agent(gcp_env, artifact_registry, start_agent, make_queue, tmp_path):
+    config = tmp_path / "launch-config.yaml"
+    config.write_text(
+        f"max_jobs: 1\nenvironment:\n  type: gcp\n  region: {REGION}\n  project: {PROJECT}\nregistry:\n  type: gcr\n"
+        f"builder:\n  type: docker\n  destination: {artifact_registry.host}/{REPOSITORY}\n  base_image: {BASE_IMAGE}\n"
+    )
+    queue_file = tmp_path / "queue.yaml"
+    queue_file.write_text(yaml.safe_dump(_queue_config()))
+    queue = make_queue("--resource", "gcp-vertex", "--config", str(queue_file), prefix="vx")
+    start_agent("-q", queue, "--config", str(config))
+    return queue
+
+
+def _created(vertex: VertexStandIn, count: int, timeout: float = 120) -> tuple[str, dict]:
+    """The `count`-th CustomJob created: its resource name and the create request's body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        creates = [r for r in vertex.requests if r.method == "POST" and r.path.endswith("/customJobs")]
+        if len(creates) >= count and len(vertex.jobs) >= count:
+            return list(vertex.jobs)[count - 1], creates[count - 1]
+        assert time.monotonic() < deadline, f"no CustomJob #{count} within {timeout} s"
+        time.sleep(0.2)
+
+
+def _creates(vertex: VertexStandIn) -> int:
+    return sum(1 for r in vertex.requests if r.method == "POST" and r.path.endswith("/customJobs"))
+
+
+def test_code_job_is_pushed_to_artifact_registry_and_run_as_a_custom_job(vertex, artifact_registry, vertex_agent,
+                                                                         tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("import wandb\nwandb.init()\n")
+    overrides = write_json(tmp_path / "spec.json", {"overrides": {"run_config": {"lr": 0.5}, "args": ["--fast"]}})
+    before = _creates(vertex)
+    run_id = run_id_of(launch("-q", vertex_agent, "-u", str(code), "-E", "python train.py", "-c", str(overrides)))
+
+    name, create = _created(vertex, before + 1, timeout=600)
+    assert create.path == f"/v1/projects/{PROJECT}/locations/{REGION}/customJobs"
+    assert create.headers["authorization"].startswith("Bearer ")
+    body = create.body
+    assert body["displayName"] == run_id and body["labels"] == {"prefect-launch-run-id": run_id}
+    spec = body["jobSpec"]
+    assert spec["serviceAccount"] == RUNNER  # spec.service_account, as the seed documents it
+    assert spec["baseOutputDirectory"]["outputUriPrefix"].startswith("gs://ml-staging/")
+    (pool,) = spec["workerPoolSpecs"]
+    assert pool["machineSpec"] == {"machineType": "n1-standard-4"}  # proto3 leaves out the default accelerator
+    assert pool["replicaCount"] == "1"
+    container = pool["containerSpec"]
+    assert container["command"] == ["python", "train.py", "--fast"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["WANDB_RUN_ID"] == run_id and json.loads(env["WANDB_CONFIG"]) == {"lr": 0.5} and "WANDB_DIR" not in env
+    repository, tag = container["imageUri"].rsplit(":", 1)  # ${image_uri}: the pushed image
+    assert repository == f"{artifact_registry.host}/{REPOSITORY}"
+    assert artifact_registry.manifest_digest(REPOSITORY, tag), "not pushed with the oauth2accesstoken login"
+
+    vertex.set_state(name, "JOB_STATE_RUNNING")
+    time.sleep(1)
+    vertex.set_state(name, "JOB_STATE_SUCCEEDED")
+    flow_run = wait_for_final(run_id, timeout=60)
+    assert flow_run.state.is_completed(), flow_run.state
+    logs = run_logs(flow_run.id)
+    assert any(line.endswith("JOB_STATE_RUNNING") for line in logs)
+    assert any(f"Google {vertex.client_email}" in line for line in logs)  # google.auth.default() found the key
+
+
+def test_vertex_failed_expired_and_cancelled(vertex, artifact_registry, vertex_agent):
+    image = f"{artifact_registry.host}/{REPOSITORY}:prebuilt"
+    before = _creates(vertex)
+
+    failing = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
+    name, _ = _created(vertex, before + 1)
+    vertex.set_state(name, "JOB_STATE_FAILED", error_message="The replica workerpool0-0 exited with a non-zero status of 1")
+    state = wait_for_final(failing, timeout=60).state
+    assert state.is_failed() and "non-zero status of 1" in state.message
+
+    # max_jobs 1: the second job is created only once the first, expired, has freed the slot.
+    expiring = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
+    queued = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
+    name, _ = _created(vertex, before + 2)
+    time.sleep(2)
+    assert _creates(vertex) == before + 2
+    vertex.set_state(name, "JOB_STATE_EXPIRED")
+    state = wait_for_final(expiring, timeout=60).state
+    assert state.is_failed() and "expired" in state.message
+
+    name, _ = _created(vertex, before + 3)
+    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run_of(queued).id)],
+                   check=True, capture_output=True, env=os.environ.copy())
+    assert wait_for_final(queued, timeout=60).state.is_cancelled()
+    assert any(r.path == f"/v1/{name}:cancel" for r in vertex.requests)  # the CustomJob was cancelled
+    assert vertex.jobs[name]["state"] == "JOB_STATE_CANCELLED"
+
+
+def test_vertex_seeds_render_through_dry_run():
+    for seed, missing in (("001_vertex_queue_1.yaml", "null"), ("003_vertex_queue_1.yaml", "<REQUIRED>")):
+        result = cli("launch", "-r", "gcp-vertex", "-R", json.dumps(yaml.safe_load((SEEDS / seed).read_text())),
+                     "-d", "img:1", "-E", "python t.py", "--dry-run", check=False)
+        assert result.returncode != 0, missing
+        assert "spec.staging_bucket must be set" in result.stderr
+
+    result = cli("launch", "-r", "gcp-vertex", "-R", json.dumps(_queue_config()), "-d", "img:1",
+                 "-E", "python train.py --lr 0.1", "--run-id", "abc123", "--dry-run")
+    submission = json.loads(result.stdout)["submission"]
+    assert submission["run"] == {"restart_job_on_worker_restart": False, "service_account": RUNNER}
+    spec = submission["spec"]
+    assert spec["staging_bucket"] == "gs://ml-staging" and spec["display_name"] == "abc123"
+    assert spec["labels"] == {"prefect-launch-run-id": "abc123"}
+    (pool,) = spec["worker_pool_specs"]
+    assert pool["machine_spec"] == {"machine_type": "n1-standard-4", "accelerator_type": "ACCELERATOR_TYPE_UNSPECIFIED",
+                                    "accelerator_count": 0}
+    assert pool["container_spec"]["image_uri"] == "img:1"  # ${image_uri}
+    assert pool["container_spec"]["command"] == ["python", "train.py", "--lr", "0.1"]
+    assert {"name": "WANDB_RUN_ID", "value": "abc123"} in pool["container_spec"]["env"]
+
+    camel = {"spec": {"workerPoolSpecs": [], "staging_bucket": "gs://b"}}
+    result = cli("launch", "-r", "vertex", "-R", json.dumps(camel), "-d", "img:1", "--dry-run", check=False)
+    assert result.returncode != 0 and "spec.workerPoolSpecs (write worker_pool_specs)" in result.stderr
+    empty = {"spec": {"worker_pool_specs": [], "staging_bucket": "gs://b"}}
+    result = cli("launch", "-r", "vertex", "-R", json.dumps(empty), "-d", "img:1", "--dry-run", check=False)
+    assert result.returncode != 0 and "spec.worker_pool_specs must be a non-empty list" in result.stderr
+
+
+def test_vertex_keys_are_the_installed_sdks():
+    from google.cloud.aiplatform import CustomJob
+
+    from prefect_launch.targets.vertex import RUN_KEYS, SPEC_KEYS
+
+    assert SPEC_KEYS == set(inspect.signature(CustomJob.__init__).parameters) - {"self", "credentials"}
+    assert RUN_KEYS == set(inspect.signature(CustomJob.submit).parameters) - {"self"}
+
+
+def test_gcp_environment_checks(tmp_path):
+    config = tmp_path / "launch-config.yaml"
+    config.write_text(f"environment:\n  type: gcp\n  region: {REGION}\n  project: {PROJECT}\n"
+                      "builder:\n  type: docker\n  uri: europe-west4-docker.pkg.dev/other/launch/train\nqueues: [q]\n")
+    result = cli("agent", "--config", str(config), "--check", check=False)
+    assert result.returncode == 1
+    assert "is in europe-west4 but environment.region is us-central1" in result.stderr
+    assert "is in project other but environment.project is ml-project" in result.stderr
+    config.write_text("environment:\n  type: gcp\n  region: us-central1\nqueues: [q]\n")
+    result = cli("agent", "--config", str(config), "--check", check=False)
+    assert result.returncode == 1 and "environment.type gcp needs environment.project" in result.stderr
+    # A multi-region repository contains the environment's region.
+    config.write_text(f"environment:\n  type: gcp\n  region: {REGION}\n  project: {PROJECT}\n"
+                      f"builder:\n  type: docker\n  uri: us-docker.pkg.dev/{PROJECT}/launch/train\nqueues: [q]\n")
+    assert cli("agent", "--config", str(config), "--check").returncode == 0
