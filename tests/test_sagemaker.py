@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aws_standin import ACCOUNT, SageMakerStandIn
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, write_json
+from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 
 SEEDS = Path(__file__).parent / "seeds"
@@ -204,3 +204,26 @@ def test_aws_environment_and_ecr_region_checks(tmp_path):
     config.write_text("registry:\n  type: ecr\n  uri: 123456789012.dkr.ecr.us-east-1.amazonaws.com/launch\nqueues: [q]\n")
     result = cli("agent", "--config", str(config), "--check", check=False)
     assert result.returncode == 1 and "needs an `environment: type: aws`" in result.stderr
+
+
+def test_aws_credentials_from_a_prefect_block(aws, tmp_path):
+    """`environment.credentials: aws-credentials/NAME`: no AWS keys in the environment, the block's are used."""
+    from prefect_aws import AwsCredentials
+
+    assert "AWS_ACCESS_KEY_ID" not in os.environ
+    block = unique("aws")
+    AwsCredentials(aws_access_key_id="block-key", aws_secret_access_key="block-secret").save(block)
+    home = tmp_path / "home"
+    (home / ".config" / "wandb").mkdir(parents=True)
+    agent_config = home / ".config" / "wandb" / "launch-config.yaml"
+    args = ["launch", "-r", "sagemaker", "-R", json.dumps(_seed_filled()), "-d", "img:1", "-E", "python t.py", "--dry-run"]
+    env = {"AWS_ENDPOINT_URL": aws.url, "HOME": str(home)}
+
+    agent_config.write_text(f"environment:\n  type: aws\n  region: us-east-1\n  credentials: aws-credentials/{block}\n")
+    request = json.loads(cli(*args, env=env).stdout)["submission"]
+    assert request["RoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/SageMakerExecution"  # STS answered with the block's keys
+
+    agent_config.write_text("environment:\n  type: aws\n  region: us-east-1\n")
+    result = cli(*args, env=env, check=False)
+    assert result.returncode != 0
+    assert "cannot reach AWS" in result.stderr and "is a role name" in result.stderr

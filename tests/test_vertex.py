@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
 
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, write_json
+from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 from vertex_standin import VertexStandIn
 
@@ -212,3 +213,20 @@ def test_gcp_environment_checks(tmp_path):
     config.write_text(f"environment:\n  type: gcp\n  region: {REGION}\n  project: {PROJECT}\n"
                       f"builder:\n  type: docker\n  uri: us-docker.pkg.dev/{PROJECT}/launch/train\nqueues: [q]\n")
     assert cli("agent", "--config", str(config), "--check").returncode == 0
+
+
+def test_gcp_credentials_from_a_prefect_block(vertex, tmp_path):
+    """`environment.credentials: gcp-credentials/NAME`: the block's service account gets the token."""
+    from prefect_gcp import GcpCredentials
+
+    from prefect_launch.environments import GcpEnvironment
+
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in os.environ
+    block = unique("gcp")
+    info = json.loads(Path(vertex.credentials_file(tmp_path)).read_text())
+    GcpCredentials(service_account_info=info, project=PROJECT).save(block)
+    environment = GcpEnvironment(region=REGION, project=PROJECT, credentials=f"gcp-credentials/{block}")
+    assert vertex.client_email in environment.verify()
+    assert environment.access_token() == vertex.access_token
+    token_call = [r for r in vertex.requests if r.path == "/token"][-1]
+    assert parse_qs(token_call.body)["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]

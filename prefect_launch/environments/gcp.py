@@ -37,7 +37,7 @@ class GcpEnvironment(Environment):
             from prefect_gcp import GcpCredentials
 
             block = GcpCredentials.load(self.credentials_block.split("/", 1)[-1])
-            return block.get_credentials_from_service_account()
+            return block.get_credentials_from_service_account().with_scopes(SCOPES)
         import google.auth
 
         credentials, _project = google.auth.default(scopes=SCOPES)
