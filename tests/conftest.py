@@ -171,6 +171,17 @@ def flow_run_of(run_id: str):
     return anyio.run(read)
 
 
+def wait_for_log(run_id: str, predicate, timeout: float = 60) -> list[str]:
+    """The run's log lines once one of them satisfies `predicate` (the run is seen to have reached a point)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = run_logs(flow_run_of(run_id).id)
+        if any(predicate(line) for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"no such log line within {timeout} s; last lines:\n" + "\n".join(lines[-20:])
+        time.sleep(0.3)
+
+
 def wait_for_final(run_id: str, timeout: float = 120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -61,6 +62,16 @@ def docker_engine():
 class _Quiet(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
+
+
+def reply_json(handler: http.server.BaseHTTPRequestHandler, status: int, body: object) -> None:
+    """Send `body` as a JSON response, the way the cloud APIs the stand-ins play answer."""
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json; charset=UTF-8")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
 
 
 class GitServer:
@@ -226,9 +237,13 @@ class PackageIndex:
 
 
 class Registry:
-    """Debian's docker-registry on 127.0.0.1:PORT, storing under `root`; with `login`, it asks for that user and password."""
+    """Debian's docker-registry on 127.0.0.1:PORT, storing under `root`.
 
-    def __init__(self, root: Path, login: tuple[str, str] | None = None) -> None:
+    With `login` it asks for that user and password; `relative_urls` makes its
+    upload `Location`s relative, for a proxy in front of it.
+    """
+
+    def __init__(self, root: Path, login: tuple[str, str] | None = None, relative_urls: bool = False) -> None:
         self.port = free_port()
         self.login = login
         config = root / "registry.yml"
@@ -241,7 +256,7 @@ class Registry:
         config.write_text(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
+            f"http:\n  addr: 127.0.0.1:{self.port}\n  relativeurls: {str(relative_urls).lower()}\n" + auth
         )
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=(root / "registry.log").open("w"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from conftest import JOBS, cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique
+from conftest import JOBS, flow_run_of, job_report, launch, run_id_of, run_logs, unique
 from services import MotoServer
 
 KEY_ID, SECRET = "AKIDLAUNCHTEST", "launch-s3-secret-value"

@@ -12,13 +12,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from aws_standin import ACCOUNT, SageMakerStandIn
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, write_json
+from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 
 SEEDS = Path(__file__).parent / "seeds"
@@ -100,14 +99,13 @@ def test_code_job_is_built_pushed_to_ecr_and_trained_on_sagemaker(aws, ecr_regis
     aws.set_status(name, "InProgress", "Downloading", "Downloading the training image")
     aws.log(name, "epoch 1 loss 0.25", "epoch 2 loss 0.125")
     aws.set_status(name, "InProgress", "Training", "Training image download completed. Training in progress.")
-    time.sleep(1.5)
+    wait_for_log(run_id, lambda line: "Training - Training image download completed" in line)
     aws.set_status(name, "Completed", "Completed", "Training job completed")
     flow_run = wait_for_final(run_id, timeout=60)
     assert flow_run.state.is_completed(), flow_run.state
     logs = run_logs(flow_run.id)
     assert "epoch 1 loss 0.25" in logs and "epoch 2 loss 0.125" in logs  # CloudWatch lines, once each
     assert logs.count("epoch 1 loss 0.25") == 1
-    assert any("Training - Training image download completed" in line for line in logs)
 
     # The same code again: the image is found in the registry (with the ECR login) and not rebuilt.
     again = run_id_of(launch("-q", aws_agent, "-u", str(code), "-E", "python train.py"))
@@ -182,9 +180,26 @@ def test_sagemaker_seed_renders_through_dry_run(aws, monkeypatch, tmp_path):
     assert all(len(value) <= 512 for value in env.values()) and "WANDB_CONFIG" not in env
     pieces = [env[f"WANDB_CONFIG_{i}"] for i in range(3)]  # split as wandb.init joins it
     assert json.loads("".join(pieces)) == long_config
-    # The template seed: InstanceType becomes a template field with allowed values.
-    template = (SEEDS / "001_queue_template_2.yaml").read_text()
-    assert "{{aws_instance}}" in template
+
+
+def test_sagemaker_template_seeds_render_and_refuse_other_instances(tmp_path):
+    """The queue-template walkthrough: before, and after `InstanceType: "{{aws_instance}}"` with allowed values."""
+    base = ["launch", "-r", "sagemaker", "-d", "1.dkr.ecr.us-east-1.amazonaws.com/l:1", "-E", "python t.py",
+            "--run-id", "tmpl1", "--dry-run"]
+    before = json.loads(cli(*base, "-R", f"@{SEEDS / '001_queue_template_1.yaml'}").stdout)["submission"]
+    assert before["ResourceConfig"]["InstanceType"] == "ml.m4.xlarge"
+    assert before["RoleArn"] == "arn:aws:iam:region:account-id:resource-type/resource-id"  # an ARN: kept as written
+    assert before["OutputDataConfig"] == {"S3OutputPath": "s3://bucketname"}
+
+    templates = tmp_path / "templates.yaml"
+    templates.write_text("aws_instance: {type: string, default: ml.m4.xlarge, enum: [ml.m4.xlarge, ml.p3.xlarge]}\n")
+    after = base + ["-R", f"@{SEEDS / '001_queue_template_2.yaml'}", "--templates", str(templates)]
+    chosen = json.loads(cli(*after, "-v", "aws_instance=ml.p3.xlarge").stdout)["submission"]
+    assert chosen["ResourceConfig"] == {"InstanceType": "ml.p3.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 2}
+    assert {k: v for k, v in chosen.items() if k != "ResourceConfig"} == {
+        k: v for k, v in before.items() if k != "ResourceConfig"}
+    refused = cli(*after, "-v", "aws_instance=ml.p4d.24xlarge", check=False)
+    assert refused.returncode != 0 and "aws_instance" in refused.stderr
 
 
 def test_aws_environment_and_ecr_region_checks(tmp_path):

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, write_json
+from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 from vertex_standin import VertexStandIn
 
@@ -123,12 +123,11 @@ def test_code_job_is_pushed_to_artifact_registry_and_run_as_a_custom_job(vertex,
     assert artifact_registry.manifest_digest(REPOSITORY, tag), "not pushed with the oauth2accesstoken login"
 
     vertex.set_state(name, "JOB_STATE_RUNNING")
-    time.sleep(1)
+    wait_for_log(run_id, lambda line: line.endswith("JOB_STATE_RUNNING"))  # the run follows the job's state
     vertex.set_state(name, "JOB_STATE_SUCCEEDED")
     flow_run = wait_for_final(run_id, timeout=60)
     assert flow_run.state.is_completed(), flow_run.state
     logs = run_logs(flow_run.id)
-    assert any(line.endswith("JOB_STATE_RUNNING") for line in logs)
     assert any(f"Google {vertex.client_email}" in line for line in logs)  # google.auth.default() found the key
 
 

@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import jwt
 
+from services import reply_json
+
 JOB_STATES = [
     "JOB_STATE_UNSPECIFIED", "JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING",
     "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED",
@@ -205,12 +207,7 @@ def _handler_for(standin: VertexStandIn) -> type[BaseHTTPRequestHandler]:
                 status, body = standin._respond(request)
                 if "enum-encoding=int" in request.query.get("$alt", [""])[0] and "state" in body:
                     body = {**body, "state": JOB_STATES.index(body["state"])}
-                payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            reply_json(self, status, body)
 
         do_GET = do_POST = _serve
 
