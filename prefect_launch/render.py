@@ -81,8 +81,9 @@ def render(
     reads only what `environment.verify()` has already looked up (the AWS
     account for a bare SageMaker role name).
     """
-    resource_args = resolve_macros(merged_resource_args(queue, overrides), macro_values(job))
     target = get_target(queue.resource, environment)
+    target.check_overrides(unwrap_resource_key(overrides or {}, queue.resource))
+    resource_args = resolve_macros(merged_resource_args(queue, overrides), macro_values(job))
     return {
         "resource": queue.resource.value,
         "image": job.image,

@@ -9,16 +9,18 @@ from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.spec import Resource
 from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.kubernetes import KubernetesTarget
 from prefect_launch.targets.local_container import LocalContainerTarget
 from prefect_launch.targets.local_process import LocalProcessTarget
 from prefect_launch.targets.sagemaker import SageMakerTarget
 from prefect_launch.targets.vertex import VertexTarget
 
 _TARGETS: dict[Resource, type[Target]] = {
-    t.resource: t for t in (LocalProcessTarget, LocalContainerTarget, SageMakerTarget, VertexTarget)
+    t.resource: t for t in (LocalProcessTarget, LocalContainerTarget, KubernetesTarget, SageMakerTarget, VertexTarget)
 }
 
-SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS)
+# Queues can be created for these; kubernetes renders (--dry-run) but cannot be submitted yet.
+SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS if r is not Resource.kubernetes)
 
 
 def get_target(resource: Resource, environment: Environment | None = None) -> Target:

@@ -43,6 +43,9 @@ class Target(abc.ABC):
         # The agent's cloud credentials and region; only the cloud targets use them.
         self.environment = environment
 
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        """Refuse what a job's own resource args may not set, though the queue's config (its admin) may."""
+
     @abc.abstractmethod
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         """The exact payload the target receives. Pure: no I/O."""
