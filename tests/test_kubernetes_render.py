@@ -106,6 +106,7 @@ def test_custom_resource_seed_renders_every_replica(tmp_path):
     assert set(replicas) == {"Master", "Worker"} and replicas["Worker"]["replicas"] == 2
     for role, replica in replicas.items():
         assert replica["restartPolicy"] == "Never"
+        assert replica["template"]["metadata"]["labels"] == {"prefect-launch/run-id": "k8srun1"}  # scopes the watch
         (container,) = replica["template"]["spec"]["containers"]
         assert container["image"] == "registry.local/train:1"  # '${image_uri}'
         assert container["imagePullPolicy"] == "Always"

@@ -19,8 +19,7 @@ _TARGETS: dict[Resource, type[Target]] = {
     t.resource: t for t in (LocalProcessTarget, LocalContainerTarget, KubernetesTarget, SageMakerTarget, VertexTarget)
 }
 
-# Queues can be created for these; kubernetes renders (--dry-run) but cannot be submitted yet.
-SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS if r is not Resource.kubernetes)
+SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS)
 
 
 def get_target(resource: Resource, environment: Environment | None = None) -> Target:

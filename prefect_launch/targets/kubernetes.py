@@ -4,8 +4,7 @@ The queue config is written as W&B writes it: a Job spec (`spec`, `metadata`,
 and `namespace` at the top level), or a custom resource under `kubernetes:`
 with `kind`, `apiVersion`, `metadata` and `spec` (Kubeflow `PyTorchJob`,
 Volcano `Job`, any CRD). Rendering fills in every pod template it finds
-(`spec.template` of a Job; every dict holding `containers` in a custom
-resource):
+(`spec.template` of a Job; every template of a custom resource):
 
 - the image where a container has none (or `${image_uri}`, already resolved);
   the first container's command is the entry point and its args;
@@ -21,7 +20,10 @@ A job's own resource args (the user's, not the admin's queue config) may not
 ask for privileged containers, host namespaces, host ports, hostPath volumes
 or another service account: `check_overrides` refuses them.
 
-Submitting to a cluster is not available yet: `--dry-run` shows the manifest.
+Submitting creates the run's Secret (the agent's `WANDB_API_KEY`, when it has
+one) and the object; "already exists" attaches to it. The monitor
+(`kubernetes_monitor.py`) watches the run's pods; cancelling deletes the Job or
+custom resource; the Secret is deleted when the run ends.
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
@@ -36,13 +38,18 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import threading
-from typing import Any, Iterator
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods, stream_logs
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
 
@@ -70,16 +77,16 @@ def api_key_secret(run_id: str) -> dict[str, Any]:
     }
 
 
-def pod_specs(value: Any) -> Iterator[dict[str, Any]]:
-    """Every pod spec inside a manifest: each mapping that holds a `containers` list."""
+def pod_templates(value: Any) -> Iterator[dict[str, Any]]:
+    """Every pod template inside a manifest: each mapping whose `spec` holds a `containers` list."""
     if isinstance(value, dict):
-        if isinstance(value.get("containers"), list):
+        if isinstance(value.get("spec"), dict) and isinstance(value["spec"].get("containers"), list):
             yield value
         for item in value.values():
-            yield from pod_specs(item)
+            yield from pod_templates(item)
     elif isinstance(value, list):
         for item in value:
-            yield from pod_specs(item)
+            yield from pod_templates(item)
 
 
 def _fill_pod(pod: dict[str, Any], job: ResolvedJob, first: bool) -> None:
@@ -146,11 +153,13 @@ class KubernetesTarget(Target):
             manifest = self._custom_resource(job, args)
         else:
             manifest = self._job(job, args)
-        pods = list(pod_specs(manifest.get("spec", {})))
-        if not pods:
+        templates = list(pod_templates(manifest.get("spec", {})))
+        if not templates:
             raise LaunchError(f"kubernetes queue config: the {manifest.get('kind')} has no pod template with containers")
-        for index, pod in enumerate(pods):
-            _fill_pod(pod, job, first=index == 0)
+        for index, template in enumerate(templates):
+            # The label scopes the monitor's pod watch to this run, replicas included.
+            _labelled(template.setdefault("metadata", {}), job.run_id)
+            _fill_pod(template["spec"], job, first=index == 0)
         return manifest
 
     def _job(self, job: ResolvedJob, args: dict[str, Any]) -> dict[str, Any]:
@@ -166,9 +175,7 @@ class KubernetesTarget(Target):
         spec = args.get("spec") or {}
         for key, value in JOB_DEFAULTS.items():
             spec.setdefault(key, value)
-        template = spec.setdefault("template", {})
-        _labelled(template.setdefault("metadata", {}), job.run_id)
-        pod = template.setdefault("spec", {})
+        pod = spec.setdefault("template", {}).setdefault("spec", {})
         pod.setdefault("restartPolicy", "Never")
         pod.setdefault("containers", [{}])
         return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
@@ -183,8 +190,186 @@ class KubernetesTarget(Target):
         metadata["namespace"] = args.get("namespace") or metadata.get("namespace") or DEFAULT_NAMESPACE
         return resource
 
+    @functools.cached_property
+    def _api(self):
+        """An API client for the agent's cluster: in-cluster when it runs in a pod, else its kubeconfig."""
+        from kubernetes import client, config
+
+        try:
+            if os.environ.get("KUBERNETES_SERVICE_HOST"):
+                configuration = client.Configuration()
+                config.load_incluster_config(client_configuration=configuration)
+                return client.ApiClient(configuration)
+            return config.new_client_from_config()
+        except config.ConfigException as exc:
+            raise LaunchError(f"kubernetes: no cluster to submit to ({exc}); set KUBECONFIG or run the agent in a pod") from None
+
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:
-        raise LaunchError("submitting to a Kubernetes cluster is not available yet; --dry-run shows the manifest")
+        from kubernetes import client
+
+        submitted = Submitted.of(submission)
+        key = os.environ.get("WANDB_API_KEY")
+        if key:
+            secret = {"metadata": {"name": object_name(submitted.run_id), "labels": {RUN_ID_LABEL: submitted.run_id}},
+                      "stringData": {"WANDB_API_KEY": key}}
+            create_secret = functools.partial(client.CoreV1Api(self._api).create_namespaced_secret,
+                                              submitted.namespace, secret)
+            self._create(create_secret, f"Secret {object_name(submitted.run_id)}", log)
+        if submitted.kind == "Job" and submitted.group == "batch":
+            create = functools.partial(client.BatchV1Api(self._api).create_namespaced_job, submitted.namespace, submission)
+        else:
+            submitted.plural = self._plural(submitted)
+            create = functools.partial(client.CustomObjectsApi(self._api).create_namespaced_custom_object,
+                                       submitted.group, submitted.version, submitted.namespace, submitted.plural,
+                                       submission)
+        self._create(create, f"{submitted.kind} {submitted.namespace}/{submitted.name}", log)
+        return Handle(id=f"{submitted.namespace}/{submitted.name}", detail=submitted)
+
+    def _create(self, create: Callable[[], Any], what: str, log: Log) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            create()
+            log.info("Created %s", what)
+        except ApiException as exc:
+            if exc.status == 409:  # submitting is idempotent: the object of this run id is already there
+                log.info("%s already exists: following it", what)
+                return
+            raise LaunchError(f"Kubernetes refused {what}: {_api_error(exc)}") from None
+
+    def _plural(self, submitted: "Submitted") -> str:
+        """The resource's plural name from the cluster's API discovery; the English rule if discovery fails."""
+        try:
+            found = self._api.call_api(f"/apis/{submitted.group}/{submitted.version}", "GET",
+                                       response_type="object", _return_http_data_only=True)
+            for resource in found.get("resources", []):
+                if resource.get("kind") == submitted.kind and "/" not in resource.get("name", ""):
+                    return resource["name"]
+        except Exception:  # a cluster that does not serve discovery for the group: derive the name
+            pass
+        return english_plural(submitted.kind)
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
-        raise LaunchError("following a Kubernetes job is not available yet")
+        submitted: Submitted = handle.detail
+        try:
+            return self._follow(submitted, cancel, log)
+        finally:
+            self._delete_secret(submitted, log)
+
+    def _follow(self, submitted: "Submitted", cancel: threading.Event, log: Log) -> Outcome:
+        from kubernetes import client, watch
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self._api)
+        selector = f"{RUN_ID_LABEL}={submitted.run_id}"
+        pods = RunPods()
+        streams: dict[str, threading.Thread] = {}
+
+        def on_running(pod: str) -> None:
+            streams[pod] = stream_logs(core, submitted.namespace, pod, log)
+
+        version = None
+        while True:
+            if version is None:  # (re)list: at the start, and after a 410
+                listing = self._api.sanitize_for_serialization(
+                    core.list_namespaced_pod(submitted.namespace, label_selector=selector))
+                for pod in listing.get("items", []):
+                    pods.see("ADDED", pod, log, on_running)
+                version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
+            outcome = pods.outcome()
+            if outcome is None and cancel.is_set():
+                self._delete(submitted, log)
+                outcome = Outcome(state="cancelled", message=f"{submitted.kind} {submitted.name} deleted")
+            if outcome is not None:
+                for thread in streams.values():
+                    thread.join(timeout=5)  # the last lines of a finished pod
+                return outcome
+            try:
+                for event in watch.Watch().stream(core.list_namespaced_pod, submitted.namespace, label_selector=selector,
+                                                  resource_version=version, timeout_seconds=WATCH_SECONDS):
+                    if event["type"] == "ERROR":
+                        version = None if (event["raw_object"] or {}).get("code") == 410 else version
+                        break
+                    pod = event["raw_object"]
+                    version = pod["metadata"].get("resourceVersion", version)
+                    pods.see(event["type"], pod, log, on_running)
+                    if pods.outcome() is not None or cancel.is_set():
+                        break
+            except ApiException as exc:
+                if exc.status != 410:
+                    raise LaunchError(f"Kubernetes pod watch failed: {_api_error(exc)}") from None
+                version = None  # the resourceVersion expired: relist
+            except Exception as exc:  # a dropped connection: resume from the last version seen
+                log.warning("Pod watch interrupted (%s); resuming", exc)
+                time.sleep(1)
+
+    def _delete(self, submitted: "Submitted", log: Log) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        log.info("Deleting %s %s/%s", submitted.kind, submitted.namespace, submitted.name)
+        try:
+            if submitted.plural is None:
+                client.BatchV1Api(self._api).delete_namespaced_job(
+                    submitted.name, submitted.namespace, propagation_policy="Background")
+            else:
+                client.CustomObjectsApi(self._api).delete_namespaced_custom_object(
+                    submitted.group, submitted.version, submitted.namespace, submitted.plural, submitted.name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise LaunchError(f"Kubernetes refused to delete {submitted.kind} {submitted.name}: {_api_error(exc)}") from None
+
+    def _delete_secret(self, submitted: "Submitted", log: Log) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            client.CoreV1Api(self._api).delete_namespaced_secret(object_name(submitted.run_id), submitted.namespace)
+            log.info("Deleted the run's Secret %s", object_name(submitted.run_id))
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("Could not delete the run's Secret %s: %s", object_name(submitted.run_id), _api_error(exc))
+
+
+@dataclass
+class Submitted:
+    """The object a run created: enough to watch its pods and delete it."""
+
+    kind: str
+    group: str
+    version: str
+    namespace: str
+    name: str
+    run_id: str
+    plural: str | None = None  # None for a batch/v1 Job
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> "Submitted":
+        group, _, version = manifest["apiVersion"].rpartition("/")
+        metadata = manifest["metadata"]
+        return cls(kind=manifest["kind"], group=group, version=version, namespace=metadata["namespace"],
+                   name=metadata["name"], run_id=metadata["labels"][RUN_ID_LABEL])
+
+
+def english_plural(kind: str) -> str:
+    """A kind's resource name by Kubernetes' own rule (`PyTorchJob` -> `pytorchjobs`, `Policy` -> `policies`).
+
+    >>> [english_plural(k) for k in ("PyTorchJob", "Policy", "Ingress", "Gateway")]
+    ['pytorchjobs', 'policies', 'ingresses', 'gateways']
+    """
+    lower = kind.lower()
+    if lower.endswith("y") and lower[-2:-1] not in "aeiou":
+        return lower[:-1] + "ies"
+    if lower.endswith(("s", "x", "z", "ch", "sh")):
+        return lower + "es"
+    return lower + "s"
+
+
+def _api_error(exc: Exception) -> str:
+    import json
+
+    try:
+        message = json.loads(exc.body).get("message")
+    except Exception:
+        message = None
+    return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}: {message or exc}".strip()

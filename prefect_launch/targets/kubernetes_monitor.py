@@ -1,0 +1,113 @@
+"""Following a launch run's pods on Kubernetes: a watch scoped by the run's label.
+
+The monitor watches only the pods labelled `prefect-launch/run-id=<run id>`
+(never a list of every pod), resumes after a dropped connection and relists
+after a 410 (an expired resourceVersion). From the pods it derives the run's
+progress: why a pod waits (unschedulable, image pull, quota, config) goes to
+the run's log each time it changes; a pod that never starts within the start
+timeout fails the run; pod logs stream into the run once a container runs; all
+pods Succeeded completes the run, a Failed pod fails it with its reason.
+
+Example, what a waiting pod says::
+
+    >>> pending_reason({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+    ...     "status": "False", "reason": "Unschedulable", "message": "0/3 nodes have 8 GPUs"}]}})
+    'Unschedulable: 0/3 nodes have 8 GPUs'
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from prefect_launch.targets.base import Outcome
+from prefect_launch.targets.process import Log
+
+DEFAULT_START_TIMEOUT = 15 * 60
+WATCH_SECONDS = 5  # a watch call ends this often, so cancellation and the start timeout are checked
+
+
+def start_timeout() -> float:
+    """Seconds a pod may take to start (`PREFECT_LAUNCH_K8S_START_TIMEOUT`, default 15 minutes)."""
+    return float(os.environ.get("PREFECT_LAUNCH_K8S_START_TIMEOUT", DEFAULT_START_TIMEOUT))
+
+
+def pending_reason(pod: dict[str, Any]) -> str | None:
+    """Why a pod is not running yet, in Kubernetes' own words; None when nothing holds it."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason')}: {condition.get('message', '')}".rstrip(": ")
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return None
+
+
+def failure_reason(pod: dict[str, Any]) -> str:
+    status = pod.get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated and terminated.get("exitCode"):
+            detail = terminated.get("reason") or "Error"
+            return f"container {container.get('name')} exited with code {terminated['exitCode']} ({detail})"
+    return status.get("reason") or status.get("message") or "pod failed"
+
+
+@dataclass
+class RunPods:
+    """What the watch has seen of a run's pods, and the decisions drawn from it."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reasons: dict[str, str | None] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
+
+    def see(self, event_type: str, pod: dict[str, Any], log: Log, on_running: Callable[[str], None]) -> None:
+        name = pod["metadata"]["name"]
+        if event_type == "DELETED":
+            self.pods.pop(name, None)
+            return
+        self.pods[name] = pod
+        reason = pending_reason(pod)
+        if reason != self.reasons.get(name):
+            self.reasons[name] = reason
+            if reason:
+                log.warning("Pod %s is waiting: %s", name, reason)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Running", "Succeeded", "Failed") and name not in self.running:
+            self.running.add(name)
+            on_running(name)
+
+    def outcome(self) -> Outcome | None:
+        phases = {name: (pod.get("status") or {}).get("phase") for name, pod in self.pods.items()}
+        failed = [name for name, phase in phases.items() if phase == "Failed"]
+        if failed:
+            return Outcome(state="failed", message=f"pod {failed[0]}: {failure_reason(self.pods[failed[0]])}")
+        if phases and all(phase == "Succeeded" for phase in phases.values()):
+            return Outcome(state="completed")
+        if not self.running and time.monotonic() - self.started_at > start_timeout():
+            waiting = "; ".join(r for r in self.reasons.values() if r) or "no pod was scheduled"
+            return Outcome(state="failed", message=f"no pod started within {start_timeout():.0f} s ({waiting})")
+        return None
+
+
+def stream_logs(core: Any, namespace: str, pod: str, log: Log) -> threading.Thread:
+    """Follow a pod's log into the run's log, on a thread of its own."""
+
+    def follow() -> None:
+        try:
+            response = core.read_namespaced_pod_log(pod, namespace, follow=True, _preload_content=False)
+            for line in response.stream():
+                for text in line.decode(errors="replace").splitlines():
+                    log.info("%s", text)
+        except Exception as exc:  # the pod went away: its outcome comes from the watch
+            log.debug("log stream of %s ended: %s", pod, exc)
+
+    thread = threading.Thread(target=follow, name=f"logs-{pod}", daemon=True)
+    thread.start()
+    return thread

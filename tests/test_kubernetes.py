@@ -1,0 +1,158 @@
+"""Kubernetes end to end: the real kubernetes client in the agent against the kmock API stand-in.
+
+There is no cluster and no controller: the test plays the scheduler and the
+kubelet, creating the run's pods and moving them through their phases
+(`tests/kube_standin.py`). Everything the agent sends is what a real API
+server would receive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from kube_standin import KubeStandIn
+
+SEEDS = Path(__file__).parent / "seeds"
+IMAGE = "registry.local/train:1"
+API_KEY = "wandb-key-5c1e7a"
+
+
+@pytest.fixture(scope="module")
+def kube():
+    with KubeStandIn() as kube:
+        yield kube
+
+
+@pytest.fixture
+def kube_agent(kube, make_queue, start_agent, monkeypatch, tmp_path):
+    def start(queue_config: dict, **env: str) -> str:
+        for name, value in {"KUBECONFIG": kube.kubeconfig(tmp_path / "kubeconfig"), "WANDB_API_KEY": API_KEY,
+                            **env}.items():
+            monkeypatch.setenv(name, value)
+        path = tmp_path / "queue.yaml"
+        path.write_text(yaml.safe_dump(queue_config))
+        queue = make_queue("--resource", "kubernetes", "--config", str(path), prefix="k8s")
+        start_agent("-q", queue)
+        return queue
+
+    return start
+
+
+def _wait_for(what, lookup, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while (found := lookup()) is None:
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.2)
+    return found
+
+
+def _sent(stored) -> dict:
+    """The body the agent sent for a stored object, as plain JSON."""
+    return json.loads(json.dumps(stored.history[0], default=dict))
+
+
+def _job(kube: KubeStandIn, namespace: str, run_id: str):
+    return _wait_for(f"Job of {run_id}", lambda: kube.objects("batch/v1/jobs").get((namespace, f"prefect-launch-{run_id}")))
+
+
+def _secret(kube: KubeStandIn, namespace: str, run_id: str):
+    return kube.objects("v1/secrets").get((namespace, f"prefect-launch-{run_id}"))
+
+
+def _cancel(run_id: str) -> None:
+    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run_of(run_id).id)],
+                   check=True, capture_output=True, env=os.environ.copy())
+
+
+def test_job_runs_with_a_secret_pending_reasons_logs_and_a_resumed_watch(kube, kube_agent):
+    queue = kube_agent(yaml.safe_load((SEEDS / "000_k8s_job_1.yaml").read_text()))
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    job = _job(kube, "wandb", run_id)
+    body = _sent(job)
+    (container,) = body["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == IMAGE and container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert API_KEY not in json.dumps(body)  # the key is only in the run's Secret
+    api_key = next(e for e in container["env"] if e["name"] == "WANDB_API_KEY")
+    assert api_key["valueFrom"]["secretKeyRef"]["name"] == f"prefect-launch-{run_id}"
+    secret = _secret(kube, "wandb", run_id)
+    assert secret is not None and _sent(secret)["stringData"] == {"WANDB_API_KEY": API_KEY}
+
+    pod = f"prefect-launch-{run_id}-x7k2p"
+    kube.create_pod("wandb", pod, {"prefect-launch/run-id": run_id})
+    kube.update_pod("wandb", pod, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                               "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])
+    wait_for_log(run_id, lambda line: "Unschedulable: 0/3 nodes are available" in line)
+    kube.update_pod("wandb", pod, conditions=[{"type": "PodScheduled", "status": "True"}],
+                    container_statuses=[{"name": "launch", "state": {"waiting": {
+                        "reason": "ErrImagePull", "message": f"pull access denied for {IMAGE}"}}}])
+    wait_for_log(run_id, lambda line: "ErrImagePull" in line)
+    kube.expire_watches()  # the next watch answers 410: the monitor relists and goes on
+    kube.update_pod("wandb", pod, phase="Running", container_statuses=[{"name": "launch", "state": {"running": {}}}])
+    kube.pod_log("wandb", pod, ["epoch 1 loss 0.5", "epoch 2 loss 0.25"])
+    wait_for_log(run_id, lambda line: line == "epoch 2 loss 0.25")
+    kube.update_pod("wandb", pod, phase="Succeeded",
+                    container_statuses=[{"name": "launch", "state": {"terminated": {"exitCode": 0}}}])
+    flow_run = wait_for_final(run_id, timeout=60)
+    assert flow_run.state.is_completed(), flow_run.state
+    assert run_logs(flow_run.id).count("epoch 1 loss 0.5") == 1
+    assert _secret(kube, "wandb", run_id).deleted  # per-run secrets go when the run ends
+
+
+def test_failed_pod_fails_the_run_and_cancel_deletes_the_job(kube, kube_agent):
+    queue = kube_agent({"namespace": "team"})
+    failing = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    _job(kube, "team", failing)
+    pod = f"prefect-launch-{failing}-a1"
+    kube.create_pod("team", pod, {"prefect-launch/run-id": failing}, phase="Running")
+    kube.update_pod("team", pod, phase="Failed", container_statuses=[{"name": "launch", "state": {
+        "terminated": {"exitCode": 3, "reason": "Error"}}}])
+    state = wait_for_final(failing, timeout=60).state
+    assert state.is_failed() and "exited with code 3" in state.message
+
+    cancelled = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    job = _job(kube, "team", cancelled)
+    kube.create_pod("team", f"prefect-launch-{cancelled}-b2", {"prefect-launch/run-id": cancelled}, phase="Running")
+    _cancel(cancelled)
+    assert wait_for_final(cancelled, timeout=60).state.is_cancelled()
+    assert job.deleted
+    deletes = [r for r in kube.kmock["delete"] if r.url.path.endswith(f"/jobs/prefect-launch-{cancelled}")]
+    assert deletes and deletes[0].params["propagationPolicy"] == "Background"
+
+
+def test_a_pod_that_never_starts_times_out(kube, kube_agent):
+    queue = kube_agent({"namespace": "slow"}, PREFECT_LAUNCH_K8S_START_TIMEOUT="4")
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    _job(kube, "slow", run_id)
+    kube.create_pod("slow", f"prefect-launch-{run_id}-c3", {"prefect-launch/run-id": run_id})
+    kube.update_pod("slow", f"prefect-launch-{run_id}-c3", conditions=[
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "exceeded quota: gpu"}])
+    state = wait_for_final(run_id, timeout=90).state
+    assert state.is_failed()
+    assert "no pod started within 4 s" in state.message and "exceeded quota: gpu" in state.message
+
+
+def test_custom_resource_is_created_with_its_plural_and_every_replica_followed(kube, kube_agent):
+    queue = kube_agent(yaml.safe_load((SEEDS / "000_k8s_custom_resource_1.yaml").read_text()))
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    created = _wait_for("PyTorchJob", lambda: kube.objects("kubeflow.org/v1/pytorchjobs").get(
+        ("default", f"{run_id}-pytorch-job")))
+    replicas = _sent(created)["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Worker"]["template"]["metadata"]["labels"]["prefect-launch/run-id"] == run_id
+    pods = [f"{run_id}-pytorch-job-master-0", f"{run_id}-pytorch-job-worker-0", f"{run_id}-pytorch-job-worker-1"]
+    for pod in pods:
+        kube.create_pod("default", pod, {"prefect-launch/run-id": run_id}, phase="Running")
+    kube.update_pod("default", pods[0], phase="Succeeded")
+    time.sleep(1)
+    assert not flow_run_of(run_id).state.is_final()  # the workers still run
+    for pod in pods[1:]:
+        kube.update_pod("default", pod, phase="Succeeded")
+    assert wait_for_final(run_id, timeout=60).state.is_completed()
