@@ -35,6 +35,8 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
         env["WANDB_CONFIG"] = json.dumps(job.run_config, sort_keys=True)
     if job.run_dir is not None:
         env["WANDB_DIR"] = str(job.run_dir)
+    if job.attempt:
+        env["WANDB_RESUME"] = "allow"  # a requeued run continues the same W&B run
     return env
 
 

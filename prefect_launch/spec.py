@@ -130,6 +130,9 @@ class LaunchSpec(BaseModel):
     resource_args: dict[str, Any] = Field(
         default_factory=dict, description="Merged over the queue's resource args"
     )
+    preemptions: int = Field(
+        default=0, ge=0, description="Times this run was preempted and put back on its queue (set by the agent)"
+    )
 
     @field_validator("entry_point", mode="before")
     @classmethod
@@ -169,6 +172,7 @@ class ResolvedJob(BaseModel):
     base_image: str | None = None
     image: str | None = None
     run_dir: Path | None = Field(default=None, description="Per-run scratch folder (WANDB_DIR)")
+    attempt: int = Field(default=0, description="0 for the first run, N after the Nth preemption (resumes the W&B run)")
 
 
 _RUN_ID_ALPHABET = string.ascii_lowercase + string.digits

@@ -47,6 +47,11 @@ def kube_agent(kube, make_queue, start_agent, monkeypatch, tmp_path):
     return start
 
 
+def _labels(run_id: str, attempt: int = 0) -> dict[str, str]:
+    """The labels the run's pods inherit from its pod templates (the watch selects on both)."""
+    return {"prefect-launch/run-id": run_id, "prefect-launch/attempt": str(attempt)}
+
+
 def _wait_for(what, lookup, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while (found := lookup()) is None:
@@ -87,7 +92,7 @@ def test_job_runs_with_a_secret_pending_reasons_logs_and_a_resumed_watch(kube, k
     assert secret is not None and _sent(secret)["stringData"] == {"WANDB_API_KEY": API_KEY}
 
     pod = f"prefect-launch-{run_id}-x7k2p"
-    kube.create_pod("wandb", pod, {"prefect-launch/run-id": run_id})
+    kube.create_pod("wandb", pod, _labels(run_id))
     kube.update_pod("wandb", pod, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])
     wait_for_log(run_id, lambda line: "Unschedulable: 0/3 nodes are available" in line)
@@ -112,7 +117,7 @@ def test_failed_pod_fails_the_run_and_cancel_deletes_the_job(kube, kube_agent):
     failing = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
     _job(kube, "team", failing)
     pod = f"prefect-launch-{failing}-a1"
-    kube.create_pod("team", pod, {"prefect-launch/run-id": failing}, phase="Running")
+    kube.create_pod("team", pod, _labels(failing), phase="Running")
     kube.update_pod("team", pod, phase="Failed", container_statuses=[{"name": "launch", "state": {
         "terminated": {"exitCode": 3, "reason": "Error"}}}])
     state = wait_for_final(failing, timeout=60).state
@@ -120,7 +125,7 @@ def test_failed_pod_fails_the_run_and_cancel_deletes_the_job(kube, kube_agent):
 
     cancelled = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
     job = _job(kube, "team", cancelled)
-    kube.create_pod("team", f"prefect-launch-{cancelled}-b2", {"prefect-launch/run-id": cancelled}, phase="Running")
+    kube.create_pod("team", f"prefect-launch-{cancelled}-b2", _labels(cancelled), phase="Running")
     _cancel(cancelled)
     assert wait_for_final(cancelled, timeout=60).state.is_cancelled()
     assert job.deleted
@@ -132,7 +137,7 @@ def test_a_pod_that_never_starts_times_out(kube, kube_agent):
     queue = kube_agent({"namespace": "slow"}, PREFECT_LAUNCH_K8S_START_TIMEOUT="4")
     run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
     _job(kube, "slow", run_id)
-    kube.create_pod("slow", f"prefect-launch-{run_id}-c3", {"prefect-launch/run-id": run_id})
+    kube.create_pod("slow", f"prefect-launch-{run_id}-c3", _labels(run_id))
     kube.update_pod("slow", f"prefect-launch-{run_id}-c3", conditions=[
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "exceeded quota: gpu"}])
     state = wait_for_final(run_id, timeout=90).state
@@ -146,13 +151,56 @@ def test_custom_resource_is_created_with_its_plural_and_every_replica_followed(k
     created = _wait_for("PyTorchJob", lambda: kube.objects("kubeflow.org/v1/pytorchjobs").get(
         ("default", f"{run_id}-pytorch-job")))
     replicas = _sent(created)["spec"]["pytorchReplicaSpecs"]
-    assert replicas["Worker"]["template"]["metadata"]["labels"]["prefect-launch/run-id"] == run_id
+    assert replicas["Worker"]["template"]["metadata"]["labels"] == _labels(run_id)
     pods = [f"{run_id}-pytorch-job-master-0", f"{run_id}-pytorch-job-worker-0", f"{run_id}-pytorch-job-worker-1"]
     for pod in pods:
-        kube.create_pod("default", pod, {"prefect-launch/run-id": run_id}, phase="Running")
+        kube.create_pod("default", pod, _labels(run_id), phase="Running")
     kube.update_pod("default", pods[0], phase="Succeeded")
     time.sleep(1)
     assert not flow_run_of(run_id).state.is_final()  # the workers still run
     for pod in pods[1:]:
         kube.update_pod("default", pod, phase="Succeeded")
     assert wait_for_final(run_id, timeout=60).state.is_completed()
+
+
+def _job_creates(kube: KubeStandIn, run_id: str) -> list:
+    return [r for r in kube.kmock["post"]
+            if r.url.path.endswith("/jobs") and (r.data or {}).get("metadata", {}).get("name") == f"prefect-launch-{run_id}"]
+
+
+def test_preemption_requeues_the_same_run_five_times_then_fails(kube, kube_agent):
+    queue = kube_agent({"namespace": "spot"})
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    reasons = ["PreemptionByScheduler", "EvictionByEvictionAPI", "TerminationByKubelet"]
+    for attempt in range(6):
+        create = _wait_for(f"Job of attempt {attempt}", lambda: (_job_creates(kube, run_id)[attempt:] or [None])[0])
+        env = {e["name"]: e.get("value") for e in create.data["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["WANDB_RUN_ID"] == run_id  # the same W&B run every time
+        assert env.get("WANDB_RESUME") == ("allow" if attempt else None)
+        pod = f"prefect-launch-{run_id}-p{attempt}"
+        kube.create_pod("spot", pod, _labels(run_id, attempt), phase="Running")
+        kube.update_pod("spot", pod, phase="Failed", conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": reasons[attempt % 3]}])
+    runs = _runs_named(run_id)
+    deadline = time.monotonic() + 60
+    while not all(run.state.is_final() for run in runs) or len(runs) < 6:
+        assert time.monotonic() < deadline, [run.state for run in runs]
+        time.sleep(0.5)
+        runs = _runs_named(run_id)
+    assert len(runs) == 6 and len(_job_creates(kube, run_id)) == 6  # 5 requeues, never a 7th submission
+    names = sorted(run.state.name for run in runs)
+    assert names == ["Failed"] + ["Preempted"] * 5, names
+    final = next(run for run in runs if run.state.is_failed())
+    assert "preempted 6 times" in final.state.message and "TerminationByKubelet" in final.state.message
+
+
+def _runs_named(run_id: str) -> list:
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
+
+    return anyio.run(read)

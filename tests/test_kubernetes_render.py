@@ -19,6 +19,7 @@ from conftest import cli
 SEEDS = Path(__file__).parent / "seeds"
 SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"}}
+LABELS = {"prefect-launch/run-id": "k8srun1", "prefect-launch/attempt": "0"}
 VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
 
 
@@ -39,10 +40,10 @@ def test_job_seed_renders_with_security_defaults_and_validates(tmp_path):
     manifest = json.loads(_dry_run(seed).stdout)["submission"]
     assert manifest["apiVersion"] == "batch/v1" and manifest["kind"] == "Job"
     assert manifest["metadata"] == {"name": "prefect-launch-k8srun1", "namespace": "wandb",
-                                    "labels": {"queue": "k8s-test", "prefect-launch/run-id": "k8srun1"}}
+                                    "labels": {"queue": "k8s-test", **LABELS}}
     spec = manifest["spec"]
     assert spec["backoffLimit"] == 0 and spec["ttlSecondsAfterFinished"] == 60  # the seeds' defaults
-    assert spec["template"]["metadata"]["labels"] == {"prefect-launch/run-id": "k8srun1"}
+    assert spec["template"]["metadata"]["labels"] == LABELS
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
@@ -100,13 +101,13 @@ def test_custom_resource_seed_renders_every_replica(tmp_path):
     manifest = json.loads(_dry_run(seed).stdout)["submission"]
     assert manifest["apiVersion"] == "kubeflow.org/v1" and manifest["kind"] == "PyTorchJob"
     assert manifest["metadata"]["name"] == "k8srun1-pytorch-job"  # '${run_id}-pytorch-job'
-    assert manifest["metadata"]["labels"] == {"prefect-launch/run-id": "k8srun1"}
+    assert manifest["metadata"]["labels"] == LABELS
     assert manifest["spec"]["ttlSecondsAfterFinished"] == 600
     replicas = manifest["spec"]["pytorchReplicaSpecs"]
     assert set(replicas) == {"Master", "Worker"} and replicas["Worker"]["replicas"] == 2
     for role, replica in replicas.items():
         assert replica["restartPolicy"] == "Never"
-        assert replica["template"]["metadata"]["labels"] == {"prefect-launch/run-id": "k8srun1"}  # scopes the watch
+        assert replica["template"]["metadata"]["labels"] == LABELS  # scopes the watch
         (container,) = replica["template"]["spec"]["containers"]
         assert container["image"] == "registry.local/train:1"  # '${image_uri}'
         assert container["imagePullPolicy"] == "Always"

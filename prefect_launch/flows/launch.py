@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -49,6 +49,9 @@ class LaunchContext:
     environment: Environment | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
+
+# A preempted run goes back to its queue at most this many times (W&B's limit); the next preemption fails it.
+MAX_REQUEUES = 5
 
 current_launch: ContextVar[LaunchContext] = ContextVar("prefect_launch_context")
 
@@ -191,12 +194,34 @@ def launch(spec: LaunchSpec) -> State | None:
     finally:
         if job is not None:
             _record(job, context, rendered, handle, timeline)
+    if outcome.state == "preempted":
+        return _requeue(spec, job, outcome)
     if outcome.state == "failed":
         return Failed(message=outcome.message)
     if outcome.state == "cancelled":
         return Cancelled(message=outcome.message)
     log.info("Run %s completed", job.run_id if job else "")
     return None
+
+
+def _requeue(spec: LaunchSpec, job: ResolvedJob, outcome: Outcome) -> State:
+    """Put a preempted run back at the end of its queue as the same W&B run, at most MAX_REQUEUES times."""
+    attempts = spec.preemptions + 1
+    if spec.preemptions >= MAX_REQUEUES:
+        return Failed(message=f"{outcome.message}; preempted {attempts} times, not requeued again (at most {MAX_REQUEUES})")
+    again = spec.model_copy(update={"run_id": job.run_id, "run_name": job.run_name, "preemptions": attempts})
+    flow_run = FlowRunContext.get().flow_run
+    with get_client(sync_client=True) as client:
+        requeued = client.create_flow_run_from_deployment(
+            flow_run.deployment_id,
+            parameters={"spec": again.model_dump(mode="json", exclude_none=True)},
+            job_variables=flow_run.job_variables or {},
+            work_queue_name=flow_run.work_queue_name,
+            name=job.run_id,
+        )
+    message = f"{outcome.message}; requeued as flow run {requeued.id} (requeue {attempts} of at most {MAX_REQUEUES})"
+    get_run_logger().warning("%s", message)
+    return Cancelled(name="Preempted", message=message)
 
 
 def _record(

@@ -100,4 +100,5 @@ def resolve(
         workdir=workdir,
         image=image,
         run_dir=None if resource is not None and resource.remote else home / "runs" / run_id,
+        attempt=spec.preemptions,
     )

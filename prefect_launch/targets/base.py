@@ -31,7 +31,8 @@ class Handle:
 
 @dataclass
 class Outcome:
-    state: Literal["completed", "failed", "cancelled"]
+    # preempted: the infrastructure took the job away; the run may go back to its queue.
+    state: Literal["completed", "failed", "cancelled", "preempted"]
     message: str = ""
     exit_code: int | None = None
 

@@ -54,6 +54,8 @@ from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
 
 RUN_ID_LABEL = "prefect-launch/run-id"
+# Pods of a requeued run carry its attempt, so a new attempt never sees the old one's pods.
+ATTEMPT_LABEL = "prefect-launch/attempt"
 DEFAULT_NAMESPACE = "default"
 JOB_DEFAULTS = {"backoffLimit": 0, "ttlSecondsAfterFinished": 60}
 CONTAINER_SECURITY = {
@@ -129,8 +131,10 @@ def _privileged(value: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from _privileged(item, path)
 
 
-def _labelled(metadata: dict[str, Any], run_id: str) -> dict[str, Any]:
-    metadata.setdefault("labels", {})[RUN_ID_LABEL] = run_id
+def _labelled(metadata: dict[str, Any], job: ResolvedJob) -> dict[str, Any]:
+    labels = metadata.setdefault("labels", {})
+    labels[RUN_ID_LABEL] = job.run_id
+    labels[ATTEMPT_LABEL] = str(job.attempt)
     return metadata
 
 
@@ -158,7 +162,7 @@ class KubernetesTarget(Target):
             raise LaunchError(f"kubernetes queue config: the {manifest.get('kind')} has no pod template with containers")
         for index, template in enumerate(templates):
             # The label scopes the monitor's pod watch to this run, replicas included.
-            _labelled(template.setdefault("metadata", {}), job.run_id)
+            _labelled(template.setdefault("metadata", {}), job)
             _fill_pod(template["spec"], job, first=index == 0)
         return manifest
 
@@ -169,7 +173,7 @@ class KubernetesTarget(Target):
                 f"kubernetes queue config: unknown key(s) {', '.join(sorted(unknown))}; a Job config has spec, "
                 "metadata and namespace, a custom resource sits under `kubernetes:` with a kind"
             )
-        metadata = _labelled(args.get("metadata") or {}, job.run_id)
+        metadata = _labelled(args.get("metadata") or {}, job)
         metadata.setdefault("name", object_name(job.run_id))
         metadata["namespace"] = args.get("namespace") or metadata.get("namespace") or DEFAULT_NAMESPACE
         spec = args.get("spec") or {}
@@ -185,7 +189,7 @@ class KubernetesTarget(Target):
         missing = [key for key in ("apiVersion", "kind", "spec") if not resource.get(key)]
         if missing:
             raise LaunchError(f"kubernetes queue config: the custom resource needs {', '.join(missing)}")
-        metadata = _labelled(resource.setdefault("metadata", {}), job.run_id)
+        metadata = _labelled(resource.setdefault("metadata", {}), job)
         metadata.setdefault("name", object_name(job.run_id))
         metadata["namespace"] = args.get("namespace") or metadata.get("namespace") or DEFAULT_NAMESPACE
         return resource
@@ -261,7 +265,7 @@ class KubernetesTarget(Target):
         from kubernetes.client.exceptions import ApiException
 
         core = client.CoreV1Api(self._api)
-        selector = f"{RUN_ID_LABEL}={submitted.run_id}"
+        selector = f"{RUN_ID_LABEL}={submitted.run_id},{ATTEMPT_LABEL}={submitted.attempt}"
         pods = RunPods()
         streams: dict[str, threading.Thread] = {}
 
@@ -280,6 +284,9 @@ class KubernetesTarget(Target):
             if outcome is None and cancel.is_set():
                 self._delete(submitted, log)
                 outcome = Outcome(state="cancelled", message=f"{submitted.kind} {submitted.name} deleted")
+            if outcome is not None and outcome.state == "preempted":
+                # Gone before the run goes back to its queue, so the next attempt creates a new object.
+                self._delete(submitted, log, wait=True)
             if outcome is not None:
                 for thread in streams.values():
                     thread.join(timeout=5)  # the last lines of a finished pod
@@ -303,7 +310,7 @@ class KubernetesTarget(Target):
                 log.warning("Pod watch interrupted (%s); resuming", exc)
                 time.sleep(1)
 
-    def _delete(self, submitted: "Submitted", log: Log) -> None:
+    def _delete(self, submitted: "Submitted", log: Log, wait: bool = False) -> None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
@@ -318,6 +325,27 @@ class KubernetesTarget(Target):
         except ApiException as exc:
             if exc.status != 404:
                 raise LaunchError(f"Kubernetes refused to delete {submitted.kind} {submitted.name}: {_api_error(exc)}") from None
+        deadline = time.monotonic() + 120
+        while wait and self._exists(submitted):
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{submitted.kind} {submitted.name} was not deleted within 120 s")
+            time.sleep(1)
+
+    def _exists(self, submitted: "Submitted") -> bool:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if submitted.plural is None:
+                client.BatchV1Api(self._api).read_namespaced_job(submitted.name, submitted.namespace)
+            else:
+                client.CustomObjectsApi(self._api).get_namespaced_custom_object(
+                    submitted.group, submitted.version, submitted.namespace, submitted.plural, submitted.name)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
 
     def _delete_secret(self, submitted: "Submitted", log: Log) -> None:
         from kubernetes import client
@@ -341,6 +369,7 @@ class Submitted:
     namespace: str
     name: str
     run_id: str
+    attempt: str
     plural: str | None = None  # None for a batch/v1 Job
 
     @classmethod
@@ -348,7 +377,8 @@ class Submitted:
         group, _, version = manifest["apiVersion"].rpartition("/")
         metadata = manifest["metadata"]
         return cls(kind=manifest["kind"], group=group, version=version, namespace=metadata["namespace"],
-                   name=metadata["name"], run_id=metadata["labels"][RUN_ID_LABEL])
+                   name=metadata["name"], run_id=metadata["labels"][RUN_ID_LABEL],
+                   attempt=metadata["labels"][ATTEMPT_LABEL])
 
 
 def english_plural(kind: str) -> str:

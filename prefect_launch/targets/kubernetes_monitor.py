@@ -27,6 +27,8 @@ from prefect_launch.targets.base import Outcome
 from prefect_launch.targets.process import Log
 
 DEFAULT_START_TIMEOUT = 15 * 60
+# DisruptionTarget reasons that mean the pod was taken away, not that the job failed.
+PREEMPTION_REASONS = {"EvictionByEvictionAPI", "PreemptionByScheduler", "TerminationByKubelet"}
 WATCH_SECONDS = 5  # a watch call ends this often, so cancellation and the start timeout are checked
 
 
@@ -45,6 +47,15 @@ def pending_reason(pod: dict[str, Any]) -> str | None:
         waiting = (container.get("state") or {}).get("waiting")
         if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
             return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return None
+
+
+def preemption_reason(pod: dict[str, Any]) -> str | None:
+    """The DisruptionTarget reason when the pod was evicted or preempted."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if (condition.get("type") == "DisruptionTarget" and condition.get("status") == "True"
+                and condition.get("reason") in PREEMPTION_REASONS):
+            return condition["reason"]
     return None
 
 
@@ -84,6 +95,10 @@ class RunPods:
             on_running(name)
 
     def outcome(self) -> Outcome | None:
+        for name, pod in self.pods.items():
+            reason = preemption_reason(pod)
+            if reason:
+                return Outcome(state="preempted", message=f"pod {name} was preempted ({reason})")
         phases = {name: (pod.get("status") or {}).get("phase") for name, pod in self.pods.items()}
         failed = [name for name, phase in phases.items() if phase == "Failed"]
         if failed:
