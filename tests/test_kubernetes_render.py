@@ -96,6 +96,23 @@ def test_user_overrides_may_not_widen_access(tmp_path):
         assert named in result.stderr and "only the queue's config" in result.stderr, result.stderr
 
 
+def test_queue_secrets_reach_every_container_by_reference_and_users_cannot_add_any(tmp_path):
+    seed = yaml.safe_load((SEEDS / "000_k8s_custom_resource_1.yaml").read_text())
+    seed["secrets"] = {"HF_TOKEN": "huggingface/token"}  # made with `kubectl create secret generic huggingface ...`
+    manifest = json.loads(_dry_run(seed).stdout)["submission"]
+    for replica in manifest["spec"]["pytorchReplicaSpecs"].values():
+        env = replica["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "huggingface", "key": "token"}}} in env
+    assert "secrets" not in manifest
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"resource_args": {"kubernetes": {"secrets": {"STOLEN": "admin-creds/token"}}}}))
+    result = _dry_run({"namespace": "wandb"}, "-c", str(spec), check=False)
+    assert result.returncode != 0 and "secrets at resource_args.secrets" in result.stderr
+    bad = _dry_run({"secrets": {"HF_TOKEN": "no-key"}}, check=False)
+    assert bad.returncode != 0 and "write `secret-name/key`" in bad.stderr
+
+
 def test_custom_resource_seed_renders_every_replica(tmp_path):
     seed = yaml.safe_load((SEEDS / "000_k8s_custom_resource_1.yaml").read_text())
     manifest = json.loads(_dry_run(seed).stdout)["submission"]

@@ -8,8 +8,10 @@ Volcano `Job`, any CRD). Rendering fills in every pod template it finds
 
 - the image where a container has none (or `${image_uri}`, already resolved);
   the first container's command is the entry point and its args;
-- the W&B variables on every container, and `WANDB_API_KEY` from the run's own
-  Secret through `secretKeyRef` (never a plain value);
+- the W&B variables on every container, `WANDB_API_KEY` from the run's own
+  Secret through `secretKeyRef` (never a plain value), and each secret the
+  queue names under `secrets:` (`ENV_NAME: secret-name/key`, e.g. made with
+  `kubectl create secret generic`) the same way;
 - the seeds' security defaults, only where absent: `backoffLimit: 0`,
   `ttlSecondsAfterFinished: 60` (Jobs), and on every container
   `allowPrivilegeEscalation: false`, `capabilities.drop: [ALL]`,
@@ -17,8 +19,8 @@ Volcano `Job`, any CRD). Rendering fills in every pod template it finds
 - the run id as the label `prefect-launch/run-id` on the object and its pods.
 
 A job's own resource args (the user's, not the admin's queue config) may not
-ask for privileged containers, host namespaces, host ports, hostPath volumes
-or another service account: `check_overrides` refuses them.
+ask for privileged containers, host namespaces, host ports, hostPath volumes,
+another service account or other secrets: `check_overrides` refuses them.
 
 Submitting creates the run's Secret (the agent's `WANDB_API_KEY`, when it has
 one) and the object; "already exists" attaches to it. The monitor
@@ -91,8 +93,25 @@ def pod_templates(value: Any) -> Iterator[dict[str, Any]]:
             yield from pod_templates(item)
 
 
-def _fill_pod(pod: dict[str, Any], job: ResolvedJob, first: bool) -> None:
-    env = [{"name": k, "value": v} for k, v in wandb_env(job).items()] + [api_key_secret(job.run_id)]
+def secret_env(secrets: Any) -> list[dict[str, Any]]:
+    """The queue's `secrets:` (`ENV_NAME: secret-name/key`) as env entries that read each Secret by reference.
+
+    >>> secret_env({"HF_TOKEN": "huggingface/token"})
+    [{'name': 'HF_TOKEN', 'valueFrom': {'secretKeyRef': {'name': 'huggingface', 'key': 'token'}}}]
+    """
+    if not isinstance(secrets, dict):
+        raise LaunchError("kubernetes queue config: secrets must map an environment variable to `secret-name/key`")
+    entries = []
+    for variable, reference in secrets.items():
+        name, _, key = str(reference).partition("/")
+        if not name or not key:
+            raise LaunchError(f"kubernetes queue config: secrets.{variable} is {reference!r}; write `secret-name/key`")
+        entries.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
+    return entries
+
+
+def _fill_pod(pod: dict[str, Any], job: ResolvedJob, first: bool, secrets: list[dict[str, Any]]) -> None:
+    env = [{"name": k, "value": v} for k, v in wandb_env(job).items()] + [api_key_secret(job.run_id), *secrets]
     ours = {entry["name"] for entry in env}
     for index, container in enumerate(pod["containers"]):
         if not isinstance(container, dict):
@@ -143,6 +162,8 @@ class KubernetesTarget(Target):
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         refused = [f"{what} at {where}" for where, what in _privileged(overrides, "resource_args")]
+        if "secrets" in overrides:
+            refused.append("secrets at resource_args.secrets")
         if refused:
             raise LaunchError(
                 "a job's own resource args may not ask for " + "; ".join(refused)
@@ -153,6 +174,7 @@ class KubernetesTarget(Target):
         if not job.image:
             raise LaunchError("kubernetes runs an image: this job has none (a code job needs a builder and a registry)")
         args = {k: copy.deepcopy(v) for k, v in resource_args.items() if k not in LAUNCH_KEYS}
+        secrets = secret_env(args.pop("secrets", {}))
         if isinstance(args.get("kubernetes"), dict) and "kind" in args["kubernetes"]:
             manifest = self._custom_resource(job, args)
         else:
@@ -163,11 +185,11 @@ class KubernetesTarget(Target):
         for index, template in enumerate(templates):
             # The label scopes the monitor's pod watch to this run, replicas included.
             _labelled(template.setdefault("metadata", {}), job)
-            _fill_pod(template["spec"], job, first=index == 0)
+            _fill_pod(template["spec"], job, first=index == 0, secrets=secrets)
         return manifest
 
     def _job(self, job: ResolvedJob, args: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(args) - {"spec", "metadata", "namespace", "apiVersion", "kind"}
+        unknown = set(args) - {"spec", "metadata", "namespace", "apiVersion", "kind"}  # `secrets` is taken already
         if unknown:
             raise LaunchError(
                 f"kubernetes queue config: unknown key(s) {', '.join(sorted(unknown))}; a Job config has spec, "
