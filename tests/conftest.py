@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("prefect-launch"))
 EXAMPLES = REPO / "examples"
 JOBS = REPO / "tests" / "jobs"
+SEEDS = REPO / "tests" / "seeds"
 
 # Job scripts run as launch jobs; they are not test modules (and must not be imported by --doctest-modules).
 collect_ignore = ["jobs"]
@@ -157,18 +158,29 @@ def run_id_of(result: subprocess.CompletedProcess) -> str:
     return result.stdout.splitlines()[0]
 
 
-def flow_run_of(run_id: str):
-    """The flow run whose name is this W&B run id (the CLI names runs after them)."""
+def flow_runs_named(run_id: str) -> list:
+    """Every flow run named after this W&B run id (the CLI names runs after them; a requeued run has several)."""
     import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     async def read():
         async with get_client() as client:
-            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
-            return runs[0] if runs else None
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
 
     return anyio.run(read)
+
+
+def flow_run_of(run_id: str):
+    """The flow run whose name is this W&B run id."""
+    runs = flow_runs_named(run_id)
+    return runs[0] if runs else None
+
+
+def cancel_run(run_id: str) -> None:
+    """Cancel a launch run as a user does, with `prefect flow-run cancel`."""
+    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run_of(run_id).id)],
+                   check=True, capture_output=True, env=os.environ.copy())
 
 
 def wait_for_log(run_id: str, predicate, timeout: float = 60) -> list[str]:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from conftest import SEEDS, cli
 
-SEEDS = Path(__file__).parent / "seeds"
 SEED_CONFIGS = sorted(SEEDS.glob("*_launch_config_*.yaml"))
 
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SEEDS
 from prefect_launch.builders import BuildSettings, plan_build
 from prefect_launch.builders.docker import DockerBuilder
 from prefect_launch.builders.plan import GENERATED_DOCKERFILE, GENERATED_REQUIREMENTS, normalize_requirements
 from prefect_launch.errors import LaunchError
 from prefect_launch.spec import ResolvedJob
-
-SEEDS = Path(__file__).parent / "seeds"
 
 
 def _job(folder: Path, **extra) -> ResolvedJob:

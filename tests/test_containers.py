@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import anyio
 import pytest
 from prefect.client.orchestration import get_client
 
-from conftest import JOBS, cli, flow_run_of, job_report, launch, run_id_of, run_logs, wait_for_final
+from conftest import JOBS, cancel_run, cli, flow_run_of, job_report, launch, run_id_of, run_logs, wait_for_final
 from services import BASE_IMAGE, GitServer, PackageIndex, Registry, docker_engine, git
 
 GIT_PASSWORD = "gitpass-7d1f0c"
@@ -281,9 +280,7 @@ def test_cancelling_stops_and_removes_the_container(engine, make_queue, start_ag
     while not _containers_of(run_id):
         assert time.monotonic() < deadline, "container never started"
         time.sleep(0.3)
-    flow_run = flow_run_of(run_id)
-    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run.id)],
-                   check=True, capture_output=True, env=os.environ.copy())
+    cancel_run(run_id)
     assert wait_for_final(run_id, timeout=90).state.is_cancelled()
     assert _containers_of(run_id) == []
 

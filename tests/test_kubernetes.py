@@ -9,19 +9,14 @@ server would receive.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from conftest import SEEDS, cancel_run, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
 from kube_standin import KubeStandIn
 
-SEEDS = Path(__file__).parent / "seeds"
 IMAGE = "registry.local/train:1"
 API_KEY = "wandb-key-5c1e7a"
 
@@ -73,11 +68,6 @@ def _secret(kube: KubeStandIn, namespace: str, run_id: str):
     return kube.objects("v1/secrets").get((namespace, f"prefect-launch-{run_id}"))
 
 
-def _cancel(run_id: str) -> None:
-    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run_of(run_id).id)],
-                   check=True, capture_output=True, env=os.environ.copy())
-
-
 def test_job_runs_with_a_secret_pending_reasons_logs_and_a_resumed_watch(kube, kube_agent):
     queue = kube_agent(yaml.safe_load((SEEDS / "000_k8s_job_1.yaml").read_text()))
     run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
@@ -126,7 +116,7 @@ def test_failed_pod_fails_the_run_and_cancel_deletes_the_job(kube, kube_agent):
     cancelled = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
     job = _job(kube, "team", cancelled)
     kube.create_pod("team", f"prefect-launch-{cancelled}-b2", _labels(cancelled), phase="Running")
-    _cancel(cancelled)
+    cancel_run(cancelled)
     assert wait_for_final(cancelled, timeout=60).state.is_cancelled()
     assert job.deleted
     deletes = [r for r in kube.kmock["delete"] if r.url.path.endswith(f"/jobs/prefect-launch-{cancelled}")]
@@ -181,26 +171,15 @@ def test_preemption_requeues_the_same_run_five_times_then_fails(kube, kube_agent
         kube.create_pod("spot", pod, _labels(run_id, attempt), phase="Running")
         kube.update_pod("spot", pod, phase="Failed", conditions=[
             {"type": "DisruptionTarget", "status": "True", "reason": reasons[attempt % 3]}])
-    runs = _runs_named(run_id)
+    runs = flow_runs_named(run_id)
     deadline = time.monotonic() + 60
     while not all(run.state.is_final() for run in runs) or len(runs) < 6:
         assert time.monotonic() < deadline, [run.state for run in runs]
         time.sleep(0.5)
-        runs = _runs_named(run_id)
+        runs = flow_runs_named(run_id)
     assert len(runs) == 6 and len(_job_creates(kube, run_id)) == 6  # 5 requeues, never a 7th submission
     names = sorted(run.state.name for run in runs)
     assert names == ["Failed"] + ["Preempted"] * 5, names
     final = next(run for run in runs if run.state.is_failed())
     assert "preempted 6 times" in final.state.message and "TerminationByKubelet" in final.state.message
 
-
-def _runs_named(run_id: str) -> list:
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
-
-    return anyio.run(read)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import cli
+from conftest import SEEDS, cli
 
-SEEDS = Path(__file__).parent / "seeds"
 SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"}}
 LABELS = {"prefect-launch/run-id": "k8srun1", "prefect-launch/attempt": "0"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 from prefect.client.orchestration import get_client
 
-from conftest import JOBS, cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
+from conftest import JOBS, cancel_run, cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
 
 STAGES = ["resolve-source", "build", "push", "submit", "monitor"]
 
@@ -87,9 +87,7 @@ def test_cancelling_the_run_ends_the_process_group(make_queue, start_agent, tmp_
         assert time.monotonic() < deadline, "job never started"
         time.sleep(0.2)
     pid = int(pid_file.read_text())
-    flow_run = flow_run_of(run_id)
-    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run.id)],
-                   check=True, capture_output=True, env=os.environ.copy())
+    cancel_run(run_id)
     final = wait_for_final(run_id, timeout=60)
     assert final.state.is_cancelled()
     assert not _alive(pid), "the job's process outlived its cancelled run"

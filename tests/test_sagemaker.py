@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from aws_standin import ACCOUNT, SageMakerStandIn
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
+from conftest import SEEDS, cancel_run, cli, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 
-SEEDS = Path(__file__).parent / "seeds"
 REPOSITORY = "launch-sm"
 TRAIN = "import wandb\nrun = wandb.init()\nprint('trained')\n"
 
@@ -63,11 +59,6 @@ def _seed_filled() -> dict:
     seed["RoleArn"] = "SageMakerExecution"
     seed["OutputDataConfig"]["S3OutputPath"] = "s3://launch-out/models"
     return seed
-
-
-def _cancel(run_id: str) -> None:
-    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run_of(run_id).id)],
-                   check=True, capture_output=True, env=os.environ.copy())
 
 
 def test_code_job_is_built_pushed_to_ecr_and_trained_on_sagemaker(aws, ecr_registry, aws_agent, tmp_path):
@@ -126,7 +117,7 @@ def test_sagemaker_failed_stopped_and_cancelled(aws, aws_agent, ecr_registry):
 
     cancelled = run_id_of(launch("-q", aws_agent, "-d", image, "-E", "python train.py"))
     name = aws.wait_for_job(created + 2)
-    _cancel(cancelled)
+    cancel_run(cancelled)
     state = wait_for_final(cancelled, timeout=60).state
     assert state.is_cancelled(), state
     assert aws.job(name).training_job_status == "Stopped"  # StopTrainingJob reached SageMaker

@@ -12,8 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -21,11 +19,10 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
+from conftest import SEEDS, cancel_run, cli, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 from vertex_standin import VertexStandIn
 
-SEEDS = Path(__file__).parent / "seeds"
 PROJECT, REGION = "ml-project", "us-central1"
 REPOSITORY = f"{PROJECT}/launch/train"
 RUNNER = "runner@ml-project.iam.gserviceaccount.com"
@@ -152,8 +149,7 @@ def test_vertex_failed_expired_and_cancelled(vertex, artifact_registry, vertex_a
     assert state.is_failed() and "expired" in state.message
 
     name, _ = _created(vertex, before + 3)
-    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(flow_run_of(queued).id)],
-                   check=True, capture_output=True, env=os.environ.copy())
+    cancel_run(queued)
     assert wait_for_final(queued, timeout=60).state.is_cancelled()
     assert any(r.path == f"/v1/{name}:cancel" for r in vertex.requests)  # the CustomJob was cancelled
     assert vertex.jobs[name]["state"] == "JOB_STATE_CANCELLED"
