@@ -49,6 +49,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.builders.base import BuildSettings
 from prefect_launch.environments import environment_for
+from prefect_launch.registries import registry_for
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
 from prefect_launch.home import launch_home
 from prefect_launch.spec import QueueConfig, Resource
@@ -151,6 +152,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         agent_config = agent_config or load_agent_config(None)
         self._build_settings = BuildSettings.from_agent_config(agent_config)
         self._environment = environment_for(agent_config.environment)
+        self._registry = registry_for(self._build_settings, self._environment)
         self._shared_limiter = shared_limiter
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
@@ -188,6 +190,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             home=launch_home(),
             build=self._build_settings,
             environment=self._environment,
+            registry=self._registry,
         )
         self._in_flight[flow_run.id] = context
         if task_status:

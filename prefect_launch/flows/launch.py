@@ -12,6 +12,7 @@ configured (or any secret in it) shows up as a parameter.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -30,12 +31,13 @@ from prefect.states import Cancelled, Failed, State
 from prefect_launch import sources
 from prefect_launch.builders import BuildSettings, builder_for, plan_for
 from prefect_launch.environments import Environment
-from prefect_launch.registries import registry_for
+from prefect_launch.registries import Registry
+from prefect_launch.registries.local import LocalImages
 from prefect_launch.errors import LaunchError
 from prefect_launch.redact import redact
 from prefect_launch.render import render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
-from prefect_launch.targets import Handle, Outcome, get_target
+from prefect_launch.targets import Handle, Outcome, Target, get_target
 
 
 @dataclass
@@ -47,7 +49,14 @@ class LaunchContext:
     home: Path
     build: BuildSettings = field(default_factory=BuildSettings)
     environment: Environment | None = None
+    # The agent's one registry object, so its login is reused across runs.
+    registry: Registry = field(default_factory=LocalImages)
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    @functools.cached_property
+    def target(self) -> Target:
+        """One target object per run: its cloud client serves both submit and monitor."""
+        return get_target(self.queue.resource, self.environment)
 
 
 # A preempted run goes back to its queue at most this many times (W&B's limit); the next preemption fails it.
@@ -104,7 +113,7 @@ def build(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -
         log.info("The job names its image %s: nothing to build", job.image)
         return Image(ref=job.image)
     builder = builder_for(context.build, context.queue_name, job.source_kind)
-    registry = registry_for(context.build, context.environment)
+    registry = context.registry
     plan = plan_for(job, context.queue, overrides, context.build, builder, registry)
     if registry.exists(plan.image):
         log.info("Image %s already exists: build skipped", plan.image)
@@ -120,7 +129,7 @@ def push(image: Image, context: LaunchContext) -> str | None:
     if not image.built:
         log.info("Nothing was built: nothing to push")
     else:
-        registry_for(context.build, context.environment).push(image.ref, log)
+        context.registry.push(image.ref, log)
     return image.ref
 
 
@@ -132,14 +141,14 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
         log.info("Using %s", environment.verify())
     rendered = render(job, queue, overrides, environment)
     log.info("Submitting to %s: %s", queue.resource.value, json.dumps(redact(rendered["submission"])))
-    handle = get_target(queue.resource, environment).submit(rendered["submission"], log)
+    handle = context.target.submit(rendered["submission"], log)
     return rendered, handle
 
 
 @task(name="monitor", **_task_options)
 def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle) -> Outcome:
     queue = context.queue
-    outcome = get_target(queue.resource, context.environment).wait(handle, context.cancel, get_run_logger())
+    outcome = context.target.wait(handle, context.cancel, get_run_logger())
     if outcome.state == "completed" and queue.require_wandb_run and not wandb_run_created(job):
         return Outcome(
             state="failed",

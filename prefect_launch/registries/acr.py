@@ -22,11 +22,13 @@ ACR_USER = "00000000-0000-0000-0000-000000000000"
 
 
 class AcrRegistry(DockerRegistry):
+    login_seconds = 3600  # ACR refresh tokens last 3 hours
+
     def __init__(self, destination: str, environment: AzureEnvironment) -> None:
         super().__init__(destination)
         self.environment = environment
 
-    def credentials(self) -> dict[str, str]:
+    def login(self) -> dict[str, str]:
         response = httpx.post(
             f"https://{self.host}/oauth2/exchange",
             data={

@@ -20,5 +20,6 @@ class ArtifactRegistry(DockerRegistry):
         super().__init__(destination)
         self.environment = environment
 
-    def credentials(self) -> dict[str, str]:
+    def login(self) -> dict[str, str]:
+        # No reuse here: the credentials object refreshes its token only when it is about to expire.
         return {"username": "oauth2accesstoken", "password": self.environment.access_token()}

@@ -15,6 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import time
+from typing import ClassVar
+
 from prefect_launch.errors import LaunchError
 from prefect_launch.registries.base import Log, Registry
 
@@ -23,8 +26,12 @@ _LAYER_DONE = {"Pushed", "Layer already exists", "Mounted from"}
 
 
 class DockerRegistry(Registry):
+    # How long a login from `login()` is reused; 0 asks for one every time.
+    login_seconds: ClassVar[float] = 0
+
     def __init__(self, destination: str) -> None:
         self.destination = destination.rstrip("/")
+        self._login: tuple[float, dict[str, str] | None] | None = None
 
     @property
     def host(self) -> str:
@@ -33,9 +40,15 @@ class DockerRegistry(Registry):
     def repository(self, project: str) -> str:
         return self.destination
 
-    def credentials(self) -> dict[str, str] | None:
-        """Docker `auth_config` for this registry; None = the engine's own login (`docker login`)."""
+    def login(self) -> dict[str, str] | None:
+        """A fresh Docker `auth_config` from the registry's cloud; None = the engine's own login (`docker login`)."""
         return None
+
+    def credentials(self) -> dict[str, str] | None:
+        """The login for a manifest check or a push, reused for `login_seconds`."""
+        if self._login is None or time.monotonic() - self._login[0] >= self.login_seconds:
+            self._login = (time.monotonic(), self.login())
+        return self._login[1]
 
     def exists(self, image: str) -> bool:
         from prefect_launch.builders.docker import docker_client, found

@@ -15,36 +15,29 @@ from __future__ import annotations
 
 import base64
 import functools
-import time
-
 from prefect_launch.environments.aws import ECR_HOST, AwsEnvironment
 from prefect_launch.errors import LaunchError
 from prefect_launch.registries.docker_registry import DockerRegistry
 
-# ECR tokens last 12 hours; fetch a new one well before.
-TOKEN_SECONDS = 6 * 3600
-
-
 class EcrRegistry(DockerRegistry):
+    login_seconds = 6 * 3600  # ECR tokens last 12 hours; fetch a new one well before
+
     def __init__(self, destination: str, environment: AwsEnvironment) -> None:
         super().__init__(destination)
         self.environment = environment
         self.repository_name = self.destination.split("/", 1)[1] if "/" in self.destination else ""
         match = ECR_HOST.match(self.host)
         self.registry_id = match["account"] if match else None
-        self._token: tuple[float, dict[str, str]] | None = None
 
     @functools.cached_property
     def _ecr(self):
         return self.environment.client("ecr")
 
-    def credentials(self) -> dict[str, str]:
-        if self._token is None or time.monotonic() - self._token[0] > TOKEN_SECONDS:
-            ids = {"registryIds": [self.registry_id]} if self.registry_id else {}
-            data = self._ecr.get_authorization_token(**ids)["authorizationData"][0]
-            username, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
-            self._token = (time.monotonic(), {"username": username, "password": password})
-        return self._token[1]
+    def login(self) -> dict[str, str]:
+        ids = {"registryIds": [self.registry_id]} if self.registry_id else {}
+        data = self._ecr.get_authorization_token(**ids)["authorizationData"][0]
+        username, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+        return {"username": username, "password": password}
 
     def check_repository(self) -> None:
         ids = {"registryId": self.registry_id} if self.registry_id else {}
