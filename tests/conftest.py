@@ -205,14 +205,19 @@ def wait_for_final(run_id: str, timeout: float = 120):
 
 
 def run_logs(flow_run_id) -> list[str]:
-    """Every log line the server holds for a flow run, in order."""
+    """Every log line the server holds for a flow run, in order.
+
+    For a finished run, waits (up to 10 s) for the flow engine's last line, `Finished in state
+    ...` (logged by the flow, not a task): agents send logs in batches every few seconds, so a
+    run's state can be final before its last lines have arrived.
+    """
     import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
 
-    async def read():
-        lines, offset = [], 0
+    async def read() -> tuple[list[str], bool, bool]:
+        lines, offset, ended = [], 0, False
         async with get_client() as client:
             while True:
                 batch = await client.read_logs(
@@ -220,11 +225,19 @@ def run_logs(flow_run_id) -> list[str]:
                     sort=LogSort.TIMESTAMP_ASC, offset=offset, limit=200,
                 )
                 lines += [log.message for log in batch]
+                ended = ended or any(log.task_run_id is None and log.message.startswith("Finished in state")
+                                     for log in batch)
                 offset += len(batch)
                 if len(batch) < 200:
-                    return lines
+                    state = (await client.read_flow_run(flow_run_id)).state
+                    return lines, bool(state and state.is_final()), ended
 
-    return anyio.run(read)
+    deadline = time.monotonic() + 10
+    while True:
+        lines, final, ended = anyio.run(read)
+        if not final or ended or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
 
 
 def job_report(lines: list[str], marker: str) -> dict:
