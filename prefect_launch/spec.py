@@ -171,6 +171,9 @@ class ResolvedJob(BaseModel):
     dockerfile: str | None = Field(default=None, description="Dockerfile path inside the code folder")
     base_image: str | None = None
     image: str | None = None
+    pull_secret: bool = Field(
+        default=False, description="The image's registry needs a login the cluster lacks: the run's pods get one"
+    )
     run_dir: Path | None = Field(default=None, description="Per-run scratch folder (WANDB_DIR)")
     attempt: int = Field(default=0, description="0 for the first run, N after the Nth preemption (resumes the W&B run)")
 

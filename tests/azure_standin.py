@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import ssl
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from prefect_launch.registries.acr import ACR_USER
-from services import Registry, reply_json
+from services import Registry, https_server, reply_json
 
 AD_TOKEN = "eyJ.stand-in-aad-token"
 REFRESH_TOKEN = "acr-stand-in-refresh-token"
@@ -44,18 +42,9 @@ class AcrStandIn:
     def __init__(self, root: Path) -> None:
         (root / "registry").mkdir()
         self.registry = Registry(root / "registry", login=(ACR_USER, REFRESH_TOKEN), relative_urls=True)
-        self.cert, key = root / "acr-cert.pem", root / "acr-key.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.cert)],
-            check=True, capture_output=True,
-        )
         self.exchanges: list[dict[str, list[str]]] = []
         self.identity_requests: list[str] = []
-        self._front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(self))
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, key)
-        self._front.socket = context.wrap_socket(self._front.socket, server_side=True)
+        self._front, self.cert = https_server(_front_handler(self), root, "acr")
         self._identity = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _identity_handler(self))
 
     @property

@@ -133,6 +133,26 @@ def start_agent(tmp_path: Path) -> Iterator:
         agent.stop()
 
 
+def validate_strict(manifest: dict, folder: Path) -> None:
+    """Check a Kubernetes object against the real OpenAPI schemas, unknown fields refused (`kubernetes-validate --strict`)."""
+    import yaml
+
+    path = folder / f"{manifest['kind']}-{manifest['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    validate = str(Path(sys.executable).with_name("kubernetes-validate"))
+    result = subprocess.run([validate, "--strict", "--no-warn", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, f"{manifest['kind']} {manifest['metadata']['name']}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def kube() -> Iterator:
+    """The Kubernetes API stand-in (`kube_standin.py`), one per test module."""
+    from kube_standin import KubeStandIn
+
+    with KubeStandIn() as kube:
+        yield kube
+
+
 @pytest.fixture
 def make_queue() -> Iterator:
     """Create uniquely named queues (deleted afterwards)."""

@@ -129,6 +129,10 @@ class KubeStandIn:
         wanted = kmock.resource(resource)
         return self._call(lambda: {(ns, name): obj for (res, ns, name), obj in self.kmock.objects.items() if res == wanted})
 
+    def requests(self) -> list[kmock.Request]:
+        """Every request served so far, parsed (`.action`, `.resource`, `.subresource`, `.namespace`, `.url`)."""
+        return self._call(lambda: list(self.kmock))
+
     # --- the test's controls ---------------------------------------------------------------------
 
     def create_pod(self, namespace: str, name: str, labels: dict[str, str], phase: str = "Pending",

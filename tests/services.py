@@ -74,6 +74,23 @@ def reply_json(handler: http.server.BaseHTTPRequestHandler, status: int, body: o
     handler.wfile.write(payload)
 
 
+def https_server(handler: type[http.server.BaseHTTPRequestHandler], folder: Path,
+                 name: str) -> tuple[http.server.ThreadingHTTPServer, Path]:
+    """A server on 127.0.0.1 (a free port) speaking TLS with a new self-signed certificate for
+    127.0.0.1; returns it, not yet serving, and the certificate file clients must trust."""
+    cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server, cert
+
+
 class GitServer:
     """Serves bare repositories under `root` at https://127.0.0.1:PORT/<name>.git, user `git-user`."""
 
@@ -81,13 +98,6 @@ class GitServer:
 
     def __init__(self, root: Path, password: str) -> None:
         self.root, self.password = root, password
-        self.cert = root / "cert.pem"
-        key = root / "key.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.cert)],
-            check=True, capture_output=True,
-        )
         expected = "Basic " + base64.b64encode(f"{self.user}:{password}".encode()).decode()
         server_root = root
         self.requests: list[str] = []
@@ -140,11 +150,8 @@ class GitServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.port = free_port()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd, self.cert = https_server(Handler, root, "git")
+        self.port = self.httpd.server_port
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def url(self, name: str) -> str:

@@ -15,16 +15,11 @@ import pytest
 import yaml
 
 from conftest import SEEDS, cancel_run, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from helm_chart import render, unauthorized
 from kube_standin import KubeStandIn
 
 IMAGE = "registry.local/train:1"
 API_KEY = "wandb-key-5c1e7a"
-
-
-@pytest.fixture(scope="module")
-def kube():
-    with KubeStandIn() as kube:
-        yield kube
 
 
 @pytest.fixture
@@ -151,6 +146,10 @@ def test_custom_resource_is_created_with_its_plural_and_every_replica_followed(k
     for pod in pods[1:]:
         kube.update_pod("default", pod, phase="Succeeded")
     assert wait_for_final(run_id, timeout=60).state.is_completed()
+    # Everything the agent asked of the API server so far (Jobs, Secrets, pod watches and logs,
+    # discovery, this PyTorchJob), the Helm chart's Roles allow in the queues' namespaces.
+    namespaces = ["default", "team", "slow", "spot"]  # the namespaces this file's queues name (wandb is the agent's)
+    assert unauthorized(kube.requests(), render({"additionalTargetNamespaces": namespaces})) == []
 
 
 def _job_creates(kube: KubeStandIn, run_id: str) -> list:

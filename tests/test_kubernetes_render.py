@@ -8,30 +8,21 @@ are validated as `PodTemplate`s, since its own schema lives in its CRD.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import SEEDS, cli
+from conftest import SEEDS, cli, validate_strict
+from prefect_launch.errors import LaunchError
 
 SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"}}
 LABELS = {"prefect-launch/run-id": "k8srun1", "prefect-launch/attempt": "0"}
-VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
 
 
 def _dry_run(config: dict, *extra: str, check: bool = True):
     return cli("launch", "-r", "kubernetes", "-R", json.dumps(config), "-d", "registry.local/train:1",
                "-E", "python train.py --epochs 2", "--run-id", "k8srun1", "--dry-run", *extra, check=check)
-
-
-def _validate(manifest: dict, tmp_path: Path) -> None:
-    path = tmp_path / f"{manifest['kind']}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    result = subprocess.run([VALIDATE, "--strict", "--no-warn", str(path)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_job_seed_renders_with_security_defaults_and_validates(tmp_path):
@@ -57,7 +48,7 @@ def test_job_seed_renders_with_security_defaults_and_validates(tmp_path):
     assert env["WANDB_API_KEY"] == {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
         "name": "prefect-launch-k8srun1", "key": "WANDB_API_KEY", "optional": True}}}
     assert "WANDB_DIR" not in env
-    _validate(manifest, tmp_path)
+    validate_strict(manifest, tmp_path)
 
 
 def test_admin_values_are_never_overwritten(tmp_path):
@@ -74,7 +65,7 @@ def test_admin_values_are_never_overwritten(tmp_path):
         "allowPrivilegeEscalation": True, "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
     assert manifest["metadata"]["namespace"] == "default"
-    _validate(manifest, tmp_path)
+    validate_strict(manifest, tmp_path)
 
 
 def test_user_overrides_may_not_widen_access(tmp_path):
@@ -130,7 +121,7 @@ def test_custom_resource_seed_renders_every_replica(tmp_path):
         assert container["securityContext"] == SECURITY
         names = [e["name"] for e in container["env"]]
         assert "WANDB_RUN_ID" in names and "WANDB_API_KEY" in names, role  # every container of every replica
-        _validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()},
+        validate_strict({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()},
                    "template": replica["template"]}, tmp_path)
     master = replicas["Master"]["template"]["spec"]["containers"][0]
     assert master["command"] == ["python", "train.py", "--epochs", "2"]
@@ -142,3 +133,40 @@ def test_security_defaults_seed_is_what_the_renderer_injects():
     seed = yaml.safe_load(text)["spec"]["template"]
     assert seed["backOffLimit"] == 0 and seed["ttlSecondsAfterFinished"] == 60
     assert seed["securityContext"] == SECURITY
+
+
+def test_kaniko_seed_renders_a_build_job_and_pull_secrets_thatvalidate_strict(tmp_path):
+    from prefect_launch.agent_config import load_agent_config_text
+    from prefect_launch.builders.base import BuildSettings
+    from prefect_launch.builders.kaniko import render_build_job
+    from prefect_launch.builders.plan import BuildPlan
+    from prefect_launch.environments import AwsEnvironment
+    from prefect_launch.kube import registry_secret
+    from prefect_launch.spec import ResolvedJob
+    from prefect_launch.targets.kubernetes import KubernetesTarget
+
+    seed = (SEEDS / "001_launch_config_6.yaml").read_text()
+    seed = seed.replace("<my-build-context-store>", "s3://builds/ctx").replace("<my-image-destination>", "reg.local/launch")
+    settings = BuildSettings.from_agent_config(load_agent_config_text(seed, "001_launch_config_6.yaml"))
+    settings = settings.model_copy(update={"secret_name": "aws-credentials", "secret_key": "credentials"})
+    plan = BuildPlan(context=b"", dockerfile=".launch/Dockerfile", image="reg.local/launch:" + "a" * 32, generated=True)
+    build = render_build_job(plan, "s3://builds/ctx/x.tar.gz", settings, "wandb", AwsEnvironment("us-east-1"), "login")
+    (container,) = build["spec"]["template"]["spec"]["containers"]
+    assert build["metadata"]["name"] == "wandb-image-build-aaaaaaaaaaaa"
+    assert "--cache=false" in container["args"] and "--cache=true" not in container["args"]
+    assert {"name": "MY_ENV_VAR", "value": "my-env-var-value"} in container["env"]
+    assert {"name": "AWS_REGION", "value": "us-east-1"} in container["env"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/kaniko/.docker", "/root/.aws"}
+    validate_strict(build, tmp_path)
+
+    bad = settings.model_copy(update={"kaniko_config": {"spec": {"template": {"spec": {"containers": [{"args": ["--cache"]}]}}}}})
+    with pytest.raises(LaunchError, match="must have the form --key=value"):
+        render_build_job(plan, "s3://builds/ctx/x.tar.gz", bad, "wandb", None, None)
+
+    job = ResolvedJob(run_id="k8srun1", run_name="r", project="p", argv=["python", "t.py"], image=plan.image,
+                      pull_secret=True)
+    manifest = KubernetesTarget().render(job, yaml.safe_load((SEEDS / "000_k8s_job_1.yaml").read_text()))
+    assert manifest["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "prefect-launch-k8srun1-registry"}]
+    validate_strict(manifest, tmp_path)
+    validate_strict(registry_secret("prefect-launch-k8srun1-registry", "reg.local", {"username": "u", "password": "p"},
+                              LABELS), tmp_path)

@@ -1,8 +1,9 @@
 """Builders: turn a code or git job into an image. One file per builder.
 
-`builder_for(settings, ...)` picks the agent's builder: `docker`, `noop`
-(build nothing: only image jobs run) or, with none configured, docker when an
-engine answers and noop otherwise, as W&B's agent does.
+`builder_for(settings, ...)` picks the agent's builder: `docker`, `kaniko`
+(in the cluster), `noop` (build nothing: only image jobs run) or, with none
+configured, docker when an engine answers and noop otherwise, as W&B's agent
+does.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ from typing import Any
 
 from prefect_launch.builders.base import DEFAULT_BASE_IMAGE, Builder, BuildSettings
 from prefect_launch.builders.plan import BuildPlan, plan_build
+from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.registries import Registry
 from prefect_launch.render import merged_resource_args
 from prefect_launch.spec import QueueConfig, ResolvedJob
 
 
-def builder_for(settings: BuildSettings, queue_name: str, source_kind: str) -> Builder:
+def builder_for(
+    settings: BuildSettings,
+    queue_name: str,
+    source_kind: str,
+    registry: Registry,
+    environment: Environment | None = None,
+) -> Builder:
     """The builder for a job that needs an image; a clear refusal when the agent cannot build."""
-    from prefect_launch.builders import docker
+    from prefect_launch.builders import docker, kaniko
 
     kind = settings.builder
     if kind is None:
@@ -29,12 +37,14 @@ def builder_for(settings: BuildSettings, queue_name: str, source_kind: str) -> B
         why = f"the agent's builder.type is {kind}"
     if kind == "docker":
         return docker.DockerBuilder()
+    if kind == "kaniko":
+        return kaniko.KanikoBuilder(settings, registry, environment)
     if kind == "noop":
         raise LaunchError(
             f"queue {queue_name!r} uses the noop builder ({why}), but this job's {source_kind} source needs "
             "an image build; launch a prebuilt image with -d/--docker-image, or set builder.type: docker"
         )
-    raise LaunchError(f"queue {queue_name!r}: the {kind} builder runs on Kubernetes and is not available here")
+    raise LaunchError(f"queue {queue_name!r}: unknown builder.type {kind!r} (docker, kaniko or noop)")
 
 
 def plan_for(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import logging
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,13 @@ class BuildSettings(BaseModel):
         default=None, description="`registry.type`; None = read from the destination's host"
     )
     base_image: str = DEFAULT_BASE_IMAGE
+    # The kaniko builder's keys (W&B's names with dashes).
+    build_context_store: str | None = None
+    build_job_name: str | None = None
+    kaniko_image: str | None = None
+    kaniko_config: dict[str, Any] | None = None
+    secret_name: str | None = None
+    secret_key: str | None = None
 
     @classmethod
     def from_agent_config(cls, config) -> "BuildSettings":
@@ -50,9 +57,11 @@ class BuildSettings(BaseModel):
             destination=normalize_destination(destination) if destination else None,
             registry_type=registry.type if registry else None,
             base_image=(builder and builder.base_image) or DEFAULT_BASE_IMAGE,
+            **(builder.model_dump(include=set(_KANIKO_KEYS), exclude_none=True) if builder else {}),
         )
 
 
+_KANIKO_KEYS = ("build_context_store", "build_job_name", "kaniko_image", "kaniko_config", "secret_name", "secret_key")
 _ECR_ARN = re.compile(r"^arn:aws[\w-]*:ecr:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):repository/(?P<name>.+)$")
 
 
@@ -72,6 +81,8 @@ def normalize_destination(destination: str) -> str:
 
 class Builder(abc.ABC):
     name: str
+    # It pushes the image itself (in the cluster), so the push task has nothing to do.
+    pushes: bool = False
 
     @property
     def cache_mounts(self) -> bool:

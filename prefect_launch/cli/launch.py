@@ -261,8 +261,8 @@ def _with_planned_image(job, queue_name, queue_config, spec, environment):
     if job.image or job.workdir is None or queue_config.resource is Resource.local_process:
         return job
     settings = BuildSettings.from_agent_config(load_agent_config(None))
-    builder = builder_for(settings, queue_name or "(dry run)", job.source_kind)
     registry = registry_for(settings, environment)
+    builder = builder_for(settings, queue_name or "(dry run)", job.source_kind, registry, environment)
     plan = plan_for(job, queue_config, spec.resource_args, settings, builder, registry)
     return job.model_copy(update={"image": plan.image})
 

@@ -56,7 +56,7 @@ class LaunchContext:
     @functools.cached_property
     def target(self) -> Target:
         """One target object per run: its cloud client serves both submit and monitor."""
-        return get_target(self.queue.resource, self.environment)
+        return get_target(self.queue.resource, self.environment, self.registry)
 
 
 # A preempted run goes back to its queue at most this many times (W&B's limit); the next preemption fails it.
@@ -112,25 +112,29 @@ def build(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -
     if job.image:
         log.info("The job names its image %s: nothing to build", job.image)
         return Image(ref=job.image)
-    builder = builder_for(context.build, context.queue_name, job.source_kind)
     registry = context.registry
+    builder = builder_for(context.build, context.queue_name, job.source_kind, registry, context.environment)
     plan = plan_for(job, context.queue, overrides, context.build, builder, registry)
     if registry.exists(plan.image):
         log.info("Image %s already exists: build skipped", plan.image)
         return Image(ref=plan.image)
     builder.build(plan, log)
     log.info("Built %s", plan.image)
-    return Image(ref=plan.image, built=True)
+    return Image(ref=plan.image, built=not builder.pushes)
 
 
 @task(name="push", **_task_options)
-def push(image: Image, context: LaunchContext) -> str | None:
+def push(image: Image, job: ResolvedJob, context: LaunchContext) -> ResolvedJob:
+    """The job with its image pushed, and whether its target must be handed the registry's login to pull it."""
     log = get_run_logger()
     if not image.built:
-        log.info("Nothing was built: nothing to push")
+        log.info("Nothing to push: %s", f"{image.ref} is where it runs from" if image.ref else "nothing was built")
     else:
         context.registry.push(image.ref, log)
-    return image.ref
+    pull_secret = bool(image.ref and context.target.pulls_with_login and context.registry.pull_credentials(image.ref))
+    if pull_secret:
+        log.info("The run's pods pull %s with the registry's login", image.ref)
+    return job.model_copy(update={"image": image.ref, "pull_secret": pull_secret})
 
 
 @task(name="submit", **_task_options)
@@ -192,7 +196,7 @@ def launch(spec: LaunchSpec) -> State | None:
         with timeline.stage("build"):
             image = build(job, context, spec.resource_args)
         with timeline.stage("push"):
-            job = job.model_copy(update={"image": push(image, context)})
+            job = push(image, job, context)
         with timeline.stage("submit"):
             rendered, handle = submit(job, context, spec.resource_args)
         with timeline.stage("run"):

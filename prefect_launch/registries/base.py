@@ -28,3 +28,7 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def push(self, image: str, log: Log) -> str | None:
         """Push a built image; return its manifest digest (None where nothing is pushed)."""
+
+    def pull_credentials(self, image: str) -> dict[str, str] | None:
+        """The login a cluster needs to pull `image` from this registry (docker's `auth_config`), or None."""
+        return None

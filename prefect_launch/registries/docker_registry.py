@@ -1,8 +1,9 @@
 """A Docker/OCI registry reached through the engine (`builder.destination: host[:port]/repo`).
 
 Existence is checked with the registry's manifest API (`docker manifest
-inspect` through the engine), so an image pushed by any agent skips every
-later build of the same tag. Pushes stream their progress into the task log.
+inspect` through the engine, or, for an agent with no engine, over HTTP:
+`manifests.py`), so an image pushed by any agent skips every later build of
+the same tag. Pushes stream their progress into the task log.
 
 Cloud registries (ECR, Artifact Registry, ACR) are this registry with
 `credentials()` from their cloud: every manifest check and push carries them.
@@ -20,6 +21,7 @@ from typing import ClassVar
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.registries.base import Log, Registry
+from prefect_launch.registries.manifests import manifest_exists
 
 
 _LAYER_DONE = {"Pushed", "Layer already exists", "Mounted from"}
@@ -50,9 +52,22 @@ class DockerRegistry(Registry):
             self._login = (time.monotonic(), self.login())
         return self._login[1]
 
-    def exists(self, image: str) -> bool:
-        from prefect_launch.builders.docker import docker_client, found
+    def pull_credentials(self, image: str) -> dict[str, str] | None:
+        """The cloud login, else the agent's own `docker login` for this host (DOCKER_CONFIG), for images stored here."""
+        if not image.startswith(self.host + "/"):
+            return None
+        login = self.credentials()
+        if login is None:
+            import docker.auth
 
+            login = docker.auth.load_config().resolve_authconfig(self.host)
+        return login if login and login.get("username") and login.get("password") else None
+
+    def exists(self, image: str) -> bool:
+        from prefect_launch.builders.docker import docker_client, engine_available, found
+
+        if not engine_available():  # an agent in a cluster (Kaniko builds): ask the registry itself
+            return manifest_exists(image, self.pull_credentials(image))
         auth = self.credentials()
         try:
             return found(lambda: docker_client().images.get_registry_data(image, auth_config=auth))

@@ -5,6 +5,8 @@ Each target renders a payload (pure), submits it, and waits for it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.spec import Resource
@@ -15,6 +17,9 @@ from prefect_launch.targets.local_process import LocalProcessTarget
 from prefect_launch.targets.sagemaker import SageMakerTarget
 from prefect_launch.targets.vertex import VertexTarget
 
+if TYPE_CHECKING:  # registries import the builders, which import the targets
+    from prefect_launch.registries.base import Registry
+
 _TARGETS: dict[Resource, type[Target]] = {
     t.resource: t for t in (LocalProcessTarget, LocalContainerTarget, KubernetesTarget, SageMakerTarget, VertexTarget)
 }
@@ -22,9 +27,9 @@ _TARGETS: dict[Resource, type[Target]] = {
 SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS)
 
 
-def get_target(resource: Resource, environment: Environment | None = None) -> Target:
+def get_target(resource: Resource, environment: Environment | None = None, registry: Registry | None = None) -> Target:
     try:
-        return _TARGETS[resource](environment)
+        return _TARGETS[resource](environment, registry)
     except KeyError:
         raise LaunchError(
             f"resource {resource.value!r} is not supported by this agent; "

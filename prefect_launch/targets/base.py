@@ -15,10 +15,13 @@ import abc
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from prefect_launch.environments import Environment
 from prefect_launch.spec import Resource, ResolvedJob
+
+if TYPE_CHECKING:  # registries import the builders, which import the targets
+    from prefect_launch.registries.base import Registry
 
 
 @dataclass
@@ -39,10 +42,14 @@ class Outcome:
 
 class Target(abc.ABC):
     resource: ClassVar[Resource]
+    # Its infrastructure pulls images itself and needs the registry's login handed over (a pull secret).
+    pulls_with_login: ClassVar[bool] = False
 
-    def __init__(self, environment: Environment | None = None) -> None:
+    def __init__(self, environment: Environment | None = None, registry: Registry | None = None) -> None:
         # The agent's cloud credentials and region; only the cloud targets use them.
         self.environment = environment
+        # The agent's registry: a target whose cluster pulls with its own login (Kubernetes) asks it for one.
+        self.registry = registry
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         """Refuse what a job's own resource args may not set, though the queue's config (its admin) may."""

@@ -22,10 +22,15 @@ A job's own resource args (the user's, not the admin's queue config) may not
 ask for privileged containers, host namespaces, host ports, hostPath volumes,
 another service account or other secrets: `check_overrides` refuses them.
 
-Submitting creates the run's Secret (the agent's `WANDB_API_KEY`, when it has
-one) and the object; "already exists" attaches to it. The monitor
-(`kubernetes_monitor.py`) watches the run's pods; cancelling deletes the Job or
-custom resource; the Secret is deleted when the run ends.
+An image the agent pushed to a registry that needs a login (ECR, Artifact
+Registry, ACR, or a `docker login` of the agent's) is pulled with that login:
+every pod template names the run's `<object name>-registry` Secret under
+`imagePullSecrets`, and submit creates it (`kubernetes.io/dockerconfigjson`).
+
+Submitting creates the run's Secrets (the agent's `WANDB_API_KEY`, when it has
+one; the registry login) and the object; "already exists" attaches to it. The
+monitor (`kubernetes_monitor.py`) watches the run's pods; cancelling deletes
+the Job or custom resource; the Secrets are deleted when the run ends.
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
@@ -45,8 +50,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
+from prefect_launch import kube
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
@@ -71,6 +77,11 @@ _POD_HOST_KEYS = ("hostNetwork", "hostPID", "hostIPC")
 def object_name(run_id: str) -> str:
     """The Job's (and the run Secret's) name: a DNS label of at most 63 characters."""
     return f"prefect-launch-{run_id}"[:63].rstrip("-")
+
+
+def pull_secret_name(run_id: str) -> str:
+    """The run's registry-login Secret (a Secret name may be longer than a Job's)."""
+    return object_name(run_id) + "-registry"
 
 
 def api_key_secret(run_id: str) -> dict[str, Any]:
@@ -111,6 +122,10 @@ def secret_env(secrets: Any) -> list[dict[str, Any]]:
 
 
 def _fill_pod(pod: dict[str, Any], job: ResolvedJob, first: bool, secrets: list[dict[str, Any]]) -> None:
+    if job.pull_secret:
+        pulls = pod.setdefault("imagePullSecrets", [])
+        if {"name": pull_secret_name(job.run_id)} not in pulls:
+            pulls.append({"name": pull_secret_name(job.run_id)})
     env = [{"name": k, "value": v} for k, v in wandb_env(job).items()] + [api_key_secret(job.run_id), *secrets]
     ours = {entry["name"] for entry in env}
     for index, container in enumerate(pod["containers"]):
@@ -159,6 +174,7 @@ def _labelled(metadata: dict[str, Any], job: ResolvedJob) -> dict[str, Any]:
 
 class KubernetesTarget(Target):
     resource = Resource.kubernetes
+    pulls_with_login = True
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         refused = [f"{what} at {where}" for where, what in _privileged(overrides, "resource_args")]
@@ -218,29 +234,16 @@ class KubernetesTarget(Target):
 
     @functools.cached_property
     def _api(self):
-        """An API client for the agent's cluster: in-cluster when it runs in a pod, else its kubeconfig."""
-        from kubernetes import client, config
-
-        try:
-            if os.environ.get("KUBERNETES_SERVICE_HOST"):
-                configuration = client.Configuration()
-                config.load_incluster_config(client_configuration=configuration)
-                return client.ApiClient(configuration)
-            return config.new_client_from_config()
-        except config.ConfigException as exc:
-            raise LaunchError(f"kubernetes: no cluster to submit to ({exc}); set KUBECONFIG or run the agent in a pod") from None
+        return kube.api_client()
 
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:
         from kubernetes import client
 
         submitted = Submitted.of(submission)
-        key = os.environ.get("WANDB_API_KEY")
-        if key:
-            secret = {"metadata": {"name": object_name(submitted.run_id), "labels": {RUN_ID_LABEL: submitted.run_id}},
-                      "stringData": {"WANDB_API_KEY": key}}
+        for secret in self._run_secrets(submission, submitted):
             create_secret = functools.partial(client.CoreV1Api(self._api).create_namespaced_secret,
                                               submitted.namespace, secret)
-            self._create(create_secret, f"Secret {object_name(submitted.run_id)}", log)
+            kube.create(create_secret, f"Secret {secret['metadata']['name']}", log)
         if submitted.kind == "Job" and submitted.group == "batch":
             create = functools.partial(client.BatchV1Api(self._api).create_namespaced_job, submitted.namespace, submission)
         else:
@@ -248,20 +251,27 @@ class KubernetesTarget(Target):
             create = functools.partial(client.CustomObjectsApi(self._api).create_namespaced_custom_object,
                                        submitted.group, submitted.version, submitted.namespace, submitted.plural,
                                        submission)
-        self._create(create, f"{submitted.kind} {submitted.namespace}/{submitted.name}", log)
+        kube.create(create, f"{submitted.kind} {submitted.namespace}/{submitted.name}", log)
         return Handle(id=f"{submitted.namespace}/{submitted.name}", detail=submitted)
 
-    def _create(self, create: Callable[[], Any], what: str, log: Log) -> None:
-        from kubernetes.client.exceptions import ApiException
+    def _run_secrets(self, submission: dict[str, Any], submitted: "Submitted") -> Iterator[dict[str, Any]]:
+        """The run's own Secrets: the agent's W&B API key, and the registry login its pods pull with."""
+        labels = {RUN_ID_LABEL: submitted.run_id}
+        key = os.environ.get("WANDB_API_KEY")
+        if key:
+            yield {"metadata": {"name": object_name(submitted.run_id), "labels": labels},
+                   "stringData": {"WANDB_API_KEY": key}}
+        if submitted.pull_secret:
+            yield self._registry_login(submission, submitted.run_id, labels)
 
-        try:
-            create()
-            log.info("Created %s", what)
-        except ApiException as exc:
-            if exc.status == 409:  # submitting is idempotent: the object of this run id is already there
-                log.info("%s already exists: following it", what)
-                return
-            raise LaunchError(f"Kubernetes refused {what}: {_api_error(exc)}") from None
+    def _registry_login(self, submission: dict[str, Any], run_id: str, labels: dict[str, str]) -> dict[str, Any]:
+        """The registry-login Secret for the first image in the run's pods that the agent's registry holds."""
+        images = [c.get("image") or "" for t in pod_templates(submission.get("spec", {})) for c in t["spec"]["containers"]]
+        for image in images:
+            login = self.registry.pull_credentials(image) if self.registry else None
+            if login:
+                return kube.registry_secret(pull_secret_name(run_id), image.split("/", 1)[0], login, labels)
+        raise LaunchError(f"no registry login to pull {', '.join(images)} with: the agent's registry has none for them")
 
     def _plural(self, submitted: "Submitted") -> str:
         """The resource's plural name from the cluster's API discovery; the English rule if discovery fails."""
@@ -280,7 +290,9 @@ class KubernetesTarget(Target):
         try:
             return self._follow(submitted, cancel, log)
         finally:
-            self._delete_secret(submitted, log)
+            kube.delete_secret(self._api, submitted.namespace, object_name(submitted.run_id), log)
+            if submitted.pull_secret:
+                kube.delete_secret(self._api, submitted.namespace, pull_secret_name(submitted.run_id), log)
 
     def _follow(self, submitted: "Submitted", cancel: threading.Event, log: Log) -> Outcome:
         from kubernetes import client, watch
@@ -326,7 +338,7 @@ class KubernetesTarget(Target):
                         break
             except ApiException as exc:
                 if exc.status != 410:
-                    raise LaunchError(f"Kubernetes pod watch failed: {_api_error(exc)}") from None
+                    raise LaunchError(f"Kubernetes pod watch failed: {kube.api_error(exc)}") from None
                 version = None  # the resourceVersion expired: relist
             except Exception as exc:  # a dropped connection: resume from the last version seen
                 log.warning("Pod watch interrupted (%s); resuming", exc)
@@ -346,7 +358,7 @@ class KubernetesTarget(Target):
                     submitted.group, submitted.version, submitted.namespace, submitted.plural, submitted.name)
         except ApiException as exc:
             if exc.status != 404:
-                raise LaunchError(f"Kubernetes refused to delete {submitted.kind} {submitted.name}: {_api_error(exc)}") from None
+                raise LaunchError(f"Kubernetes refused to delete {submitted.kind} {submitted.name}: {kube.api_error(exc)}") from None
         deadline = time.monotonic() + 120
         while wait and self._exists(submitted):
             if time.monotonic() > deadline:
@@ -369,17 +381,6 @@ class KubernetesTarget(Target):
                 return False
             raise
 
-    def _delete_secret(self, submitted: "Submitted", log: Log) -> None:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            client.CoreV1Api(self._api).delete_namespaced_secret(object_name(submitted.run_id), submitted.namespace)
-            log.info("Deleted the run's Secret %s", object_name(submitted.run_id))
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("Could not delete the run's Secret %s: %s", object_name(submitted.run_id), _api_error(exc))
-
 
 @dataclass
 class Submitted:
@@ -392,15 +393,18 @@ class Submitted:
     name: str
     run_id: str
     attempt: str
+    pull_secret: bool = False  # its pods pull with the run's registry-login Secret
     plural: str | None = None  # None for a batch/v1 Job
 
     @classmethod
     def of(cls, manifest: dict[str, Any]) -> "Submitted":
         group, _, version = manifest["apiVersion"].rpartition("/")
         metadata = manifest["metadata"]
+        run_id = metadata["labels"][RUN_ID_LABEL]
+        pulls = [ref for t in pod_templates(manifest.get("spec", {})) for ref in t["spec"].get("imagePullSecrets", [])]
         return cls(kind=manifest["kind"], group=group, version=version, namespace=metadata["namespace"],
-                   name=metadata["name"], run_id=metadata["labels"][RUN_ID_LABEL],
-                   attempt=metadata["labels"][ATTEMPT_LABEL])
+                   name=metadata["name"], run_id=run_id, attempt=metadata["labels"][ATTEMPT_LABEL],
+                   pull_secret={"name": pull_secret_name(run_id)} in pulls)
 
 
 def english_plural(kind: str) -> str:
@@ -416,12 +420,3 @@ def english_plural(kind: str) -> str:
         return lower + "es"
     return lower + "s"
 
-
-def _api_error(exc: Exception) -> str:
-    import json
-
-    try:
-        message = json.loads(exc.body).get("message")
-    except Exception:
-        message = None
-    return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}: {message or exc}".strip()

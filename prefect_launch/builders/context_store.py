@@ -1,0 +1,70 @@
+"""Build-context stores: where the Kaniko builder leaves a build's context for the build pod.
+
+`builder.build-context-store` is a bucket URL, as in W&B's agent configs:
+
+- `s3://bucket/prefix` (boto3, the aws environment's credentials);
+- `gs://bucket/prefix` (google-cloud-storage, the gcp environment's credentials);
+- `https://<account>.blob.core.windows.net/<container>` (azure-storage-blob,
+  `DefaultAzureCredential`).
+
+The context is a gzipped tar (what Kaniko reads from a bucket) named by the
+image tag, so the same source is stored once, whichever agent builds it.
+
+Example:
+    >>> context_url("s3://launch-builds/contexts/", "3f2a")
+    's3://launch-builds/contexts/3f2a.tar.gz'
+    >>> context_url("https://acct.blob.core.windows.net/builds", "3f2a")
+    'https://acct.blob.core.windows.net/builds/3f2a.tar.gz'
+"""
+
+from __future__ import annotations
+
+import gzip
+from urllib.parse import urlsplit
+
+from prefect_launch.environments import AwsEnvironment, AzureEnvironment, Environment, GcpEnvironment
+from prefect_launch.errors import LaunchError
+
+_SCHEMES = {"s3": AwsEnvironment, "gs": GcpEnvironment, "https": AzureEnvironment}
+
+
+def context_url(store: str, tag: str) -> str:
+    return f"{store.rstrip('/')}/{tag}.tar.gz"
+
+
+def check_store(store: str | None, environment: Environment | None) -> str:
+    """The store URL if the agent can write to it with its environment; a clear refusal otherwise."""
+    if not store:
+        raise LaunchError("the kaniko builder needs builder.build-context-store (s3://, gs:// or an Azure Blob container URL)")
+    scheme = urlsplit(store).scheme
+    needs = _SCHEMES.get(scheme)
+    if needs is None:
+        raise LaunchError(f"builder.build-context-store {store!r}: use s3://bucket/path, gs://bucket/path "
+                          "or https://<account>.blob.core.windows.net/<container>")
+    if not isinstance(environment, needs):
+        raise LaunchError(f"builder.build-context-store {store!r} needs `environment: type: {needs.type}` "
+                          "in the agent config for its credentials")
+    return store
+
+
+def upload(store: str, tag: str, context: bytes, environment: Environment | None) -> str:
+    """Store a build context (an uncompressed tar) gzipped; return the URL Kaniko reads it from."""
+    check_store(store, environment)
+    url = context_url(store, tag)
+    data = gzip.compress(context, mtime=0)
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "s3":
+            environment.client("s3").put_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"), Body=data)
+        elif parts.scheme == "gs":
+            from google.cloud import storage
+
+            client = storage.Client(project=environment.project, credentials=environment.credentials)
+            client.bucket(parts.netloc).blob(parts.path.lstrip("/")).upload_from_string(data)
+        else:
+            from azure.storage.blob import BlobClient
+
+            BlobClient.from_blob_url(url, credential=environment.credential).upload_blob(data, overwrite=True)
+    except Exception as exc:
+        raise LaunchError(f"could not upload the build context to {url}: {exc.__class__.__name__}: {exc}") from None
+    return url

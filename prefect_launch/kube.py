@@ -1,0 +1,101 @@
+"""The Kubernetes API as the kubernetes target and the Kaniko builder both use it.
+
+- `api_client()`: in-cluster when the agent runs in a pod, else its kubeconfig;
+- `create(...)`: idempotent creation, "already exists" (409) means attach;
+- `registry_secret(...)`: a `kubernetes.io/dockerconfigjson` Secret holding a
+  registry login, for `imagePullSecrets` and for Kaniko's push;
+- `api_error(...)`: the API server's own message for a refusal.
+
+Example:
+    >>> secret = registry_secret("run-1-registry", "127.0.0.1:5000", {"username": "u", "password": "p"}, {})
+    >>> secret["type"], sorted(secret["stringData"])
+    ('kubernetes.io/dockerconfigjson', ['.dockerconfigjson'])
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect_launch.errors import LaunchError
+
+Log = logging.Logger | logging.LoggerAdapter
+
+# The namespace of the pod the agent runs in (Kubernetes mounts it into every pod).
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def api_client():
+    """An API client for the agent's cluster: in-cluster when it runs in a pod, else its kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
+        return config.new_client_from_config()
+    except config.ConfigException as exc:
+        raise LaunchError(f"kubernetes: no cluster to submit to ({exc}); set KUBECONFIG or run the agent in a pod") from None
+
+
+def agent_namespace(default: str = "wandb") -> str:
+    """The namespace the agent's pod runs in (the Helm chart's `namespace`), else `default`."""
+    try:
+        return POD_NAMESPACE_FILE.read_text().strip() or default
+    except OSError:
+        return default
+
+
+def create(create_call: Callable[[], Any], what: str, log: Log) -> bool:
+    """Create an object; True if created, False if it already existed (submitting is idempotent)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        create_call()
+        log.info("Created %s", what)
+        return True
+    except ApiException as exc:
+        if exc.status == 409:
+            log.info("%s already exists: following it", what)
+            return False
+        raise LaunchError(f"Kubernetes refused {what}: {api_error(exc)}") from None
+
+
+def delete_secret(api, namespace: str, name: str, log: Log) -> None:
+    """Delete a Secret the agent made; one already gone is fine, any other refusal is logged."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.CoreV1Api(api).delete_namespaced_secret(name, namespace)
+        log.info("Deleted the Secret %s", name)
+    except ApiException as exc:
+        if exc.status != 404:
+            log.warning("Could not delete the Secret %s: %s", name, api_error(exc))
+
+
+def registry_secret(name: str, host: str, credentials: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+    """A dockerconfigjson Secret with one registry login (username and password, as docker's `auth_config`)."""
+    username, password = credentials["username"], credentials["password"]
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    config = {"auths": {host: {"username": username, "password": password, "auth": auth}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name, "labels": labels},
+        "stringData": {".dockerconfigjson": json.dumps(config)},
+    }
+
+
+def api_error(exc: Exception) -> str:
+    try:
+        message = json.loads(exc.body).get("message")  # type: ignore[attr-defined]
+    except Exception:
+        message = None
+    return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}: {message or exc}".strip()
