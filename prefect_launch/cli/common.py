@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Callable, TypeVar
 
+import httpx
 import typer
 
 from prefect_launch.home import launch_home
@@ -66,8 +67,26 @@ def clear_errors(fn: Callable[..., T]) -> Callable[..., T]:
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code not in (401, 403):
+                raise
+            typer.echo(f"error: {refused_login(exc.response.status_code)}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def refused_login(status: int) -> str:
+    """Why the Prefect server refused us, without ever echoing the auth string."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    url = PREFECT_API_URL.value() or "the configured Prefect API"
+    if PREFECT_API_AUTH_STRING.value():
+        hint = "PREFECT_API_AUTH_STRING does not match the server's PREFECT_SERVER_API_AUTH_STRING"
+    else:
+        hint = ("the server requires a login: set PREFECT_API_AUTH_STRING to its PREFECT_SERVER_API_AUTH_STRING "
+                "(user:password)")
+    return f"the Prefect server at {url} refused the request (HTTP {status}): {hint}"
 
 
 def parse_resource(name: str):
