@@ -4,7 +4,9 @@ It drives one `LaunchWorker` per queue (work pool). Instead of waiting for the
 next poll, it subscribes to the server's event stream and wakes the moment a
 run is scheduled on one of its pools, or cancelled; a slow fallback poll
 covers a dropped stream. `max_jobs` bounds jobs *running* across all queues:
-a slot is held from claim until the job's flow run ends.
+a slot is held from claim until the job's flow run ends. A run another agent
+claimed (Pending) and then died holding goes back to its queue after
+`PREFECT_LAUNCH_PENDING_TIMEOUT` seconds (default 300).
 
 Example::
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import socket
 from contextlib import AsyncExitStack
@@ -37,7 +40,7 @@ from prefect_launch.agent_config import AgentConfig
 from prefect_launch.deployments.queues import read_queue
 from prefect_launch.environments import environment_problems
 from prefect_launch.errors import LaunchError
-from prefect_launch.worker import LaunchWorker
+from prefect_launch.worker import DEFAULT_PENDING_TIMEOUT, LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
 
@@ -103,6 +106,7 @@ class Agent:
             async with anyio.create_task_group() as loops:
                 loops.start_soon(self._poll_loop)
                 loops.start_soon(self._heartbeat_loop)
+                loops.start_soon(self._stuck_runs_loop)
                 loops.start_soon(self._event_loop, [pool.id for pool in pools])
                 loops.start_soon(self._stop_on_signal, loops.cancel_scope)
                 if on_ready:
@@ -134,6 +138,21 @@ class Agent:
                     await worker.sync_with_backend()
                 except Exception as exc:
                     logger.warning("Heartbeat for queue %s failed: %s", worker.queue_name, exc)
+
+    async def _stuck_runs_loop(self) -> None:
+        """Every so often, put back runs another agent claimed and died holding (`PREFECT_LAUNCH_PENDING_TIMEOUT`)."""
+        timeout = float(os.environ.get("PREFECT_LAUNCH_PENDING_TIMEOUT", DEFAULT_PENDING_TIMEOUT))
+        while True:
+            await anyio.sleep(min(HEARTBEAT_SECONDS, timeout / 3))
+            for worker in self.workers:
+                try:
+                    requeued = await worker.requeue_stuck_runs(timeout)
+                except Exception as exc:
+                    logger.warning("Checking queue %s for stuck runs failed: %s", worker.queue_name, exc)
+                    continue
+                if requeued:
+                    logger.warning("Put %d stuck run(s) back on queue %s", len(requeued), worker.queue_name)
+                    self.wake()
 
     async def _event_loop(self, pool_ids: list[UUID]) -> None:
         while True:

@@ -33,6 +33,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateName,
+    WorkPoolFilter,
+    WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import WorkerFlowRunResponse
@@ -42,7 +44,7 @@ from prefect.client.schemas.objects import State
 from prefect.flow_engine import FlowRunEngine, _flow_parameters
 from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
-from prefect.states import Failed
+from prefect.states import Failed, Scheduled
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -56,6 +58,9 @@ from prefect_launch.spec import QueueConfig, Resource
 
 
 DEPLOYMENT_CACHE_SECONDS = 30.0
+# A run is Pending only between an agent's claim and the flow's start (well under a second);
+# one Pending much longer was claimed by an agent that died before starting it.
+DEFAULT_PENDING_TIMEOUT = 300.0
 POLL_LIMIT = 100
 
 
@@ -316,6 +321,25 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         )
         for flow_run in cancelling:
             self.cancel_in_flight(flow_run.id)
+
+    async def requeue_stuck_runs(self, timeout: float) -> list[UUID]:
+        """Put back on the queue runs left Pending longer than `timeout` s by an agent that died after claiming them."""
+        stuck = await self.client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending"]))),
+        )
+        now = datetime.now(timezone.utc)
+        requeued = []
+        for flow_run in stuck:
+            waited = (now - flow_run.state.timestamp).total_seconds()
+            if flow_run.id in self._claimed or waited < timeout:
+                continue
+            message = (f"Back on queue {self._work_pool_name}: Pending for {waited:.0f} s, claimed by an agent "
+                       "that never started it")
+            await self.client.set_flow_run_state(flow_run.id, Scheduled(message=message), force=True)
+            self.get_flow_run_logger(flow_run).warning(message)
+            requeued.append(flow_run.id)
+        return requeued
 
     def stop_all(self, reason: str) -> None:
         """Agent shutdown: stop every running job so none is left orphaned."""

@@ -187,3 +187,28 @@ def _alive(pid: int) -> bool:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_a_run_left_pending_by_a_dead_agent_goes_back_to_its_queue(make_queue, start_agent, monkeypatch):
+    from prefect.states import Pending
+
+    queue = make_queue("--resource", "local-process")
+    run_id = run_id_of(launch("-q", queue, "-u", str(JOBS), "-E", "python report.py"))
+    flow_run = flow_run_of(run_id)
+
+    async def claim_and_die() -> None:  # what an agent's claim leaves behind when it dies before the start
+        async with get_client() as client:
+            assert (await client.set_flow_run_state(flow_run.id, Pending())).status.value == "ACCEPT"
+
+    anyio.run(claim_and_die)
+    monkeypatch.setenv("PREFECT_LAUNCH_PENDING_TIMEOUT", "3")
+    start_agent("-q", queue)  # a new agent: Pending runs are not scheduled runs, so only the timeout frees it
+    final = wait_for_final(run_id, timeout=120)
+    assert final.state.is_completed(), final.state
+
+    async def messages() -> list[str]:
+        async with get_client() as client:
+            return [state.message or "" for state in await client.read_flow_run_states(flow_run.id)]
+
+    requeued = [m for m in anyio.run(messages) if m.startswith(f"Back on queue {queue}: Pending for")]
+    assert len(requeued) == 1, anyio.run(messages)
