@@ -16,6 +16,7 @@ import copy
 from typing import Any
 
 from prefect_launch.environments import Environment
+from prefect_launch.errors import LaunchError
 from prefect_launch.macros import resolve_macros
 from prefect_launch.spec import RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
 from prefect_launch.targets import get_target
@@ -84,8 +85,12 @@ def render(
     target = get_target(queue.resource, environment)
     target.check_overrides(unwrap_resource_key(overrides or {}, queue.resource))
     resource_args = resolve_macros(merged_resource_args(queue, overrides), macro_values(job))
-    return {
-        "resource": queue.resource.value,
-        "image": job.image,
-        "submission": target.render(job, resource_args),
-    }
+    try:
+        submission = target.render(job, resource_args)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A value of the wrong shape the target did not check by name (a list where a mapping goes, ...).
+        raise LaunchError(
+            f"{queue.resource.value} queue config (with the job's resource args): a value has the wrong shape "
+            f"({exc.__class__.__name__}: {exc})"
+        ) from None
+    return {"resource": queue.resource.value, "image": job.image, "submission": submission}

@@ -140,7 +140,19 @@ def check_values(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, An
         for name, prop in schema.get("properties", {}).items()
         if "default" in prop
     }
-    return {**defaults, **values}
+    return {**defaults, **defaulted_nulls(schema, values)}
+
+
+def defaulted_nulls(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without the nulls of fields that have a default: the server accepts null as "use the
+    default" (a cleared field in the Prefect UI sends one), so the default is what the job gets.
+
+    >>> defaulted_nulls({"properties": {"gpus": {"type": "integer", "default": 1}}}, {"gpus": None})
+    {}
+    """
+    properties = schema.get("properties", {})
+    return {name: value for name, value in values.items()
+            if not (value is None and "default" in properties.get(name, {}))}
 
 
 def apply_template(config: Any, values: dict[str, Any]) -> Any:

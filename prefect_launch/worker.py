@@ -55,6 +55,7 @@ from prefect_launch.registries import registry_for
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
 from prefect_launch.home import launch_home
 from prefect_launch.spec import QueueConfig, Resource
+from prefect_launch.templates import defaulted_nulls
 
 
 DEPLOYMENT_CACHE_SECONDS = 30.0
@@ -292,6 +293,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         are cached for a while instead.
         """
         values = {**await self._deployment_job_variables(flow_run.deployment_id), **(flow_run.job_variables or {})}
+        values = defaulted_nulls(self.work_pool.base_job_template.get("variables", {}), values)
         return await self.job_configuration.from_template_and_values(
             base_job_template=self.work_pool.base_job_template, values=values, client=self.client
         )

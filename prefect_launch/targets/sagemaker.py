@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import threading
 from typing import Any
@@ -67,6 +68,30 @@ def training_job_name(run_id: str) -> str:
     return name
 
 
+@functools.cache
+def _create_training_job_shape():
+    """CreateTrainingJob's input shape from botocore's own service model (data files, no network)."""
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob").input_shape
+
+
+def check_request(request: dict[str, Any]) -> None:
+    """Refuse a request CreateTrainingJob would refuse (unknown keys, wrong types, missing fields), before any call.
+
+    >>> check_request({"TrainingJobName": "x"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    prefect_launch.errors.LaunchError: sagemaker queue config: CreateTrainingJob would refuse this request: ...
+    """
+    from botocore.validate import ParamValidator
+
+    report = ParamValidator().validate(request, _create_training_job_shape())
+    if report.has_errors():
+        raise LaunchError("sagemaker queue config: CreateTrainingJob would refuse this request: "
+                          + report.generate_report().replace("\n", "; "))
+
+
 class SageMakerTarget(Target):
     resource = Resource.sagemaker
 
@@ -93,6 +118,7 @@ class SageMakerTarget(Target):
         request["Environment"] = _environment({**request.get("Environment", {}), **wandb_env(job)})
         tags = [tag for tag in request.get("Tags", []) if tag.get("Key") != RUN_ID_TAG]
         request["Tags"] = [*tags, {"Key": RUN_ID_TAG, "Value": job.run_id}]
+        check_request(request)
         return request
 
     def _role_arn(self, role: str) -> str:
