@@ -12,6 +12,7 @@ Example, the agent config's builder keys as settings::
 from __future__ import annotations
 
 import abc
+import collections
 import logging
 import re
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_launch.builders.plan import BuildPlan
+from prefect_launch.errors import LaunchError
 
 Log = logging.Logger | logging.LoggerAdapter
 
@@ -77,6 +79,33 @@ def normalize_destination(destination: str) -> str:
     if arn:
         return f"{arn['account']}.dkr.ecr.{arn['region']}.amazonaws.com/{arn['name']}"
     return re.sub(r"^https?://", "", destination).rstrip("/")
+
+
+class BuildLog:
+    """A build's output going to the build task's log, keeping the last lines for the error of a failed build.
+
+    >>> import logging
+    >>> build_log = BuildLog(logging.getLogger("doc"))
+    >>> build_log.info("%s", "step 1/2")
+    >>> str(build_log.failure("exit 3"))
+    'image build failed (exit 3); last lines of the build log:\\nstep 1/2'
+    """
+
+    TAIL_LINES = 20
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.lines: collections.deque[str] = collections.deque(maxlen=self.TAIL_LINES)
+
+    def info(self, message: str, *args: Any) -> None:
+        self.lines.append(message % args if args else message)
+        self.log.info(message, *args)
+
+    def debug(self, message: str, *args: Any) -> None:
+        self.log.debug(message, *args)
+
+    def failure(self, reason: str) -> LaunchError:
+        return LaunchError(f"image build failed ({reason}); last lines of the build log:\n" + "\n".join(self.lines))
 
 
 class Builder(abc.ABC):

@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import collections
 import functools
 import io
 import os
@@ -26,12 +25,11 @@ import tarfile
 import tempfile
 from typing import Callable
 
-from prefect_launch.builders.base import Builder, Log
+from prefect_launch.builders.base import Builder, BuildLog, Log
 from prefect_launch.builders.plan import BuildPlan
 from prefect_launch.errors import LaunchError
 
 BUILDKIT_ENV = "PREFECT_LAUNCH_BUILDKIT"
-_TAIL_LINES = 20
 
 
 @functools.cache
@@ -111,19 +109,18 @@ class DockerBuilder(Builder):
         return buildkit_cli() is not None
 
     def build(self, plan: BuildPlan, log: Log) -> None:
-        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        build_log = BuildLog(log)
 
         def emit(line: str) -> None:
             line = line.rstrip()
             if line:
-                tail.append(line)
-                log.info("%s", line)
+                build_log.info("%s", line)
 
         cli = buildkit_cli()
         log.info("Building %s with %s", plan.image, "BuildKit" if cli else "the classic builder")
         error = self._build_cli(plan, cli, emit) if cli else self._build_sdk(plan, emit)
         if error is not None:
-            raise LaunchError(f"image build failed ({error}); last lines of the build log:\n" + "\n".join(tail))
+            raise build_log.failure(error)
 
     @staticmethod
     def _build_cli(plan: BuildPlan, cli: tuple[str, dict[str, str]], emit) -> str | None:

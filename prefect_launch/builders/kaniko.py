@@ -37,7 +37,6 @@ Example, the Job for a plan (pure, no cluster)::
 
 from __future__ import annotations
 
-import collections
 import copy
 import functools
 import os
@@ -47,7 +46,7 @@ from typing import Any
 
 from prefect_launch import kube
 from prefect_launch.builders import context_store
-from prefect_launch.builders.base import Builder, BuildSettings, Log
+from prefect_launch.builders.base import Builder, BuildLog, BuildSettings, Log
 from prefect_launch.builders.plan import BuildPlan
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
@@ -58,7 +57,6 @@ DEFAULT_JOB_NAME = "prefect-launch-build"
 BUILD_LABEL = "prefect-launch/build"
 DEFAULT_BUILD_TIMEOUT = 3600
 POLL_SECONDS = 2
-_TAIL_LINES = 20
 # Where Kaniko finds cloud credentials mounted from `secret-name`/`secret-key`: (folder, file, env).
 _CLOUD_CREDENTIALS = {
     "aws": ("/root/.aws", "credentials", None),
@@ -198,7 +196,7 @@ class KanikoBuilder(Builder):
         from prefect_launch.targets.kubernetes_monitor import pending_reason, stream_logs
 
         core, batch = client.CoreV1Api(self._api), client.BatchV1Api(self._api)
-        tail = _Tail(log)
+        build_log = BuildLog(log)
         streams: dict[str, threading.Thread] = {}
         reasons: dict[str, str] = {}
         deadline = time.monotonic() + build_timeout() + 60
@@ -213,7 +211,7 @@ class KanikoBuilder(Builder):
                     reasons[pod_name] = reason
                     log.info("Build pod %s waits: %s", pod_name, reason)
                 if phase in ("Running", "Succeeded", "Failed") and pod_name not in streams:
-                    streams[pod_name] = stream_logs(core, namespace, pod_name, tail)
+                    streams[pod_name] = stream_logs(core, namespace, pod_name, build_log)
             failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"), None)
             if status.get("succeeded") or status.get("failed") or failed:
                 for thread in streams.values():
@@ -222,8 +220,7 @@ class KanikoBuilder(Builder):
                     log.info("Kaniko built and pushed the image")
                     return
                 why = f"{failed.get('reason')}: {failed.get('message')}" if failed else "its pod failed"
-                raise LaunchError(f"image build failed (Kaniko Job {namespace}/{name}: {why}); "
-                                  "last lines of the build log:\n" + "\n".join(tail.lines))
+                raise build_log.failure(f"Kaniko Job {namespace}/{name}: {why}")
             if time.monotonic() > deadline:
                 raise LaunchError(f"image build failed: Kaniko Job {namespace}/{name} did not finish "
                                   f"within {build_timeout()} s")
@@ -239,17 +236,3 @@ class KanikoBuilder(Builder):
             if exc.status != 404:
                 log.warning("Could not delete the Kaniko build Job %s: %s", name, kube.api_error(exc))
 
-
-class _Tail:
-    """A log that keeps its last lines, for the error of a failed build."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.lines: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-
-    def info(self, message: str, *args: Any) -> None:
-        self.lines.append(message % args)
-        self.log.info(message, *args)
-
-    def debug(self, message: str, *args: Any) -> None:
-        self.log.debug(message, *args)
