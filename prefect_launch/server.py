@@ -1,5 +1,9 @@
 """The embedded default: a local Prefect server on SQLite under the project-local home.
 
+`PREFECT_API_DATABASE_CONNECTION_URL` (or `PREFECT_SERVER_DATABASE_CONNECTION_URL`)
+in the environment puts it on PostgreSQL instead (README, "Running the server
+on PostgreSQL"; `drills/load.py` does so).
+
 With no Prefect API configured (no `PREFECT_API_URL` in the environment or in
 the active Prefect profile), prefect-launch starts `prefect server start` on
 127.0.0.1 with `PREFECT_HOME=<launch home>/prefect`, records it in
@@ -96,7 +100,15 @@ def start_server(home: Path, port: int = DEFAULT_PORT) -> str:
     port = free_port(port)
     url = f"http://127.0.0.1:{port}/api"
     (home / "prefect").mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    # The server must not talk to another API (PREFECT_API_URL, its login), but
+    # PREFECT_API_DATABASE_* are the server's own database settings (Prefect's
+    # older names for PREFECT_SERVER_DATABASE_*): dropping them would silently
+    # start on SQLite when a team asked for PostgreSQL.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_API_") or k.startswith("PREFECT_API_DATABASE_")
+    }
     env.update(server_env(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=url)
     # SQLite takes one writer at a time. Every launch job's task runs reach the
     # database through the task run recorder, one transaction per state by
