@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from prefect_launch.cli import job, queue, server
+from prefect_launch.cli import job, queue, server, sweep
 from prefect_launch.cli.agent import agent_command
 from prefect_launch.cli.launch import launch_command
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(queue.app, name="queue")
 app.add_typer(job.app, name="job")
 app.add_typer(server.app, name="server")
+app.add_typer(sweep.app, name="sweep")
 app.command("launch")(launch_command)
 app.command("agent")(agent_command)
 

@@ -1,0 +1,102 @@
+"""`prefect-launch sweep create CONFIG -q QUEUE`: a W&B sweep whose trials are launch jobs on a queue.
+
+Prints the sweep id (the name of the sweep's flow run). Without `--wait` the sweep runs in a
+process of its own, in the background, and this command returns at once; with `--wait` it runs
+here, logging each trial, and prints the trials and the best one at the end.
+
+Example::
+
+    prefect-launch job create code ./train -n trainer -E "python train.py"
+    prefect-launch sweep create sweep.yaml -q demo --wait
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from prefect_launch.cli.common import clear_errors, connect, run, stderr
+
+app = typer.Typer(help="Sweeps: hyperparameter searches whose trials are launch jobs on a queue.", no_args_is_help=True)
+
+
+@app.command("create")
+def create_command(
+    config: Path = typer.Argument(..., help="W&B sweep config, YAML or JSON"),
+    queue: Optional[str] = typer.Option(None, "--queue", "-q", help="Queue for the trials (default: launch.queue)"),
+    project: Optional[str] = typer.Option(None, "--project", "-p", help="W&B project of the trials"),
+    entity: Optional[str] = typer.Option(None, "--entity", "-e", help="W&B entity of the trials"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Trials in flight at most (over scheduler.num_workers)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random and bayes samplers"),
+    wait: bool = typer.Option(False, "--wait", help="Run the sweep here: log trials, print the best, exit 1 unless it completes"),
+) -> None:
+    """Start a sweep: its trials go on the queue as launch jobs."""
+    clear_errors(_create)(config, queue, project, entity, num_workers, seed, wait)
+
+
+def _create(config_path: Path, queue: str | None, project: str | None, entity: str | None,
+            num_workers: int | None, seed: int | None, wait: bool) -> None:
+    from prefect_launch.errors import LaunchError
+    from prefect_launch.home import launch_home
+    from prefect_launch.sweeps.config import load_sweep_config
+
+    config = load_sweep_config(str(config_path))
+    updates = {k: v for k, v in (("project", project), ("entity", entity)) if v}
+    if num_workers is not None:
+        if num_workers < 1:
+            raise LaunchError(f"--num-workers {num_workers}: expected at least 1")
+        updates["scheduler"] = config.scheduler.model_copy(update={"num_workers": num_workers})
+    config = config.model_copy(update=updates)
+    queue = queue or config.launch.queue
+    if not queue:
+        raise LaunchError("give -q/--queue, or launch.queue in the sweep config")
+
+    connect()
+    flow_run = run(_create_run, config, queue, seed)
+    stderr(f"Sweep {flow_run.name} on queue {queue!r} (flow run {flow_run.id}): "
+           f"{config.method}, at most {config.scheduler.num_workers} trials in flight")
+    typer.echo(flow_run.name)
+    if wait:
+        from prefect_launch.sweeps.flow import execute
+
+        final = execute(flow_run.id)
+        result = final.result(raise_on_failure=False) if final.is_completed() else None
+        if isinstance(result, dict):
+            _print_result(result)
+        if not final.is_completed():
+            stderr(f"Sweep {flow_run.name} ended {final.name}" + (f": {final.message}" if final.message else ""))
+            raise typer.Exit(1)
+        return
+    log = launch_home() / "sweeps" / f"{flow_run.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        # A session of its own: the sweep outlives this command and the terminal it ran in.
+        subprocess.Popen([sys.executable, "-m", "prefect_launch.sweeps.flow", str(flow_run.id)],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=os.environ.copy(),
+                         start_new_session=True)
+    stderr(f"Running in the background (log: {log}); cancel it with `prefect flow-run cancel {flow_run.id}`")
+
+
+async def _create_run(config, queue: str, seed: int | None):
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import read_queue
+    from prefect_launch.sweeps.flow import create_sweep_run
+
+    async with get_client() as client:
+        await read_queue(client, queue)  # a missing queue is an error now, not in the background
+    return await create_sweep_run(config, queue, seed)
+
+
+def _print_result(result: dict) -> None:
+    for trial in result["trials"]:
+        value = "" if trial["value"] is None else f"{trial['value']:.6g}"
+        typer.echo(f"trial {trial['number']} {trial['run_id']} {trial['state']} {trial['params']} {value}".rstrip())
+    best = result.get("best")
+    if best:
+        typer.echo(f"best: trial {best['number']} {best['run_id']} {best['params']} value {best['value']:.6g}")

@@ -1,0 +1,309 @@
+"""The `sweep` flow: trials on a queue as launch jobs, at most `num_workers` in flight.
+
+One flow run is one sweep (its name is the sweep id). It asks the search for parameters, puts
+each trial on the queue as an ordinary launch job (its `overrides.run_config` holds the trial's
+parameters, so the training script reads them from `wandb.config`), and waits for trials to end
+before putting more on, so the queue never holds more than `scheduler.num_workers` of its trials
+at once. A finished trial's metric comes from its W&B run (see metrics.py) and goes back to the
+search. The sweep ends at `run_cap`, when a grid is exhausted, or when a trial reaches
+`metric.target`. Cancelling the sweep's flow run cancels the trials it has in flight.
+
+Its progress is a Prefect progress artifact (`sweep-<id>-progress`); at the end, a markdown
+artifact `sweep-<id>` lists every trial and the best one.
+
+Example (what `prefect-launch sweep create sweep.yaml -q demo --wait` runs)::
+
+    config = load_sweep_config("sweep.yaml")
+    result = run_sweep_here(config, queue="demo")   # flow run named after the sweep id
+    print(result["best"])
+
+`python -m prefect_launch.sweeps.flow FLOW_RUN_ID` runs a sweep flow run created beforehand
+(`sweep create` without `--wait` starts it so, in a process of its own).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import PrefectClient, get_client
+
+from prefect_launch.home import launch_home
+from prefect_launch.spec import ImageSource, LaunchSpec, Overrides, new_run_id
+from prefect_launch.sweeps.config import SweepConfig
+from prefect_launch.sweeps.metrics import read_run_metrics
+from prefect_launch.sweeps.search import Search, Trial
+
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class TrialRecord:
+    """A trial as the sweep saw it: its launch run, parameters, final state and metric."""
+
+    number: int
+    run_id: str
+    flow_run_id: str
+    params: dict[str, Any]
+    state: str = "Scheduled"
+    value: float | None = None
+    started: str | None = None
+    ended: str | None = None
+    trial: Trial | None = field(default=None, repr=False)
+    reported_step: int = field(default=-1, repr=False)  # hyperband: the last step told to the pruner
+
+    def public(self) -> dict[str, Any]:
+        return {"number": self.number, "run_id": self.run_id, "flow_run_id": self.flow_run_id, "params": self.params,
+                "state": self.state, "value": self.value, "started": self.started, "ended": self.ended}
+
+
+def trial_spec(config: SweepConfig, trial: Trial, run_id: str, sweep_id: str) -> LaunchSpec:
+    """The launch job of one trial: the sweep's job with the trial's parameters as its W&B config."""
+    return LaunchSpec(
+        job=config.job,
+        source=ImageSource(image=config.image_uri) if config.image_uri else None,
+        project=config.project or "uncategorized",
+        entity=config.entity,
+        run_id=run_id,
+        run_name=f"{sweep_id}-{trial.number}",
+        overrides=Overrides(run_config=trial.params, entry_point=command_for(config, trial.params)),
+        resource_args=config.launch.resource_args,
+    )
+
+
+def command_for(config: SweepConfig, params: dict[str, Any]) -> list[str] | None:
+    """W&B's `command` with its macros, or `python <program>`; None keeps the job's own entry point.
+
+    >>> config = SweepConfig(command=["${env}", "${interpreter}", "${program}", "${args}"], program="train.py")
+    >>> command_for(config, {"lr": 0.1, "layers": 2})
+    ['python', 'train.py', '--lr=0.1', '--layers=2']
+    """
+    if config.command is None:
+        return ["python", config.program] if config.program else None
+    macros = {
+        "${env}": [],  # W&B's `/usr/bin/env`: the job already runs in its own environment
+        "${interpreter}": ["python"],
+        "${program}": [config.program] if config.program else [],
+        "${args}": [f"--{k}={v}" for k, v in params.items()],
+        "${args_no_hyphens}": [f"{k}={v}" for k, v in params.items()],
+        "${args_no_boolean_flags}": [f"--{k}" if v is True else f"--{k}={v}" for k, v in params.items() if v is not False],
+    }
+    if "${args_json}" in config.command or "${args_json_file}" in config.command:
+        import json
+
+        macros["${args_json}"] = [json.dumps(params)]
+    argv: list[str] = []
+    for word in config.command:
+        argv += macros.get(word, [word])
+    return argv
+
+
+@flow(name="sweep", description="A W&B sweep on a launch queue: trials as launch jobs, at most num_workers in flight")
+async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dict[str, Any]:
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.runtime import flow_run as this_run
+
+    from prefect_launch.deployments.queues import enqueue, read_queue
+    from prefect_launch.templates import coerce_values
+
+    logger = get_run_logger()
+    config.check_runnable()
+    sweep_id = this_run.name
+    own_id = UUID(this_run.id)
+    search = Search(config, seed)
+    cap = config.run_cap  # None: a grid, which ends when exhausted
+    workers = config.scheduler.num_workers
+    runs_dir = launch_home() / "runs"
+    trials: list[TrialRecord] = []
+    in_flight: dict[UUID, TrialRecord] = {}
+    exhausted = reached_target = False
+    progress = await create_progress_artifact(0.0, key=f"sweep-{sweep_id}-progress",
+                                              description=f"Sweep {sweep_id}: trials finished")
+    logger.info(f"Sweep {sweep_id} on queue {queue!r}: method {config.method}, "
+                f"{'run_cap ' + str(cap) if cap else 'grid'}, at most {workers} in flight")
+
+    async with get_client() as client:
+        schema = (await read_queue(client, queue)).base_job_template.get("variables", {})
+        values = coerce_values(schema, config.launch.template_variables)
+        while True:
+            if await _cancel_requested(client, own_id):
+                await _cancel_trials(client, in_flight, logger)
+                break
+            while not exhausted and not reached_target and len(in_flight) < workers and (cap is None or len(trials) < cap):
+                trial = search.ask()
+                if trial is None:
+                    exhausted = True
+                    break
+                run_id = new_run_id()
+                flow_run = await enqueue(client, queue, trial_spec(config, trial, run_id, sweep_id),
+                                         config.launch.priority, values)
+                record = TrialRecord(trial.number, run_id, str(flow_run.id), trial.params, trial=trial)
+                trials.append(record)
+                in_flight[flow_run.id] = record
+                logger.info(f"trial {trial.number} enqueued as run {run_id}: {trial.params}")
+            if not in_flight:
+                break
+            await _sleep(POLL_SECONDS)
+            for flow_run_id, record in list(in_flight.items()):
+                flow_run = await client.read_flow_run(flow_run_id)
+                record.state = flow_run.state.name if flow_run.state else record.state
+                if config.early_terminate is not None and flow_run.state and flow_run.state.is_running():
+                    await _maybe_stop_early(client, search, config, record, runs_dir, logger)
+                if not (flow_run.state and flow_run.state.is_final()):
+                    continue
+                del in_flight[flow_run_id]
+                record.started = flow_run.start_time.isoformat() if flow_run.start_time else None
+                record.ended = flow_run.end_time.isoformat() if flow_run.end_time else None
+                if record.state == "Cancelled" and record.value is not None:
+                    continue  # stopped early by hyperband: already told
+                record.value = _final_metric(config, runs_dir, record) if flow_run.state.is_completed() else None
+                search.tell(record.trial, record.value)
+                logger.info(f"trial {record.number} ({record.run_id}) {record.state}: "
+                            f"{config.metric.name if config.metric else 'metric'} = {record.value}")
+                if _reaches_target(config, record.value):
+                    reached_target = True
+                    logger.info(f"trial {record.number} reached the target {config.metric.target}")
+            done = len(trials) - len(in_flight)
+            total = cap or max(len(trials), 1)
+            await update_progress_artifact(progress, 100.0 * done / total,
+                                           description=f"Sweep {sweep_id}: {done} of {total} trials finished")
+
+    best = best_trial(config, trials)
+    await _record(sweep_id, queue, config, trials, best)
+    cancelled = await _cancel_requested_now(own_id)
+    if best:
+        logger.info(f"best: trial {best.number} ({best.run_id}) {best.params} -> {config.metric.name} = {best.value}")
+    result = {"sweep_id": sweep_id, "queue": queue, "trials": [t.public() for t in trials],
+              "best": best.public() if best else None}
+    if cancelled:
+        from prefect.states import Cancelled
+
+        return Cancelled(message=f"sweep {sweep_id} cancelled; its trials in flight were cancelled", data=result)
+    return result
+
+
+def best_trial(config: SweepConfig, trials: list[TrialRecord]) -> TrialRecord | None:
+    scored = [t for t in trials if t.value is not None]
+    if not scored or config.metric is None:
+        return None
+    pick = min if config.metric.goal == "minimize" else max
+    return pick(scored, key=lambda t: t.value)
+
+
+def _final_metric(config: SweepConfig, runs_dir, record: TrialRecord) -> float | None:
+    if config.metric is None:
+        return None
+    value = read_run_metrics(runs_dir / record.run_id, record.run_id).summary.get(config.metric.name)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _reaches_target(config: SweepConfig, value: float | None) -> bool:
+    if value is None or config.metric is None or config.metric.target is None:
+        return False
+    target = config.metric.target
+    return value <= target if config.metric.goal == "minimize" else value >= target
+
+
+async def _maybe_stop_early(client: PrefectClient, search: Search, config: SweepConfig, record: TrialRecord,
+                            runs_dir, logger) -> None:
+    """Hyperband: report the running trial's metric per step; cancel its run when the pruner says so."""
+    steps = read_run_metrics(runs_dir / record.run_id, record.run_id).steps_of(config.metric.name)
+    for step, value in steps:
+        if step <= record.reported_step:
+            continue
+        record.reported_step = step
+        if search.should_stop_early(record.trial, step, float(value)):
+            record.value = float(value)
+            search.stopped_early(record.trial)
+            logger.info(f"trial {record.number} ({record.run_id}) stopped early by hyperband at step {step}")
+            await _cancel_run(client, UUID(record.flow_run_id))
+            return
+
+
+async def _cancel_requested(client: PrefectClient, own_id: UUID) -> bool:
+    state = (await client.read_flow_run(own_id)).state
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+
+async def _cancel_requested_now(own_id: UUID) -> bool:
+    async with get_client() as client:
+        return await _cancel_requested(client, own_id)
+
+
+async def _cancel_trials(client: PrefectClient, in_flight: dict[UUID, TrialRecord], logger) -> None:
+    logger.info(f"sweep cancelled: cancelling {len(in_flight)} trials in flight")
+    for flow_run_id, record in in_flight.items():
+        await _cancel_run(client, flow_run_id)
+        record.state = "Cancelled"
+
+
+async def _cancel_run(client: PrefectClient, flow_run_id: UUID) -> None:
+    """A run no agent holds yet is Cancelled at once; a claimed one goes Cancelling, for its agent to stop."""
+    from prefect.states import Cancelled, Cancelling
+
+    flow_run = await client.read_flow_run(flow_run_id)
+    if flow_run.state and flow_run.state.is_final():
+        return
+    waiting = flow_run.state is not None and flow_run.state.is_scheduled()
+    await client.set_flow_run_state(flow_run_id, Cancelled() if waiting else Cancelling(), force=True)
+
+
+async def _sleep(seconds: float) -> None:
+    import anyio
+
+    await anyio.sleep(seconds)
+
+
+async def _record(sweep_id: str, queue: str, config: SweepConfig, trials: list[TrialRecord],
+                  best: TrialRecord | None) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    metric = config.metric.name if config.metric else "metric"
+    names = list(config.parameters)
+    lines = [f"# Sweep {sweep_id}", "",
+             f"Queue `{queue}`, method `{config.method}`, {len(trials)} trials, "
+             f"at most {config.scheduler.num_workers} in flight.", ""]
+    if best:
+        lines += [f"**Best:** trial {best.number} (run `{best.run_id}`): {metric} = {best.value}, "
+                  + ", ".join(f"{k} = {v}" for k, v in best.params.items()), ""]
+    lines += ["| trial | run | state | " + " | ".join(names) + f" | {metric} | started | ended |",
+              "|---|---|---|" + "---|" * len(names) + "---|---|---|"]
+    for t in trials:
+        cells = [str(t.number), f"`{t.run_id}`", t.state, *(str(t.params.get(n)) for n in names),
+                 "" if t.value is None else f"{t.value:.6g}", t.started or "", t.ended or ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    await create_markdown_artifact(markdown="\n".join(lines), key=f"sweep-{sweep_id}",
+                                   description=f"Sweep {sweep_id}: trials and best result")
+
+
+async def create_sweep_run(config: SweepConfig, queue: str, seed: int | None = None):
+    """Create the sweep's flow run (not yet started); its name is the new sweep id."""
+    async with get_client() as client:
+        return await client.create_flow_run(
+            sweep, name=new_run_id(), tags=["sweep", f"queue:{queue}"],
+            parameters={"config": config.model_dump(mode="json", exclude_none=True), "queue": queue, "seed": seed},
+        )
+
+
+def execute(flow_run_id: UUID) -> Any:
+    """Run a sweep flow run created by `create_sweep_run`, in this process; its result or final state."""
+    import anyio
+    from prefect.flow_engine import run_flow
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    flow_run = anyio.run(read)
+    return anyio.run(lambda: run_flow(sweep, flow_run=flow_run, parameters=flow_run.parameters,
+                                      return_type="state"))
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    final = execute(UUID(sys.argv[1]))
+    print(f"sweep flow run {sys.argv[1]} ended {final.name} after {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -1,0 +1,188 @@
+"""Sweeps: the W&B sweep config, the search, and a sweep on a real queue with a real agent."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SEEDS, cli, unique
+
+from prefect_launch.errors import LaunchError
+from prefect_launch.sweeps.config import SweepConfig, load_sweep_config
+from prefect_launch.sweeps.search import Search
+
+BASE = {"method": "random", "metric": {"name": "loss", "goal": "minimize"}, "run_cap": 4, "job": "trainer",
+        "parameters": {"x": {"min": 0.0, "max": 6.0}}}
+
+
+def write(tmp_path: Path, config: dict, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_seed_scheduler_block_reads_as_written() -> None:
+    seed = yaml.safe_load((SEEDS / "004_sweep_config_1.yaml").read_text())
+    assert SweepConfig.model_validate(seed).scheduler.num_workers == 4
+    # The same block inside a full sweep config limits that sweep.
+    assert SweepConfig.model_validate({**BASE, **seed}).check_runnable().scheduler.num_workers == 4
+
+
+def test_full_config_and_defaults(tmp_path: Path) -> None:
+    config = load_sweep_config(str(write(tmp_path, {
+        **BASE, "method": "bayes",
+        "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1},
+                       "layers": {"min": 1, "max": 4}, "dropout": {"distribution": "q_uniform", "min": 0, "max": 0.5, "q": 0.1},
+                       "optimizer": {"values": ["adam", "sgd"]}, "epochs": {"value": 3}},
+        "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+        "launch": {"queue": "gpu", "resource_args": {"env": {"A": "1"}}, "template_variables": {"gpus": 1}},
+    })))
+    kinds = {name: p.kind for name, p in config.parameters.items()}
+    assert kinds == {"lr": "log_uniform_values", "layers": "int_uniform", "dropout": "q_uniform",
+                     "optimizer": "categorical", "epochs": "constant"}
+    assert config.scheduler.num_workers == 8 and config.launch.queue == "gpu"
+    assert config.early_terminate.min_iter == 2
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"method": "annealing"}, "method"),
+    ({"metrc": {"name": "loss"}}, "metrc"),
+    ({"metric": {"name": "loss", "goal": "lowest"}}, "metric.goal"),
+    ({"parameters": {"x": {"min": 5, "max": 1}}}, "parameters.x"),
+    ({"parameters": {"x": {"distribution": "normal", "mu": 0, "sigma": 1}}}, "parameters.x"),
+    ({"parameters": {"x": {"mni": 0, "max": 1}}}, "parameters.x.mni"),
+    ({"parameters": {}}, "parameters"),
+    ({"run_cap": None}, "run_cap"),
+    ({"run_cap": 0}, "run_cap"),
+    ({"job": None}, "job"),
+    ({"scheduler": {"num_workers": 0}}, "scheduler.num_workers"),
+    ({"early_terminate": {"type": "hyperband"}}, "early_terminate"),
+    ({"method": "grid"}, "parameters.x"),
+])
+def test_bad_configs_name_the_key(tmp_path: Path, change: dict, named: str) -> None:
+    config = {k: v for k, v in {**BASE, **change}.items() if v is not None}
+    with pytest.raises(LaunchError) as error:
+        load_sweep_config(str(write(tmp_path, config)))
+    assert f": {named}" in str(error.value), str(error.value)
+
+
+def test_grid_enumerates_every_combination_then_stops() -> None:
+    search = Search(SweepConfig.model_validate({**BASE, "method": "grid", "parameters": {
+        "a": {"values": [1, 2, 3]}, "b": {"values": [{"k": 1}, None]}}}).check_runnable())
+    seen = [search.ask().params for _ in range(6)]
+    assert search.ask() is None
+    assert len({json.dumps(p, sort_keys=True) for p in seen}) == 6
+
+
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_samplers_stay_within_bounds(method: str) -> None:
+    config = SweepConfig.model_validate({**BASE, "method": method, "run_cap": 30, "parameters": {
+        "x": {"min": -2.0, "max": 6.0}, "n": {"min": 1, "max": 5},
+        "lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-1},
+        "e": {"distribution": "log_uniform", "min": 0, "max": 2},
+        "q": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0.25},
+        "c": {"values": ["a", "b"]}}}).check_runnable()
+    search = Search(config, seed=1)
+    for _ in range(30):
+        trial = search.ask()
+        p = trial.params
+        assert -2 <= p["x"] <= 6 and p["n"] in range(1, 6) and 1e-5 <= p["lr"] <= 1e-1
+        assert 1 <= p["e"] <= math.e ** 2 and p["q"] in (0, 0.25, 0.5, 0.75, 1.0) and p["c"] in ("a", "b")
+        search.tell(trial, (p["x"] - 3) ** 2)
+
+
+def test_bayes_learns_where_the_minimum_is() -> None:
+    """TPE after 10 random start-up trials: later suggestions crowd around x = 3."""
+    search = Search(SweepConfig.model_validate({**BASE, "method": "bayes", "run_cap": 40}).check_runnable(), seed=0)
+    xs = []
+    for _ in range(40):
+        trial = search.ask()
+        xs.append(trial.params["x"])
+        search.tell(trial, (trial.params["x"] - 3) ** 2)
+    late = sorted(abs(x - 3) for x in xs[-15:])
+    assert late[len(late) // 2] < 1.0, xs
+
+
+def test_hyperband_stops_a_bad_trial_early() -> None:
+    config = SweepConfig.model_validate({**BASE, "run_cap": 20,
+                                         "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 9, "eta": 3}})
+    search = Search(config.check_runnable(), seed=0)
+    for _ in range(8):  # good trials: the loss falls to near 0
+        trial = search.ask()
+        for step in range(1, 10):
+            search.should_stop_early(trial, step, 1.0 / step)
+        search.tell(trial, 1.0 / 9)
+    bad = search.ask()
+    assert any(search.should_stop_early(bad, step, 100.0) for step in range(1, 10))
+
+
+TRAIN = """
+import time
+import wandb
+
+run = wandb.init(config={"x": 0.0})
+time.sleep(1)  # long enough that trials overlap when the sweep lets them
+run.log({"loss": (run.config.x - 3) ** 2})
+run.finish()
+"""
+
+
+def test_sweep_on_a_queue_end_to_end(tmp_path: Path, make_queue, start_agent) -> None:
+    code = tmp_path / "train"
+    code.mkdir()
+    (code / "train.py").write_text(textwrap.dedent(TRAIN))
+    project = unique("sweeps")
+    cli("job", "create", "code", str(code), "-p", project, "-n", "trainer", "-E", "python train.py")
+    queue = make_queue("--resource", "local-process", prefix="sweep")
+    start_agent("-q", queue, "--max-jobs", "4")  # the agent could run 4: the sweep's limit of 2 must hold
+    config = write(tmp_path, {
+        "method": "bayes", "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {"x": {"min": 0.0, "max": 6.0}}, "run_cap": 6,
+        "scheduler": {"num_workers": 2}, "job": f"{project}/trainer", "project": project,
+    })
+
+    result = cli("sweep", "create", str(config), "-q", queue, "--seed", "3", "--wait", timeout=170)
+
+    lines = result.stdout.splitlines()
+    sweep_id = lines[0]
+    trials = [line.split(maxsplit=4) for line in lines if line.startswith("trial ")]
+    assert len(trials) == 6 and all(t[3] == "Completed" for t in trials), result.stdout + result.stderr
+    best_line = next(line for line in lines if line.startswith("best: "))
+
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
+
+    async def read():
+        async with get_client() as client:
+            sweep_run = (await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[sweep_id]))))[0]
+            runs = [(await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[t[2]]))))[0]
+                    for t in trials]
+            keys = [f"sweep-{sweep_id}", f"sweep-{sweep_id}-progress"]
+            return sweep_run, runs, await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+
+    sweep_run, runs, artifacts = anyio.run(read)
+    assert sweep_run.state.is_completed()
+    # Every trial was a launch job of the queue's launch deployment, and it completed.
+    assert all(r.state.is_completed() and r.deployment_id for r in runs)
+    assert len({r.deployment_id for r in runs}) == 1
+    # Never more than num_workers at once: at every start, count the trials running.
+    spans = [(r.start_time, r.end_time) for r in runs]
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most <= 2, spans
+    assert most == 2, "two trials never overlapped: the limit was not exercised"
+
+    values = {t[2]: float(t[-1].rsplit(maxsplit=1)[-1]) for t in trials}
+    best_value = min(values.values())
+    assert f"value {best_value:.6g}" in best_line
+    by_key = {a.key: a for a in artifacts if a.key}
+    table = by_key[f"sweep-{sweep_id}"].data
+    assert f"loss = {best_value}" in table and "**Best:**" in table
+    assert by_key[f"sweep-{sweep_id}-progress"].data == 100.0
