@@ -186,3 +186,88 @@ def test_sweep_on_a_queue_end_to_end(tmp_path: Path, make_queue, start_agent) ->
     table = by_key[f"sweep-{sweep_id}"].data
     assert f"loss = {best_value}" in table and "**Best:**" in table
     assert by_key[f"sweep-{sweep_id}-progress"].data == 100.0
+
+
+def test_seed_scheduler_block_in_a_queue_config_limits_its_sweeps(make_queue) -> None:
+    """Seed 004 puts `scheduler: num_workers: 4` in the queue config: sweeps on it that set no limit get 4."""
+    import anyio
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import read_queue
+
+    queue = make_queue("--resource", "local-container", "--config", str(SEEDS / "004_sweep_config_1.yaml"), prefix="sweep")
+
+    async def read():
+        async with get_client() as client:
+            return (await read_queue(client, queue)).base_job_template["job_configuration"]
+
+    queue_config = anyio.run(read)
+    assert SweepConfig.model_validate(BASE).num_workers(queue_config) == 4
+    assert SweepConfig.model_validate({**BASE, "scheduler": {"num_workers": 2}}).num_workers(queue_config) == 2
+
+
+SLOW_TRAIN = """
+import time
+import wandb
+
+run = wandb.init()
+print("trial started", flush=True)
+time.sleep(120)
+run.finish()
+"""
+
+
+def test_cancelling_a_sweep_cancels_its_trials_in_flight(tmp_path: Path, make_queue, start_agent) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterName
+
+    from prefect_launch.deployments.queues import deployment_name
+
+    code = tmp_path / "slow"
+    code.mkdir()
+    (code / "train.py").write_text(textwrap.dedent(SLOW_TRAIN))
+    project = unique("sweeps")
+    cli("job", "create", "code", str(code), "-p", project, "-n", "slow", "-E", "python train.py")
+    queue = make_queue("--resource", "local-process", prefix="sweep")
+    start_agent("-q", queue, "--max-jobs", "4")
+    config = write(tmp_path, {**BASE, "run_cap": 6, "scheduler": {"num_workers": 2}, "job": f"{project}/slow",
+                              "project": project})
+
+    started = cli("sweep", "create", str(config), "-q", queue)  # in the background: returns at once
+    sweep_id = started.stdout.splitlines()[0]
+
+    async def read():
+        async with get_client() as client:
+            sweep_run = (await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[sweep_id]))))[0]
+            deployment = await client.read_deployment_by_name(deployment_name(queue))
+            trials = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            return sweep_run, trials
+
+    deadline = time.monotonic() + 90
+    while True:
+        sweep_run, trials = anyio.run(read)
+        if sum(1 for t in trials if t.state.is_running()) == 2:
+            break
+        assert time.monotonic() < deadline, [(t.name, t.state.name) for t in trials]
+        time.sleep(0.5)
+
+    subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel", str(sweep_run.id)],
+                   check=True, capture_output=True, env=os.environ.copy())
+
+    deadline = time.monotonic() + 90
+    while True:
+        sweep_run, trials = anyio.run(read)
+        if sweep_run.state.is_final() and all(t.state.is_final() for t in trials):
+            break
+        assert time.monotonic() < deadline, (sweep_run.state, [(t.name, t.state.name) for t in trials])
+        time.sleep(0.5)
+    assert sweep_run.state.is_cancelled(), sweep_run.state
+    assert len(trials) == 2 and all(t.state.is_cancelled() for t in trials), [(t.name, t.state.name) for t in trials]

@@ -58,8 +58,7 @@ def _create(config_path: Path, queue: str | None, project: str | None, entity: s
 
     connect()
     flow_run = run(_create_run, config, queue, seed)
-    stderr(f"Sweep {flow_run.name} on queue {queue!r} (flow run {flow_run.id}): "
-           f"{config.method}, at most {config.scheduler.num_workers} trials in flight")
+    stderr(f"Sweep {flow_run.name} on queue {queue!r} (flow run {flow_run.id}), method {config.method}")
     typer.echo(flow_run.name)
     if wait:
         from prefect_launch.sweeps.flow import execute

@@ -159,6 +159,21 @@ class SweepConfig(BaseModel):
     project: str | None = None
     entity: str | None = None
 
+    def num_workers(self, queue_config: dict[str, Any]) -> int:
+        """Trials in flight at most: the sweep's `scheduler.num_workers`, else the queue config's
+        (W&B lets a queue's admin put the `scheduler` block in the queue config, seed 004), else 8.
+
+        >>> queue_config = {"resource_args": {"scheduler": {"num_workers": 4}}}
+        >>> SweepConfig().num_workers(queue_config), SweepConfig().num_workers({})
+        (4, 8)
+        >>> SweepConfig(scheduler={"num_workers": 2}).num_workers(queue_config)
+        2
+        """
+        if "num_workers" in self.scheduler.model_fields_set:
+            return self.scheduler.num_workers
+        queue_scheduler = queue_config.get("resource_args", {}).get("scheduler") or {}
+        return Scheduler.model_validate(queue_scheduler).num_workers
+
     def check_runnable(self) -> "SweepConfig":
         """The rules beyond types: a sweep needs a method, parameters, something to run, a bound."""
         if self.method is None:

@@ -116,19 +116,19 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
     own_id = UUID(this_run.id)
     search = Search(config, seed)
     cap = config.run_cap  # None: a grid, which ends when exhausted
-    workers = config.scheduler.num_workers
     runs_dir = launch_home() / "runs"
     trials: list[TrialRecord] = []
     in_flight: dict[UUID, TrialRecord] = {}
     exhausted = reached_target = False
     progress = await create_progress_artifact(0.0, key=f"sweep-{sweep_id}-progress",
                                               description=f"Sweep {sweep_id}: trials finished")
-    logger.info(f"Sweep {sweep_id} on queue {queue!r}: method {config.method}, "
-                f"{'run_cap ' + str(cap) if cap else 'grid'}, at most {workers} in flight")
 
     async with get_client() as client:
-        schema = (await read_queue(client, queue)).base_job_template.get("variables", {})
-        values = coerce_values(schema, config.launch.template_variables)
+        template = (await read_queue(client, queue)).base_job_template
+        values = coerce_values(template.get("variables", {}), config.launch.template_variables)
+        workers = config.num_workers(template.get("job_configuration", {}))
+        logger.info(f"Sweep {sweep_id} on queue {queue!r}: method {config.method}, "
+                    f"{'run_cap ' + str(cap) if cap else 'grid'}, at most {workers} in flight")
         while True:
             if await _cancel_requested(client, own_id):
                 await _cancel_trials(client, in_flight, logger)
@@ -173,7 +173,7 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                                            description=f"Sweep {sweep_id}: {done} of {total} trials finished")
 
     best = best_trial(config, trials)
-    await _record(sweep_id, queue, config, trials, best)
+    await _record(sweep_id, queue, config, workers, trials, best)
     cancelled = await _cancel_requested_now(own_id)
     if best:
         logger.info(f"best: trial {best.number} ({best.run_id}) {best.params} -> {config.metric.name} = {best.value}")
@@ -258,15 +258,14 @@ async def _sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
-async def _record(sweep_id: str, queue: str, config: SweepConfig, trials: list[TrialRecord],
+async def _record(sweep_id: str, queue: str, config: SweepConfig, workers: int, trials: list[TrialRecord],
                   best: TrialRecord | None) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     metric = config.metric.name if config.metric else "metric"
     names = list(config.parameters)
     lines = [f"# Sweep {sweep_id}", "",
-             f"Queue `{queue}`, method `{config.method}`, {len(trials)} trials, "
-             f"at most {config.scheduler.num_workers} in flight.", ""]
+             f"Queue `{queue}`, method `{config.method}`, {len(trials)} trials, at most {workers} in flight.", ""]
     if best:
         lines += [f"**Best:** trial {best.number} (run `{best.run_id}`): {metric} = {best.value}, "
                   + ", ".join(f"{k} = {v}" for k, v in best.params.items()), ""]
@@ -285,7 +284,8 @@ async def create_sweep_run(config: SweepConfig, queue: str, seed: int | None = N
     async with get_client() as client:
         return await client.create_flow_run(
             sweep, name=new_run_id(), tags=["sweep", f"queue:{queue}"],
-            parameters={"config": config.model_dump(mode="json", exclude_none=True), "queue": queue, "seed": seed},
+            # exclude_unset: a num_workers the config left out stays unset, so the queue config's applies
+            parameters={"config": config.model_dump(mode="json", exclude_unset=True), "queue": queue, "seed": seed},
         )
 
 
