@@ -271,3 +271,33 @@ def test_cancelling_a_sweep_cancels_its_trials_in_flight(tmp_path: Path, make_qu
         time.sleep(0.5)
     assert sweep_run.state.is_cancelled(), sweep_run.state
     assert len(trials) == 2 and all(t.state.is_cancelled() for t in trials), [(t.name, t.state.name) for t in trials]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"parameters": {"x": {"min": 0, "max": 1, "distrib": "uniform"}}}, "parameters.x.distrib: Extra inputs are not permitted"),
+    ({"method": "bayes", "metric": None}, "metric: missing; bayes search needs a metric"),
+    ({"job": "nosuch-job"}, "job uncategorized/nosuch-job not found"),
+])
+def test_cli_refuses_bad_sweeps_in_one_line(tmp_path: Path, change: dict, message: str) -> None:
+    """Refused before anything is created: the queue is not even looked up."""
+    queue = unique("never-created")
+    config = write(tmp_path, {k: v for k, v in {**BASE, **change}.items() if v is not None})
+    result = cli("sweep", "create", str(config), "-q", queue, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_a_sweep_whose_trials_all_fail_fails(tmp_path: Path, make_queue, start_agent) -> None:
+    code = tmp_path / "broken"
+    code.mkdir()
+    (code / "train.py").write_text("raise SystemExit(3)\n")
+    project = unique("sweeps")
+    cli("job", "create", "code", str(code), "-p", project, "-n", "broken", "-E", "python train.py")
+    queue = make_queue("--resource", "local-process", prefix="sweep")
+    start_agent("-q", queue)
+    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 2}, "job": f"{project}/broken",
+                              "project": project})
+    result = cli("sweep", "create", str(config), "-q", queue, "--wait", check=False, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "all 2 trials failed" in result.stderr
+    assert [line.split()[3] for line in result.stdout.splitlines() if line.startswith("trial ")] == ["Failed", "Failed"]

@@ -57,6 +57,10 @@ def _create(config_path: Path, queue: str | None, project: str | None, entity: s
         raise LaunchError("give -q/--queue, or launch.queue in the sweep config")
 
     connect()
+    if config.job:  # a missing job would fail every trial, one after the other: say so now
+        from prefect_launch.blocks.job import LaunchJob
+
+        LaunchJob.find(config.job, config.project or "uncategorized")
     flow_run = run(_create_run, config, queue, seed)
     stderr(f"Sweep {flow_run.name} on queue {queue!r} (flow run {flow_run.id}), method {config.method}")
     typer.echo(flow_run.name)
@@ -64,7 +68,10 @@ def _create(config_path: Path, queue: str | None, project: str | None, entity: s
         from prefect_launch.sweeps.flow import execute
 
         final = execute(flow_run.id)
-        result = final.result(raise_on_failure=False) if final.is_completed() else None
+        try:  # a failed or cancelled sweep carries its trials too
+            result = final.result(raise_on_failure=False)
+        except Exception:
+            result = None
         if isinstance(result, dict):
             _print_result(result)
         if not final.is_completed():

@@ -183,6 +183,10 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
         from prefect.states import Cancelled
 
         return Cancelled(message=f"sweep {sweep_id} cancelled; its trials in flight were cancelled", data=result)
+    if trials and not any(t.state == "Completed" for t in trials):
+        from prefect.states import Failed
+
+        return Failed(message=f"sweep {sweep_id}: all {len(trials)} trials failed; see their runs' logs", data=result)
     return result
 
 
