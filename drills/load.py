@@ -65,9 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-CLI = str(VENV_BIN / "prefect-launch")
+from agent_process import CLI, REPO, AgentProcess
+
 POSTGRES_ROOT = Path("/usr/lib/postgresql")
 POSTGRES_OWNER = "postgres"
 DATABASE = "prefect"
@@ -76,7 +75,6 @@ QUEUE_PREFIX = "load"
 SAMPLE_SECONDS = 0.5
 ENQUEUE_CONCURRENCY = 8
 AGENT_READY_SECONDS = 90.0
-AGENT_STOP_SECONDS = 60.0
 MIGRATE_SECONDS = 600.0
 # Generous: on 2 busy cores a job costs about a second of CPU end to end.
 SECONDS_PER_JOB_ALLOWED = 3.0
@@ -421,7 +419,7 @@ def migrate(home: Path, database_url: str) -> None:
     """Create Prefect's schema before the server starts, so its start-up timeout covers only starting."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(server_settings(home, database_url))
-    result = subprocess.run([str(VENV_BIN / "prefect"), "server", "database", "upgrade", "-y"],
+    result = subprocess.run([str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"],
                             capture_output=True, text=True, env=env, timeout=MIGRATE_SECONDS)
     if result.returncode != 0:
         raise DrillError(f"prefect server database upgrade failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -444,37 +442,6 @@ def cli(env: dict[str, str], *args: str) -> str:
     if result.returncode != 0:
         raise DrillError(f"prefect-launch {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result.stdout
-
-
-class Agent:
-    """One `prefect-launch agent` process, in a session of its own, its output in a log file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + AGENT_READY_SECONDS
-        while "ready on" not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise DrillError(f"agent {self.pid} did not start; see {self.log}:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """SIGINT (the agent cancels its running jobs and exits), then SIGKILL its process group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=AGENT_STOP_SECONDS)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
 
 
 # --- the drill --------------------------------------------------------------------
@@ -615,7 +582,7 @@ def run_drill(jobs: int = 500, agents: int = 3, max_jobs: int = 4, keep: bool = 
         queue = f"{QUEUE_PREFIX}-{secrets.token_hex(4)}"
         cli(env, "queue", "create", queue, "--resource", "local-process", "--no-require-wandb-run",
             "--description", "load drill")
-        started_agents: list[Agent] = []
+        started_agents: list[AgentProcess] = []
 
         def stop_agents() -> None:
             for agent in reversed(started_agents):
@@ -623,10 +590,10 @@ def run_drill(jobs: int = 500, agents: int = 3, max_jobs: int = 4, keep: bool = 
 
         cleanup.callback(stop_agents)
         for index in range(agents):
-            started_agents.append(Agent([CLI, "agent", "-q", queue, "--max-jobs", str(max_jobs),
-                                         "--name", f"{queue}-agent-{index}"], env, workdir / f"agent-{index}.log"))
+            started_agents.append(AgentProcess(["-q", queue, "--max-jobs", str(max_jobs), "--name", f"{queue}-agent-{index}"],
+                                               workdir / f"agent-{index}.log", env))
         for agent in started_agents:
-            agent.wait_ready()
+            agent.wait_ready(AGENT_READY_SECONDS)
         progress(f"{agents} agents ready on {queue} (pids {', '.join(str(a.pid) for a in started_agents)})")
 
         nonce = secrets.token_hex(3)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,9 @@ CLI = str(Path(sys.executable).with_name("prefect-launch"))
 EXAMPLES = REPO / "examples"
 JOBS = REPO / "tests" / "jobs"
 SEEDS = REPO / "tests" / "seeds"
+
+sys.path.insert(0, str(REPO / "drills"))  # the drills' scripts and their AgentProcess (drills/ is not a package)
+from agent_process import AgentProcess  # noqa: E402
 
 # Job scripts run as launch jobs; they are not test modules (and must not be imported by --doctest-modules).
 collect_ignore = ["jobs"]
@@ -84,50 +86,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-class AgentProcess:
-    """A `prefect-launch agent` subprocess; its stderr goes to a file tests can read."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [CLI, "agent", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-            env=os.environ.copy(),
-            cwd=REPO,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while "ready on" not in self.output():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"agent did not start:\n{self.output()}")
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
 @pytest.fixture
 def start_agent(tmp_path: Path) -> Iterator:
     agents: list[AgentProcess] = []
 
     def start(*args: str) -> AgentProcess:
-        agent = AgentProcess(list(args), tmp_path / f"agent-{len(agents)}.log")
+        agent = AgentProcess(list(args), tmp_path / f"agent-{len(agents)}.log").wait_ready()
         agents.append(agent)
         return agent
 
+    start.agents = agents  # what fixtures built on this one started, for tests that kill them
     yield start
     for agent in agents:
         agent.stop()
