@@ -4,9 +4,10 @@ It drives one `LaunchWorker` per queue (work pool). Instead of waiting for the
 next poll, it subscribes to the server's event stream and wakes the moment a
 run is scheduled on one of its pools, or cancelled; a slow fallback poll
 covers a dropped stream. `max_jobs` bounds jobs *running* across all queues:
-a slot is held from claim until the job's flow run ends. A run another agent
-claimed (Pending) and then died holding goes back to its queue after
-`PREFECT_LAUNCH_PENDING_TIMEOUT` seconds (default 300).
+a slot is held from claim until the job's flow run ends. When an agent dies
+(`kill -9`, a lost node), the runs it held are taken over: Pending ones go
+back to their queue, Running ones are adopted by the next agent that sees
+them, which follows the job it had submitted and never submits it again.
 
 Example::
 
@@ -72,6 +73,7 @@ class Agent:
         self.poll_seconds = poll_seconds
         self.workers: list[LaunchWorker] = []
         self._wake = anyio.Event()
+        self._pending_timeout = float(os.environ.get("PREFECT_LAUNCH_PENDING_TIMEOUT", DEFAULT_PENDING_TIMEOUT))
 
     def wake(self) -> None:
         self._wake.set()
@@ -103,10 +105,12 @@ class Agent:
                 ", ".join(self.config.queues),
                 self.config.max_jobs or "unlimited",
             )
+            # Adopt a dead predecessor's running jobs before claiming new work, so they get the job slots.
+            await self._take_over_orphans()
             async with anyio.create_task_group() as loops:
                 loops.start_soon(self._poll_loop)
                 loops.start_soon(self._heartbeat_loop)
-                loops.start_soon(self._stuck_runs_loop)
+                loops.start_soon(self._orphans_loop)
                 loops.start_soon(self._event_loop, [pool.id for pool in pools])
                 loops.start_soon(self._stop_on_signal, loops.cancel_scope)
                 if on_ready:
@@ -139,20 +143,31 @@ class Agent:
                 except Exception as exc:
                     logger.warning("Heartbeat for queue %s failed: %s", worker.queue_name, exc)
 
-    async def _stuck_runs_loop(self) -> None:
-        """Every so often, put back runs another agent claimed and died holding (`PREFECT_LAUNCH_PENDING_TIMEOUT`)."""
-        timeout = float(os.environ.get("PREFECT_LAUNCH_PENDING_TIMEOUT", DEFAULT_PENDING_TIMEOUT))
+    async def _orphans_loop(self) -> None:
+        """At start, then every so often: take over runs whose agent died (see `LaunchWorker.take_over_orphans`).
+
+        The round at start (in `run`) is what makes a restarted agent adopt its
+        predecessor's running jobs at once; later rounds catch agents that die
+        elsewhere (their heartbeat goes stale) and runs this agent lost to a
+        server outage.
+        """
         while True:
-            await anyio.sleep(min(HEARTBEAT_SECONDS, timeout / 3))
-            for worker in self.workers:
-                try:
-                    requeued = await worker.requeue_stuck_runs(timeout)
-                except Exception as exc:
-                    logger.warning("Checking queue %s for stuck runs failed: %s", worker.queue_name, exc)
-                    continue
-                if requeued:
-                    logger.warning("Put %d stuck run(s) back on queue %s", len(requeued), worker.queue_name)
-                    self.wake()
+            await anyio.sleep(min(HEARTBEAT_SECONDS, self._pending_timeout / 3))
+            await self._take_over_orphans()
+
+    async def _take_over_orphans(self) -> None:
+        stale_after = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+        for worker in self.workers:
+            try:
+                requeued, adopted = await worker.take_over_orphans(self._pending_timeout, stale_after)
+            except Exception as exc:
+                logger.warning("Checking queue %s for orphaned runs failed: %s", worker.queue_name, exc)
+                continue
+            if requeued:
+                logger.warning("Put %d orphaned run(s) back on queue %s", len(requeued), worker.queue_name)
+                self.wake()
+            if adopted:
+                logger.warning("Adopted %d running job(s) of a dead agent on queue %s", len(adopted), worker.queue_name)
 
     async def _event_loop(self, pool_ids: list[UUID]) -> None:
         while True:

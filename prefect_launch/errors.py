@@ -11,3 +11,7 @@ class LaunchError(Exception):
     The agent stays up; only this job fails. Config, template and macro errors
     are subclasses.
     """
+
+
+class AdoptionFailed(LaunchError):
+    """A job its dead agent submitted cannot be followed again (gone, or its target cannot attach): the run ends Crashed, never resubmitted."""

@@ -74,6 +74,8 @@ def free_port(preferred: int = 0) -> int:
     """`preferred` if it is free on 127.0.0.1, else any free port."""
     for port in (preferred, 0):
         with socket.socket() as sock:
+            # As the server binds (uvicorn sets it): a restart on its own port must not wait out TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import uuid
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -179,6 +180,20 @@ class ResolvedJob(BaseModel):
 
 
 _RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def run_id_for(flow_run_id: uuid.UUID) -> str:
+    """The W&B run id of a run enqueued without one (from the Prefect UI): fixed by its flow run, so an
+    agent that adopts the run after its first agent died finds the same job.
+
+    >>> run_id_for(uuid.UUID("00000000-0000-0000-0000-000000000001"))
+    'aaaaaaab'
+    """
+    digits, number = [], flow_run_id.int
+    for _ in range(8):
+        number, digit = divmod(number, len(_RUN_ID_ALPHABET))
+        digits.append(_RUN_ID_ALPHABET[digit])
+    return "".join(reversed(digits))
 
 
 def new_run_id() -> str:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import anyio
 import anyio.abc
@@ -44,7 +44,11 @@ from prefect.client.schemas.objects import State
 from prefect.flow_engine import FlowRunEngine, _flow_parameters
 from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
-from prefect.states import Failed, Scheduled
+from prefect.client.schemas.objects import StateDetails
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.exceptions import Abort
+from prefect.states import Failed, Pending, Running, Scheduled
+from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -52,7 +56,8 @@ from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.builders.base import BuildSettings
 from prefect_launch.environments import environment_for
 from prefect_launch.registries import registry_for
-from prefect_launch.flows.launch import LaunchContext, current_launch, launch
+from prefect_launch.flows.launch import Adoption, LaunchContext, current_launch, launch
+from prefect_launch.ownership import Owner
 from prefect_launch.home import launch_home
 from prefect_launch.spec import QueueConfig, Resource
 from prefect_launch.templates import defaulted_nulls
@@ -63,6 +68,7 @@ DEPLOYMENT_CACHE_SECONDS = 30.0
 # one Pending much longer was claimed by an agent that died before starting it.
 DEFAULT_PENDING_TIMEOUT = 300.0
 POLL_LIMIT = 100
+ADOPTION_NAMESPACE = UUID("5b0c2f0e-6f5a-4d1e-9a57-3c1f0d7e2a10")
 
 
 class LaunchJobConfiguration(BaseJobConfiguration):
@@ -107,6 +113,24 @@ class _LaunchFlowEngine(FlowRunEngine):
         request = self._get_flow_run_suspension_request()
         with register_flow_run_suspension_request(self.flow_run.id, request):
             yield request
+
+    def set_state(self, state: State, force: bool = False) -> State:
+        """Running states carry the agent's owner tag, so another agent can tell when the run is orphaned.
+
+        An adopted run is already Running under this agent's claim: the engine's
+        own Running proposal repeats the claim's transition id, so the server
+        keeps the claim as the current state, and a second agent that tries the
+        same claim later is still refused.
+        """
+        if state.is_running():
+            context = current_launch.get()
+            state.message = state.message or f"Running {context.owner}"
+            if context.adoption is not None and not self._claim_repeated:
+                state.state_details.transition_id = context.adoption.transition_id
+                self._claim_repeated = True
+        return super().set_state(state, force)
+
+    _claim_repeated = False
 
 
 def _run_in_thread(flow_run: FlowRun, context: LaunchContext, settings: SettingsContext) -> State:
@@ -167,6 +191,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         self.saturated = False
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = _run_settings()
+        self._owner = Owner.this_process(self.name)
 
     async def setup(self) -> None:
         await super().setup()
@@ -179,6 +204,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         flow_run: FlowRun,
         configuration: LaunchJobConfiguration,
         task_status: anyio.abc.TaskStatus[int] | None = None,
+        adoption: Adoption | None = None,
     ) -> LaunchWorkerResult:
         try:
             queue = configuration.queue_config()
@@ -197,12 +223,17 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             build=self._build_settings,
             environment=self._environment,
             registry=self._registry,
+            owner=self._owner.tag(),
+            adoption=adoption,
         )
         self._in_flight[flow_run.id] = context
         if task_status:
             task_status.started(os.getpid())
         try:
             await anyio.to_thread.run_sync(_run_in_thread, flow_run, context, self._run_settings, limiter=self._threads)
+            # The final state is on record (the engine raises if it could not propose it): only now may the job go.
+            if context.handle is not None:
+                await anyio.to_thread.run_sync(context.target.release, context.handle, self.get_flow_run_logger(flow_run))
         finally:
             self._in_flight.pop(flow_run.id, None)
             if self._on_job_done:
@@ -231,10 +262,13 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         await self.check_cancellations()
         if self._runs_task_group is None or self._work_pool is None:
             return []
-        responses = await self._scheduled_runs()
+        free = self._limiter.available_tokens if self._limiter is not None else POLL_LIMIT
+        asked = int(max(1, min(free, POLL_LIMIT)))  # free is math.inf without max_jobs
+        responses = await self._scheduled_runs(asked)
         self._last_polled_time = datetime.now(timezone.utc)
         started: list[FlowRun] = []
-        self.saturated = False
+        # As many runs as asked for: more may be waiting, so a job that ends should wake the next poll.
+        self.saturated = len(responses) >= asked
         for response in responses:
             flow_run = response.flow_run
             if flow_run.id in self._claimed:
@@ -250,17 +284,13 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             started.append(flow_run)
         return started
 
-    async def _scheduled_runs(self) -> list[WorkerFlowRunResponse]:
-        """Scheduled runs, at most as many as there are free slots.
+    async def _scheduled_runs(self, limit: int) -> list[WorkerFlowRunResponse]:
+        """At most `limit` scheduled runs (as many as there are free slots).
 
         The client method has no `limit`; without one, every poll of a long
         backlog makes the server load and send the whole backlog.
         """
-        free = self._limiter.available_tokens if self._limiter is not None else POLL_LIMIT
-        body: dict[str, Any] = {
-            "scheduled_before": datetime.now(timezone.utc).isoformat(),
-            "limit": int(max(1, min(free, POLL_LIMIT))),  # free is math.inf without max_jobs
-        }
+        body: dict[str, Any] = {"scheduled_before": datetime.now(timezone.utc).isoformat(), "limit": limit}
         if self._work_queues:
             body["work_queue_names"] = list(self._work_queues)
         response = await self.client.request(
@@ -268,16 +298,24 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         )
         return TypeAdapter(list[WorkerFlowRunResponse]).validate_python(response.json())
 
-    async def _claim_and_run(self, flow_run: FlowRun) -> None:
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        """Claim a run: Pending, tagged with this agent process (see `ownership`); False if someone else has it."""
         try:
-            if not await self._propose_pending_state(flow_run):
+            state = await propose_state(self.client, Pending(message=f"Claimed {self._owner.tag()}"), flow_run_id=flow_run.id)
+        except Abort:
+            return False
+        return state.is_pending()
+
+    async def _claim_and_run(self, flow_run: FlowRun, adoption: Adoption | None = None) -> None:
+        try:
+            if adoption is None and not await self._propose_pending_state(flow_run):
                 return  # another agent took it, or it was cancelled meanwhile
             try:
                 configuration = await self._job_configuration(flow_run)
             except ObjectNotFound:
                 await self._fail(flow_run, f"queue {self._work_pool_name!r}: its launch deployment no longer exists")
                 return
-            await self.run(flow_run, configuration)
+            await self.run(flow_run, configuration, adoption=adoption)
         except Exception as exc:
             self.get_flow_run_logger(flow_run).exception("The agent could not run this job")
             await self._propose_crashed_state(flow_run, f"The agent could not run this job: {type(exc).__name__}: {exc}")
@@ -324,24 +362,80 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         for flow_run in cancelling:
             self.cancel_in_flight(flow_run.id)
 
-    async def requeue_stuck_runs(self, timeout: float) -> list[UUID]:
-        """Put back on the queue runs left Pending longer than `timeout` s by an agent that died after claiming them."""
-        stuck = await self.client.read_flow_runs(
+    async def take_over_orphans(self, pending_timeout: float, stale_after: timedelta) -> tuple[list[UUID], list[UUID]]:
+        """Runs on this queue whose agent is gone: Pending ones go back to the queue, Running ones are adopted.
+
+        An agent is gone when its owner tag (`ownership`) names a dead process;
+        a run Pending longer than `pending_timeout` s is orphaned whatever its
+        tag (claiming takes well under a second). This agent's own Running
+        runs that no thread of it follows any more (their engine lost the
+        server during an outage) are adopted as well. Returns (requeued, adopted).
+        """
+        busy = set(self._claimed) | set(self._in_flight)  # before the read: a run that ends meanwhile is not an orphan
+        runs = await self.client.read_flow_runs(
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending"]))),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running"]))),
         )
-        now = datetime.now(timezone.utc)
-        requeued = []
-        for flow_run in stuck:
-            waited = (now - flow_run.state.timestamp).total_seconds()
-            if flow_run.id in self._claimed or waited < timeout:
+        heartbeats: dict[str, datetime] | None = None
+        requeued, adopted = [], []
+        for flow_run in runs:
+            if flow_run.id in busy or flow_run.id in self._claimed or flow_run.id in self._in_flight:
                 continue
-            message = (f"Back on queue {self._work_pool_name}: Pending for {waited:.0f} s, claimed by an agent "
-                       "that never started it")
-            await self.client.set_flow_run_state(flow_run.id, Scheduled(message=message), force=True)
-            self.get_flow_run_logger(flow_run).warning(message)
-            requeued.append(flow_run.id)
-        return requeued
+            owner = Owner.parse(flow_run.state.message)
+            if owner is not None and owner != self._owner and owner.host != self._owner.host and heartbeats is None:
+                heartbeats = await self._agent_heartbeats()
+            gone = owner == self._owner or (owner is not None and not owner.alive(heartbeats or {}, stale_after))
+            if flow_run.state.is_pending():
+                waited = (datetime.now(timezone.utc) - flow_run.state.timestamp).total_seconds()
+                if gone or waited >= pending_timeout:
+                    await self._requeue(flow_run, owner, waited)
+                    requeued.append(flow_run.id)
+            elif gone and await self._adopt(flow_run, owner):
+                adopted.append(flow_run.id)
+        return requeued, adopted
+
+    async def _agent_heartbeats(self) -> dict[str, datetime]:
+        workers = await self.client.read_workers_for_work_pool(self._work_pool_name)
+        return {worker.name: worker.last_heartbeat_time for worker in workers if worker.last_heartbeat_time}
+
+    async def _requeue(self, flow_run: FlowRun, owner: Owner | None, waited: float) -> None:
+        why = f"its agent {owner.label} is gone" if owner else "no agent started it"
+        message = f"Back on queue {self._work_pool_name}: Pending for {waited:.0f} s, {why}"
+        await self.client.set_flow_run_state(flow_run.id, Scheduled(message=message), force=True)
+        self.get_flow_run_logger(flow_run).warning(message)
+
+    async def _adopt(self, flow_run: FlowRun, previous: Owner) -> bool:
+        """Claim a Running run of a dead agent and follow its job; False if another agent won the claim.
+
+        The job runs whether or not it is followed, so it is adopted even
+        with no job slot free: it then runs over `max_jobs` until it ends
+        (a restarted agent adopts before claiming new work, so with the
+        same `max_jobs` it has the slots).
+        """
+        if self._limiter is not None:
+            try:
+                self._limiter.acquire_on_behalf_of_nowait(flow_run.id)
+            except anyio.WouldBlock:
+                self._logger.warning("Adopting run %s over max_jobs: no slot is free, and its job runs anyway", flow_run.name)
+        # Every agent that sees this orphan proposes the same transition id: the server accepts the first only.
+        transition_id = uuid5(ADOPTION_NAMESPACE, str(flow_run.state.id))
+        claim = Running(message=f"Running {self._owner.tag()}, adopted", state_details=StateDetails(transition_id=transition_id))
+        try:
+            result = await self.client.set_flow_run_state(flow_run.id, claim)
+        except Exception:
+            self._release_limit_slot(flow_run.id)
+            raise
+        if result.status != SetStateStatus.ACCEPT:
+            self._release_limit_slot(flow_run.id)
+            return False
+        adoption = Adoption(
+            previous_owner=previous.label,
+            submitted=bool(flow_run.infrastructure_pid),
+            transition_id=transition_id,
+        )
+        self._claimed.add(flow_run.id)
+        self._runs_task_group.start_soon(self._claim_and_run, flow_run, adoption)
+        return True
 
     def stop_all(self, reason: str) -> None:
         """Agent shutdown: stop every running job so none is left orphaned."""

@@ -130,6 +130,35 @@ def test_a_pod_that_never_starts_times_out(kube, kube_agent):
     assert "no pod started within 4 s" in state.message and "exceeded quota: gpu" in state.message
 
 
+def test_a_new_agent_adopts_the_job_of_an_agent_killed_mid_run(kube, kube_agent, start_agent):
+    queue = kube_agent({"namespace": "adopt"})
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    job = _job(kube, "adopt", run_id)
+    job_name = f"prefect-launch-{run_id}"
+    pod = f"{job_name}-d4"
+    kube.create_pod("adopt", pod, _labels(run_id), phase="Running")
+    kube.pod_log("adopt", pod, ["epoch 1 before the crash"])
+    wait_for_log(run_id, lambda line: line == "epoch 1 before the crash")
+    start_agent.agents[-1].kill()
+
+    creates = lambda: [r for r in kube.requests() if r.action and r.action.name.lower() == "create"
+                       and r.resource and r.resource.plural == "jobs" and r.data["metadata"]["name"] == job_name]
+    assert len(creates()) == 1
+    new_agent = start_agent("-q", queue)
+    wait_for_log(run_id, lambda line: line.startswith("Following Job adopt/"))
+    kube.pod_log("adopt", pod, ["epoch 2 after the crash"])
+    kube.update_pod("adopt", pod, phase="Succeeded", container_statuses=[{"name": "launch", "state": {
+        "terminated": {"exitCode": 0, "reason": "Completed"}}}])
+    flow_run = wait_for_final(run_id, timeout=60)
+    assert flow_run.state.is_completed(), flow_run.state
+    assert len(creates()) == 1  # followed, never created again
+    assert not job.deleted and _secret(kube, "adopt", run_id).deleted  # the adopter cleans up the run's Secret
+    lines = run_logs(flow_run.id)
+    assert "epoch 2 after the crash" in lines
+    assert any("Adopted on agent" in line and "is gone; following its job" in line for line in lines)
+    assert "Adopted 1 running job(s) of a dead agent" in new_agent.output()
+
+
 def test_custom_resource_is_created_with_its_plural_and_every_replica_followed(kube, kube_agent):
     queue = kube_agent(yaml.safe_load((SEEDS / "000_k8s_custom_resource_1.yaml").read_text()))
     run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
@@ -148,7 +177,7 @@ def test_custom_resource_is_created_with_its_plural_and_every_replica_followed(k
     assert wait_for_final(run_id, timeout=60).state.is_completed()
     # Everything the agent asked of the API server so far (Jobs, Secrets, pod watches and logs,
     # discovery, this PyTorchJob), the Helm chart's Roles allow in the queues' namespaces.
-    namespaces = ["default", "team", "slow", "spot"]  # the namespaces this file's queues name (wandb is the agent's)
+    namespaces = ["default", "team", "slow", "spot", "adopt"]  # the namespaces this file's queues name (wandb is the agent's)
     assert unauthorized(kube.requests(), render({"additionalTargetNamespaces": namespaces})) == []
 
 

@@ -128,6 +128,26 @@ def test_sagemaker_failed_stopped_and_cancelled(aws, aws_agent, ecr_registry):
     assert state.is_cancelled() and "outside prefect-launch" in state.message  # Stopped is never Completed
 
 
+def test_a_new_agent_adopts_a_training_job_whose_agent_was_killed(aws, aws_agent, ecr_registry, start_agent, tmp_path):
+    image = f"{ecr_registry.host}/{REPOSITORY}:prebuilt"
+    created = len(aws.requests)
+    run_id = run_id_of(launch("-q", aws_agent, "-d", image, "-E", "python train.py"))
+    name = aws.wait_for_job(created + 1)
+    aws.set_status(name, "InProgress", "Training", "Training in progress.")
+    aws.log(name, "epoch 1 before the crash")
+    wait_for_log(run_id, lambda line: line == "epoch 1 before the crash")
+    start_agent.agents[-1].kill()
+
+    start_agent("-q", aws_agent, "--config", str(tmp_path / "launch-config.yaml"))
+    wait_for_log(run_id, lambda line: line.startswith(f"Following SageMaker training job {name} (InProgress)"))
+    aws.log(name, "epoch 2 after the crash")
+    aws.set_status(name, "Completed")
+    flow_run = wait_for_final(run_id, timeout=60)
+    assert flow_run.state.is_completed(), flow_run.state
+    assert len(aws.requests) == created + 1  # one CreateTrainingJob: followed, never created again
+    assert "epoch 2 after the crash" in run_logs(flow_run.id)
+
+
 def test_bad_sagemaker_config_fails_the_job_before_any_call(aws, aws_agent, ecr_registry, make_queue, start_agent,
                                                             tmp_path):
     created = len(aws.requests)

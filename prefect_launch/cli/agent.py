@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from prefect_launch.cli.common import clear_errors, connect, echo_json, stderr
+
+AGENT_CLIENT_RETRIES = 7
 
 
 def agent_command(
@@ -39,6 +42,9 @@ def _agent(queue, max_jobs, config, check, name, poll_seconds) -> None:
             raise typer.Exit(1)
         return
 
+    # Prefect's client retries a dropped connection with exponential back-off (2 s, 4 s, ...): seven tries
+    # ride out a server restart of about four minutes without losing a job's state; read before prefect loads.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", str(AGENT_CLIENT_RETRIES))
     connect()
     import logging
 

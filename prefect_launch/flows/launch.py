@@ -21,23 +21,36 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
-from prefect.states import Cancelled, Failed, State
+from prefect.states import Cancelled, Crashed, Failed, State
 
 from prefect_launch import sources
 from prefect_launch.builders import BuildSettings, builder_for, plan_for
 from prefect_launch.environments import Environment
 from prefect_launch.registries import Registry
 from prefect_launch.registries.local import LocalImages
-from prefect_launch.errors import LaunchError
+from prefect_launch.errors import AdoptionFailed, LaunchError
 from prefect_launch.redact import redact
 from prefect_launch.render import render
-from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
+from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob, run_id_for
 from prefect_launch.targets import Handle, Outcome, Target, get_target
+
+
+@dataclass
+class Adoption:
+    """A run taken over from an agent that is gone."""
+
+    previous_owner: str
+    # The dead agent had put the run's submission on record (its `infrastructure_pid`): a job not found is
+    # not submitted again.
+    submitted: bool
+    # The adopting claim's transition id; the flow engine's own Running proposal repeats it (see worker).
+    transition_id: UUID
 
 
 @dataclass
@@ -52,6 +65,12 @@ class LaunchContext:
     # The agent's one registry object, so its login is reused across runs.
     registry: Registry = field(default_factory=LocalImages)
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Which agent process runs this flow (`ownership.Owner.tag()`), written into the run's Running state.
+    owner: str = ""
+    # Set when this agent took the run over from one that died (or lost it to a server outage).
+    adoption: Adoption | None = None
+    # The submitted job, for the agent to release once the run's final state is on record.
+    handle: Handle | None = None
 
     @functools.cached_property
     def target(self) -> Target:
@@ -144,6 +163,23 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
     if environment is not None and queue.resource.remote:
         log.info("Using %s", environment.verify())
     rendered = render(job, queue, overrides, environment)
+    adoption = context.adoption
+    if adoption is not None:
+        # Attach first even when the dead agent's submit task is not on record yet (task states reach the
+        # server a moment late): whatever exists under the run's name is followed, never created again.
+        handle = context.target.attach(rendered["submission"], log)
+        if handle is not None:
+            return rendered, handle
+        if adoption.submitted:
+            raise AdoptionFailed(
+                f"the job was submitted by agent {adoption.previous_owner}, which died, and is no longer on "
+                f"{queue.resource.value}: not submitted again (it may have ended and been removed while no agent followed it)"
+            )
+    if context.target.adoptable:
+        # On record before the job can exist, so an agent adopting this run after this one dies knows that a
+        # job missing from the target was submitted once and must not be submitted again.
+        run_context = FlowRunContext.get()
+        run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
     log.info("Submitting to %s: %s", queue.resource.value, json.dumps(redact(rendered["submission"])))
     handle = context.target.submit(rendered["submission"], log)
     return rendered, handle
@@ -184,12 +220,18 @@ def launch(spec: LaunchSpec) -> State | None:
     log = get_run_logger()
     timeline = Timeline()
     flow_run = FlowRunContext.get().flow_run
+    if spec.run_id is None:
+        spec = spec.model_copy(update={"run_id": run_id_for(flow_run.id)})
     if flow_run.expected_start_time:
         queued_at = flow_run.expected_start_time.timestamp()
         timeline.stages["queue wait"] = (queued_at, max(queued_at, time.time()))
     job: ResolvedJob | None = None
     rendered: dict[str, Any] = {}
     handle: Handle | None = None
+    if context.adoption is not None:
+        log.warning("Adopted %s: agent %s is gone; %s", context.owner, context.adoption.previous_owner,
+                    "following its job" if context.adoption.submitted
+                    else "its submit is not on record: following its job if it exists, else submitting it")
     try:
         with timeline.stage("resolve"):
             job = resolve_source(spec, context.queue_name, context.home, context.queue.resource)
@@ -199,8 +241,12 @@ def launch(spec: LaunchSpec) -> State | None:
             job = push(image, job, context)
         with timeline.stage("submit"):
             rendered, handle = submit(job, context, spec.resource_args)
+            context.handle = handle
         with timeline.stage("run"):
             outcome = monitor(job, context, handle)
+    except AdoptionFailed as exc:
+        log.error("%s", exc)
+        return Crashed(message=str(exc))
     except LaunchError as exc:
         log.error("%s", exc)
         outcome = Outcome(state="failed", message=str(exc))

@@ -1,4 +1,4 @@
-"""The target interface: render (pure) -> submit -> wait.
+"""The target interface: render (pure) -> submit -> wait, and attach for runs adopted from a dead agent.
 
 Example, a target that runs nothing::
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from prefect_launch.environments import Environment
+from prefect_launch.errors import AdoptionFailed
 from prefect_launch.spec import Resource, ResolvedJob
 
 if TYPE_CHECKING:  # registries import the builders, which import the targets
@@ -30,6 +31,8 @@ class Handle:
 
     id: str
     detail: Any = field(default=None, repr=False)
+    # Found by `attach` (the job was submitted by an agent that died), not created by `submit`.
+    attached: bool = False
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Target(abc.ABC):
     resource: ClassVar[Resource]
     # Its infrastructure pulls images itself and needs the registry's login handed over (a pull secret).
     pulls_with_login: ClassVar[bool] = False
+    # Its jobs outlive the agent and `attach` finds them by name: another agent can adopt them.
+    adoptable: ClassVar[bool] = False
 
     def __init__(self, environment: Environment | None = None, registry: Registry | None = None) -> None:
         # The agent's cloud credentials and region; only the cloud targets use them.
@@ -61,6 +66,23 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def submit(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle:
         """Start the job; return once it is running (or raise LaunchError)."""
+
+    def attach(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle | None:
+        """The job this submission started, found by its name after the agent that submitted it died; None if gone.
+
+        Never creates anything: an adopted run is followed, not submitted again.
+        """
+        raise AdoptionFailed(
+            f"{self.resource.value} jobs cannot be adopted by another agent: "
+            "a job whose agent died is not followed again"
+        )
+
+    def release(self, handle: Handle, log: logging.Logger | logging.LoggerAdapter) -> None:
+        """Remove what the job left on its target, once its outcome is on record (the run's final state).
+
+        Not before: an agent that dies between the job's end and the final
+        state leaves the job for the next agent to find and read.
+        """
 
     @abc.abstractmethod
     def wait(

@@ -174,6 +174,7 @@ def _labelled(metadata: dict[str, Any], job: ResolvedJob) -> dict[str, Any]:
 
 class KubernetesTarget(Target):
     resource = Resource.kubernetes
+    adoptable = True
     pulls_with_login = True
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
@@ -254,6 +255,26 @@ class KubernetesTarget(Target):
         kube.create(create, f"{submitted.kind} {submitted.namespace}/{submitted.name}", log)
         return Handle(id=f"{submitted.namespace}/{submitted.name}", detail=submitted)
 
+    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        submitted = Submitted.of(submission)
+        try:
+            if submitted.kind == "Job" and submitted.group == "batch":
+                client.BatchV1Api(self._api).read_namespaced_job(submitted.name, submitted.namespace)
+            else:
+                submitted.plural = self._plural(submitted)
+                client.CustomObjectsApi(self._api).get_namespaced_custom_object(
+                    submitted.group, submitted.version, submitted.namespace, submitted.plural, submitted.name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise LaunchError(f"Kubernetes refused to read {submitted.kind} {submitted.name}: {kube.api_error(exc)}") from None
+            self._delete_run_secrets(submitted, log)  # the dead agent may have made them before the object
+            return None
+        log.info("Following %s %s/%s", submitted.kind, submitted.namespace, submitted.name)
+        return Handle(id=f"{submitted.namespace}/{submitted.name}", detail=submitted, attached=True)
+
     def _run_secrets(self, submission: dict[str, Any], submitted: "Submitted") -> Iterator[dict[str, Any]]:
         """The run's own Secrets: the agent's W&B API key, and the registry login its pods pull with."""
         labels = {RUN_ID_LABEL: submitted.run_id}
@@ -290,9 +311,12 @@ class KubernetesTarget(Target):
         try:
             return self._follow(submitted, cancel, log)
         finally:
-            kube.delete_secret(self._api, submitted.namespace, object_name(submitted.run_id), log)
-            if submitted.pull_secret:
-                kube.delete_secret(self._api, submitted.namespace, pull_secret_name(submitted.run_id), log)
+            self._delete_run_secrets(submitted, log)
+
+    def _delete_run_secrets(self, submitted: "Submitted", log: Log) -> None:
+        kube.delete_secret(self._api, submitted.namespace, object_name(submitted.run_id), log)
+        if submitted.pull_secret:
+            kube.delete_secret(self._api, submitted.namespace, pull_secret_name(submitted.run_id), log)
 
     def _follow(self, submitted: "Submitted", cancel: threading.Event, log: Log) -> Outcome:
         from kubernetes import client, watch

@@ -73,6 +73,7 @@ def docker_flags(options: dict[str, Any]) -> list[str]:
 
 class LocalContainerTarget(Target):
     resource = Resource.local_container
+    adoptable = True
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         if not job.image:
@@ -99,6 +100,17 @@ class LocalContainerTarget(Target):
         handle.id = name
         return handle
 
+    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+        argv = submission["argv"]
+        name = argv[argv.index("--name") + 1]
+        if subprocess.run(["docker", "container", "inspect", name], capture_output=True, timeout=60).returncode != 0:
+            return None
+        # The dead agent's `docker run` took the output it saw; `docker logs` replays it from the start.
+        log.info("Following container %s (its output from the start)", name)
+        handle = process.start(["docker", "logs", "--follow", name], env=dict(os.environ), cwd=None, log=log)
+        handle.id, handle.attached = name, True
+        return handle
+
     def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
         name = handle.id
 
@@ -106,13 +118,25 @@ class LocalContainerTarget(Target):
             log.info("Stopping container %s", name)
             _docker("stop", "--time", str(int(process.STOP_GRACE_SECONDS)), name)
 
-        try:
-            return process.follow(
-                handle, cancel, log, stop=stop,
-                describe_exit=lambda code: _DOCKER_EXIT.get(code, f"container exited with code {code}"),
-            )
-        finally:
-            _docker("rm", "--force", name)
+        outcome = process.follow(handle, cancel, log, stop=stop, describe_exit=_describe_exit)
+        if outcome.state != "cancelled" and handle.attached:
+            # An attached `docker logs` exits 0 whatever the job did: the container's own exit decides.
+            outcome = process.exit_outcome(_exit_code(name), _describe_exit)
+        return outcome
+
+    def release(self, handle: Handle, log: Log) -> None:
+        _docker("rm", "--force", handle.id)
+
+
+def _describe_exit(code: int) -> str:
+    return _DOCKER_EXIT.get(code, f"container exited with code {code}")
+
+
+def _exit_code(name: str) -> int:
+    result = subprocess.run(["docker", "container", "wait", name], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0 or not result.stdout.strip().lstrip("-").isdigit():
+        raise LaunchError(f"container {name} vanished before its exit code was read: {result.stderr.strip()}")
+    return int(result.stdout.strip())
 
 
 def _run_dir_volume(argv: list[str]) -> str | None:

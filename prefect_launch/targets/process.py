@@ -69,6 +69,11 @@ def follow(
     finished.set()
     if stopped.is_set():
         return Outcome(state="cancelled", message="stopped on cancel", exit_code=code)
+    return exit_outcome(code, describe_exit)
+
+
+def exit_outcome(code: int, describe_exit: Callable[[int], str] = lambda code: f"process exited with code {code}") -> Outcome:
+    """A finished process's exit code as an outcome."""
     if code == 0:
         return Outcome(state="completed", exit_code=0)
     if code < 0:

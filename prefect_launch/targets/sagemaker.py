@@ -94,6 +94,7 @@ def check_request(request: dict[str, Any]) -> None:
 
 class SageMakerTarget(Target):
     resource = Resource.sagemaker
+    adoptable = True
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         request = {k: copy.deepcopy(v) for k, v in resource_args.items() if k not in LAUNCH_KEYS}
@@ -151,6 +152,20 @@ class SageMakerTarget(Target):
             raise LaunchError(f"SageMaker training job {name} not created: {exc}") from None
         log.info("Created SageMaker training job %s (%s)", name, response["TrainingJobArn"])
         return Handle(id=name, detail=response["TrainingJobArn"])
+
+    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+        from botocore.exceptions import ClientError
+
+        name = submission["TrainingJobName"]
+        try:
+            job = self._client.describe_training_job(TrainingJobName=name)
+        except ClientError as exc:
+            # SageMaker answers an unknown job name with a ValidationException, not a 404.
+            if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+                return None
+            raise LaunchError(f"SageMaker could not describe training job {name}: {_aws_error(exc)}") from None
+        log.info("Following SageMaker training job %s (%s)", name, job["TrainingJobStatus"])
+        return Handle(id=name, detail=job["TrainingJobArn"], attached=True)
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
         client = self._client

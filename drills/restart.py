@@ -1,0 +1,197 @@
+"""Restart drill: `kill -9` the agent at random moments while jobs run on local Docker; nothing is lost or run twice.
+
+Each round puts JOBS image jobs on a local-container queue served by one
+agent with `--max-jobs 4`, then kills that agent with SIGKILL KILLS times at
+random moments (so jobs are caught queued, claimed, resolving, submitting,
+running or finishing) and starts a new one each time. The last agent serves
+until every run is final. Then it checks, for every job:
+
+- its flow run ended Completed (none lost, none Crashed or Failed);
+- its container started exactly once: each job appends a line to a file in
+  its own run folder (mounted from the agent's home) when it starts, so a
+  second submission would show as a second line (and as a name conflict).
+
+It prints a table per round and in total (jobs, kills, runs adopted, runs put
+back on the queue, lost, started twice, wall time) and exits 1 if any job was
+lost or started twice.
+
+Run it from the repository root with Docker up (`./dev services`):
+
+    .venv/bin/python drills/restart.py                     # 20 jobs x 5 rounds, 3 kills each
+    .venv/bin/python drills/restart.py --jobs 6 --rounds 1 --kills 2
+
+It starts its own Prefect server (SQLite) in a temporary home on 127.0.0.1
+and stops it at the end. `tests/test_recovery.py` runs a smaller round
+against the test session's server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent_process import CLI, AgentProcess
+
+BASE_IMAGE = "prefect-launch/python:3.11"
+MAX_JOBS = 4
+FINAL_TIMEOUT_SECONDS = 300.0
+
+# Appends its start to the run folder, works 2-5 s, exits 0.
+JOB = (
+    "import random, time; open('/launch/run/starts', 'a').write(f'{time.time()}\\n'); "
+    "print('working', flush=True); time.sleep(random.uniform(2, 5)); print('done', flush=True)"
+)
+
+
+@dataclass
+class RoundResult:
+    jobs: int
+    kills: int
+    adopted: int = 0
+    requeued: int = 0
+    lost: list[str] = field(default_factory=list)  # run ids whose flow run did not complete
+    twice: list[str] = field(default_factory=list)  # run ids whose container started more than once
+    seconds: float = 0.0
+    caught: list[str] = field(default_factory=list)  # the runs' states at each kill
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.twice
+
+
+def _agent(queue: str, logs: Path) -> AgentProcess:
+    return AgentProcess(["-q", queue, "--max-jobs", str(MAX_JOBS)], logs / f"agent-{len(list(logs.iterdir()))}.log").wait_ready()
+
+
+def _counted(pattern: str, text: str) -> int:
+    return sum(int(n) for n in re.findall(pattern, text))
+
+
+def run_round(queue: str, home: Path, jobs: int, kills: int, logs: Path, rng: random.Random) -> RoundResult:
+    """One round against the Prefect server in PREFECT_API_URL and a local-container queue made for it."""
+    import anyio
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import enqueue
+    from prefect_launch.spec import ImageSource, LaunchSpec, new_run_id
+
+    result = RoundResult(jobs=jobs, kills=kills)
+    run_ids = [new_run_id() for _ in range(jobs)]
+
+    async def put_on_queue() -> dict[str, uuid.UUID]:
+        async with get_client() as client:
+            flow_runs = {}
+            for run_id in run_ids:
+                spec = LaunchSpec(source=ImageSource(image=BASE_IMAGE), entry_point=["python", "-c", JOB], run_id=run_id)
+                flow_runs[run_id] = (await enqueue(client, queue, spec, None, {})).id
+            return flow_runs
+
+    async def states(ids: dict[str, uuid.UUID]) -> dict[str, object]:
+        async with get_client() as client:
+            return {run_id: (await client.read_flow_run(flow_run_id)).state for run_id, flow_run_id in ids.items()}
+
+    flow_runs = anyio.run(put_on_queue)  # a backlog first, so the kills find jobs at every stage
+    start = time.monotonic()
+    agents = [_agent(queue, logs)]
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.5, 4.0))
+            agents[-1].kill()
+            caught = Counter(state.name for state in anyio.run(states, flow_runs).values())
+            result.caught.append(", ".join(f"{n} {name}" for name, n in sorted(caught.items())))
+            time.sleep(rng.uniform(0.0, 2.0))
+            agents.append(_agent(queue, logs))
+        deadline = time.monotonic() + FINAL_TIMEOUT_SECONDS
+        while True:
+            final = anyio.run(states, flow_runs)
+            if all(state.is_final() for state in final.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        agents[-1].stop()
+    result.seconds = time.monotonic() - start
+    output = "".join(agent.output() for agent in agents)
+    result.adopted = _counted(r"Adopted (\d+) running job", output)
+    result.requeued = _counted(r"Put (\d+) orphaned run", output)
+    for run_id, state in final.items():
+        if not state.is_completed():
+            result.lost.append(f"{run_id} ({state.name}: {state.message})")
+        starts = home / "runs" / run_id / "starts"
+        if starts.exists() and len(starts.read_text().splitlines()) > 1:
+            result.twice.append(run_id)
+    return result
+
+
+def create_queue(name: str, folder: Path) -> None:
+    """A local-container queue for the drill's jobs (host network: this engine has no bridge)."""
+    config = folder / f"{name}.json"
+    config.write_text('{"network": "host"}')
+    subprocess.run([CLI, "queue", "create", name, "--resource", "local-container", "--config", str(config),
+                    "--no-require-wandb-run"], check=True, capture_output=True)
+
+
+def table(results: list[RoundResult]) -> str:
+    rows = ["| round | jobs | kills | adopted | put back | lost | started twice | seconds |", "|---|---|---|---|---|---|---|---|"]
+    for number, r in enumerate(results, 1):
+        rows.append(f"| {number} | {r.jobs} | {r.kills} | {r.adopted} | {r.requeued} | {len(r.lost)} | {len(r.twice)} | {r.seconds:.0f} |")
+    rows.append(
+        f"| all | {sum(r.jobs for r in results)} | {sum(r.kills for r in results)} | {sum(r.adopted for r in results)} "
+        f"| {sum(r.requeued for r in results)} | {sum(len(r.lost) for r in results)} "
+        f"| {sum(len(r.twice) for r in results)} | {sum(r.seconds for r in results):.0f} |"
+    )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kills", type=int, default=3, help="agent kills per round")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home (server and agent logs)")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    rng = random.Random(seed)
+
+    home = Path(tempfile.mkdtemp(prefix="restart-drill-"))
+    os.environ.update(PREFECT_LAUNCH_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="offline")
+    os.environ.pop("PREFECT_API_URL", None)
+    from prefect_launch.server import server_env, start_server, stop_server
+
+    os.environ.update(server_env(home))
+    print(f"Starting a Prefect server in {home} (seed {seed}) ...", file=sys.stderr)
+    os.environ["PREFECT_API_URL"] = start_server(home, port=0)
+    results = []
+    try:
+        for number in range(1, args.rounds + 1):
+            queue = f"restart-drill-{number}"
+            create_queue(queue, home)
+            logs = home / f"round-{number}"
+            logs.mkdir()
+            print(f"Round {number}: {args.jobs} jobs, {args.kills} kills ...", file=sys.stderr)
+            results.append(run_round(queue, home, args.jobs, args.kills, logs, rng))
+            for kill, caught in enumerate(results[-1].caught, 1):
+                print(f"  kill {kill} caught: {caught}", file=sys.stderr)
+            for problem in results[-1].lost + [f"{r} started twice" for r in results[-1].twice]:
+                print(f"  {problem}", file=sys.stderr)
+    finally:
+        stop_server(home)
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    print(table(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Agents and servers that die mid-run: nothing is lost and nothing runs twice.
+
+- The restart drill (`drills/restart.py`) at CI size: local-container jobs on a
+  real Docker engine, the agent `kill -9`ed at random moments and restarted.
+- A job that vanished from its target while no agent followed it ends Crashed
+  with the reason and is not submitted again; a local-process job, which dies
+  with its agent, ends Crashed too.
+- The Prefect server restarted mid-run: a job that ends during the outage,
+  one waiting on the queue and one enqueued after the restart all complete.
+
+Adoption on Kubernetes and SageMaker is in `test_kubernetes.py` and
+`test_sagemaker.py`, next to their stand-ins.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import restart  # drills/restart.py (conftest puts drills/ on the path)
+from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from prefect_launch.server import start_server, stop_server
+from services import BASE_IMAGE, docker_engine
+
+WAIT_FOR_RELEASE = "import os, time\nwhile not os.path.exists({release!r}): time.sleep(0.1)\nprint('released', flush=True)\n"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return docker_engine()
+
+
+def _container_queue(tmp_path: Path) -> str:
+    name = f"adopt-{random.randrange(16**8):08x}"
+    restart.create_queue(name, tmp_path)
+    return name
+
+
+def test_restart_drill_loses_nothing_and_runs_nothing_twice(engine, home, tmp_path):
+    logs = tmp_path / "agents"
+    logs.mkdir()
+    result = restart.run_round(_container_queue(tmp_path), home, jobs=8, kills=2, logs=logs, rng=random.Random(7))
+    print(restart.table([result]))
+    assert result.lost == [] and result.twice == [], restart.table([result])
+    assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
+
+
+def test_a_job_gone_while_no_agent_followed_it_ends_crashed_and_is_not_submitted_again(engine, start_agent, tmp_path):
+    queue = _container_queue(tmp_path)
+    agent = start_agent("-q", queue)
+    run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E",
+                              "python -c 'import time; print(\"up\", flush=True); time.sleep(300)'"))
+    wait_for_log(run_id, lambda line: line == "up")
+    agent.kill()
+    subprocess.run(["docker", "rm", "--force", f"prefect-launch-{run_id}"], check=True, capture_output=True)
+
+    start_agent("-q", queue)
+    state = wait_for_final(run_id, timeout=90).state
+    assert state.is_crashed(), state
+    assert "is no longer on local-container: not submitted again" in state.message
+    time.sleep(2)
+    names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert f"prefect-launch-{run_id}" not in names.split()
+
+
+def test_a_local_process_job_ends_crashed_when_its_agent_dies(start_agent, make_queue, tmp_path):
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "job.py").write_text(WAIT_FOR_RELEASE.format(release=str(tmp_path / "never")).replace(
+        "import os, time\n", "import os, time\nprint('up', flush=True)\n"))
+    agent = start_agent("-q", queue)
+    run_id = run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py"))
+    wait_for_log(run_id, lambda line: line == "up")
+    agent.kill()
+    start_agent("-q", queue)
+    state = wait_for_final(run_id, timeout=60).state
+    assert state.is_crashed() and "local-process jobs cannot be adopted by another agent" in state.message, state
+
+
+@pytest.fixture
+def own_server(tmp_path, monkeypatch):
+    """A second Prefect server, for this test to stop and start again on the same port and database."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server_home = tmp_path / "server"
+    url = start_server(server_home, port=0)
+    monkeypatch.setenv("PREFECT_API_URL", url)  # the CLI and agents
+    with temporary_settings({PREFECT_API_URL: url}):  # this process's client (settings are read at import)
+        yield server_home, url
+    stop_server(server_home)
+
+
+def test_a_server_restart_mid_run_loses_no_job(own_server, start_agent, tmp_path):
+    server_home, url = own_server
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    cli("queue", "create", "outage", "--resource", "local-process", "--no-require-wandb-run")
+    code = tmp_path / "code"
+    code.mkdir()
+    release = tmp_path / "release"
+    (code / "job.py").write_text("print('up', flush=True)\n" + WAIT_FOR_RELEASE.format(release=str(release)))
+    agent = start_agent("-q", "outage", "--max-jobs", "1")
+    running = run_id_of(launch("-q", "outage", "-u", str(code), "-E", "python job.py"))
+    waiting = run_id_of(launch("-q", "outage", "-u", str(code), "-E", "python job.py"))  # behind it: max-jobs 1
+    wait_for_log(running, lambda line: line == "up")
+
+    stop_server(server_home)
+    release.touch()  # the running job ends while the server is down; the waiting one starts only after
+    time.sleep(8)
+    assert start_server(server_home, port=port) == url
+
+    assert wait_for_final(running, timeout=180).state.is_completed()
+    assert wait_for_final(waiting, timeout=180).state.is_completed()
+    after = launch("-q", "outage", "-u", str(code), "-E", "python job.py", "--wait", timeout=180)
+    assert "Completed" in after.stdout
+    assert agent.alive()
+    assert "released" in run_logs(flow_run_of(waiting).id)
