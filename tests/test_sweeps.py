@@ -301,3 +301,66 @@ def test_a_sweep_whose_trials_all_fail_fails(tmp_path: Path, make_queue, start_a
     assert result.returncode == 1, result.stdout + result.stderr
     assert "all 2 trials failed" in result.stderr
     assert [line.split()[3] for line in result.stdout.splitlines() if line.startswith("trial ")] == ["Failed", "Failed"]
+
+
+PAUSABLE_TRAIN = """
+import time
+import wandb
+
+run = wandb.init(config={"x": 0.0})
+time.sleep(3)
+run.log({"loss": (run.config.x - 3) ** 2})
+run.finish()
+"""
+
+
+def test_pause_and_resume_a_sweep(tmp_path: Path, make_queue, start_agent) -> None:
+    """Paused: the trial in flight finishes, no new one is queued; resumed: the sweep runs to its cap."""
+    import time
+
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from prefect_launch.deployments.queues import deployment_name
+    from prefect_launch.sweeps.flow import find_sweep
+
+    code = tmp_path / "train"
+    code.mkdir()
+    (code / "train.py").write_text(textwrap.dedent(PAUSABLE_TRAIN))
+    project = unique("sweeps")
+    cli("job", "create", "code", str(code), "-p", project, "-n", "trainer", "-E", "python train.py")
+    queue = make_queue("--resource", "local-process", prefix="sweep")
+    start_agent("-q", queue)
+    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 1}, "job": f"{project}/trainer",
+                              "project": project})
+    sweep_id = cli("sweep", "create", str(config), "-q", queue).stdout.splitlines()[0]
+
+    async def read():
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(deployment_name(queue))
+            trials = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            return await find_sweep(client, sweep_id), trials
+
+    def wait_until(predicate, what: str, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while True:
+            sweep_run, trials = anyio.run(read)
+            if predicate(sweep_run, trials):
+                return sweep_run, trials
+            assert time.monotonic() < deadline, (what, sweep_run.state, [(t.name, t.state.name) for t in trials])
+            time.sleep(0.5)
+
+    wait_until(lambda s, t: any(r.state.is_running() for r in t), "first trial running")
+    cli("sweep", "pause", sweep_id)
+    wait_until(lambda s, t: s.state.is_paused() and all(r.state.is_final() for r in t), "trial in flight finished")
+    time.sleep(4)  # several of the sweep's polls: still paused, nothing new
+    sweep_run, trials = anyio.run(read)
+    assert sweep_run.state.is_paused() and len(trials) == 1, [(t.name, t.state.name) for t in trials]
+    assert "cannot pause" in cli("sweep", "pause", sweep_id, check=False).stderr
+
+    cli("sweep", "resume", sweep_id)
+    sweep_run, trials = wait_until(lambda s, t: s.state.is_final(), "sweep finished", timeout=90)
+    assert sweep_run.state.is_completed(), sweep_run.state
+    assert len(trials) == 2 and all(t.state.is_completed() for t in trials)

@@ -85,7 +85,31 @@ def _create(config_path: Path, queue: str | None, project: str | None, entity: s
         subprocess.Popen([sys.executable, "-m", "prefect_launch.sweeps.flow", str(flow_run.id)],
                          stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=os.environ.copy(),
                          start_new_session=True)
-    stderr(f"Running in the background (log: {log}); cancel it with `prefect flow-run cancel {flow_run.id}`")
+    stderr(f"Running in the background (log: {log}); `prefect-launch sweep pause|resume|cancel {flow_run.name}`")
+
+
+def _control(action: str):
+    def command(sweep: str = typer.Argument(..., help="Sweep id (printed by `sweep create`) or its flow run id")) -> None:
+        clear_errors(_set_state)(sweep, action)
+
+    command.__doc__ = {
+        "pause": "Pause a sweep: its trials in flight run on; no new ones until it is resumed.",
+        "resume": "Resume a paused sweep.",
+        "cancel": "Cancel a sweep and its trials in flight.",
+    }[action]
+    return command
+
+
+for _action in ("pause", "resume", "cancel"):
+    app.command(_action)(_control(_action))
+
+
+def _set_state(sweep: str, action: str) -> None:
+    from prefect_launch.sweeps.flow import set_sweep_state
+
+    connect()
+    flow_run = run(set_sweep_state, sweep, action)
+    stderr(f"Sweep {flow_run.name}: {action} requested")
 
 
 async def _create_run(config, queue: str, seed: int | None):

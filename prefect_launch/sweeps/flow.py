@@ -129,14 +129,22 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
         workers = config.num_workers(template.get("job_configuration", {}))
         logger.info(f"Sweep {sweep_id} on queue {queue!r}: method {config.method}, "
                     f"{'run_cap ' + str(cap) if cap else 'grid'}, at most {workers} in flight")
+        was_paused = False
         while True:
-            if await _cancel_requested(client, own_id):
+            own_state = (await client.read_flow_run(own_id)).state
+            if own_state is not None and (own_state.is_cancelling() or own_state.is_cancelled()):
                 await _cancel_trials(client, in_flight, logger)
                 break
-            while not exhausted and not reached_target and len(in_flight) < workers and (cap is None or len(trials) < cap):
+            # Paused (`sweep pause`): trials in flight run on, no new ones until `sweep resume`.
+            paused = own_state is not None and own_state.is_paused()
+            if paused != was_paused:
+                logger.info("sweep paused: no new trials until it is resumed" if paused else "sweep resumed")
+                was_paused = paused
+            more_to_run = not exhausted and not reached_target and (cap is None or len(trials) < cap)
+            while more_to_run and not paused and len(in_flight) < workers:
                 trial = search.ask()
                 if trial is None:
-                    exhausted = True
+                    exhausted, more_to_run = True, False
                     break
                 run_id = new_run_id()
                 flow_run = await enqueue(client, queue, trial_spec(config, trial, run_id, sweep_id),
@@ -145,7 +153,8 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                 trials.append(record)
                 in_flight[flow_run.id] = record
                 logger.info(f"trial {trial.number} enqueued as run {run_id}: {trial.params}")
-            if not in_flight:
+                more_to_run = cap is None or len(trials) < cap
+            if not in_flight and not (paused and more_to_run):
                 break
             await _sleep(POLL_SECONDS)
             for flow_run_id, record in list(in_flight.items()):
@@ -228,14 +237,10 @@ async def _maybe_stop_early(client: PrefectClient, search: Search, config: Sweep
             return
 
 
-async def _cancel_requested(client: PrefectClient, own_id: UUID) -> bool:
-    state = (await client.read_flow_run(own_id)).state
-    return state is not None and (state.is_cancelling() or state.is_cancelled())
-
-
 async def _cancel_requested_now(own_id: UUID) -> bool:
     async with get_client() as client:
-        return await _cancel_requested(client, own_id)
+        state = (await client.read_flow_run(own_id)).state
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
 
 
 async def _cancel_trials(client: PrefectClient, in_flight: dict[UUID, TrialRecord], logger) -> None:
@@ -281,6 +286,46 @@ async def _record(sweep_id: str, queue: str, config: SweepConfig, workers: int, 
         lines.append("| " + " | ".join(cells) + " |")
     await create_markdown_artifact(markdown="\n".join(lines), key=f"sweep-{sweep_id}",
                                    description=f"Sweep {sweep_id}: trials and best result")
+
+
+async def find_sweep(client: PrefectClient, sweep: str):
+    """A sweep's flow run, by sweep id (its name) or flow run id."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterName
+
+    from prefect_launch.errors import LaunchError
+
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return await client.read_flow_run(UUID(sweep))
+    except (ValueError, ObjectNotFound):  # not a flow run id: a sweep id
+        pass
+    runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["sweep"])),
+                                       flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[sweep])))
+    if not runs:
+        raise LaunchError(f"sweep {sweep!r} not found")
+    return runs[0]
+
+
+async def set_sweep_state(sweep: str, action: str) -> Any:
+    """`pause`, `resume` or `cancel` a running sweep; returns its flow run."""
+    from prefect.states import Cancelling, Paused, Running
+
+    from prefect_launch.errors import LaunchError
+
+    async with get_client() as client:
+        flow_run = await find_sweep(client, sweep)
+        state = flow_run.state
+        if state is None or state.is_final():
+            raise LaunchError(f"sweep {flow_run.name} already ended ({state.name if state else 'no state'})")
+        wanted = {"pause": (state.is_running(), Paused), "resume": (state.is_paused(), Running),
+                  "cancel": (True, Cancelling)}
+        allowed, new_state = wanted[action]
+        if not allowed:
+            raise LaunchError(f"sweep {flow_run.name} is {state.name}: cannot {action} it")
+        # force: Prefect only pauses a run from inside it; the sweep flow watches its own state instead.
+        await client.set_flow_run_state(flow_run.id, new_state(), force=True)
+        return flow_run
 
 
 async def create_sweep_run(config: SweepConfig, queue: str, seed: int | None = None):
