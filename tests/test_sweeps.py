@@ -364,3 +364,74 @@ def test_pause_and_resume_a_sweep(tmp_path: Path, make_queue, start_agent) -> No
     sweep_run, trials = wait_until(lambda s, t: s.state.is_final(), "sweep finished", timeout=90)
     assert sweep_run.state.is_completed(), sweep_run.state
     assert len(trials) == 2 and all(t.state.is_completed() for t in trials)
+
+
+def test_scheduled_sweeps_run_on_their_schedule(tmp_path: Path, make_queue, start_agent) -> None:
+    """`sweep schedule --interval` deploys sweep/NAME and serves it: the scheduled sweep runs its trials."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from conftest import CLI, REPO
+
+    code = tmp_path / "train"
+    code.mkdir()
+    (code / "train.py").write_text(textwrap.dedent(TRAIN))
+    project = unique("sweeps")
+    cli("job", "create", "code", str(code), "-p", project, "-n", "trainer", "-E", "python train.py")
+    queue = make_queue("--resource", "local-process", prefix="sweep")
+    start_agent("-q", queue)
+    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 2}, "job": f"{project}/trainer",
+                              "project": project})
+    refused = cli("sweep", "schedule", str(config), "-q", queue, "--cron", "every day", check=False)
+    assert refused.returncode == 1 and "--cron 'every day'" in refused.stderr, refused.stderr
+
+    name = unique("nightly")
+    log = tmp_path / "serve.log"
+    serving = subprocess.Popen([CLI, "sweep", "schedule", str(config), "-q", queue, "--interval", "3600", "--name", name],
+                               stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=REPO, start_new_session=True,
+                               env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"})
+
+    async def read():
+        async with get_client() as client:
+            try:
+                deployment = await client.read_deployment_by_name(f"sweep/{name}")
+            except Exception:
+                return None, []
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            return deployment, runs
+
+    async def delete(deployment_id):
+        async with get_client() as client:
+            await client.delete_deployment(deployment_id)
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            deployment, runs = anyio.run(read)
+            if any(r.state.is_final() for r in runs):
+                break
+            assert serving.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, (log.read_text(), [(r.name, r.state.name) for r in runs])
+            time.sleep(1)
+        assert deployment.schedules and deployment.schedules[0].schedule.interval.total_seconds() == 3600
+        sweep_run = next(r for r in runs if r.state.is_final())
+        assert sweep_run.state.is_completed(), (sweep_run.state, log.read_text())
+        result = cli("sweep", "pause", sweep_run.name, check=False)
+        assert "already ended (Completed)" in result.stderr
+    finally:
+        serving.send_signal(signal.SIGINT)
+        try:
+            serving.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(serving.pid, signal.SIGKILL)
+            serving.wait()
+        deployment, _ = anyio.run(read)
+        if deployment is not None:
+            anyio.run(delete, deployment.id)

@@ -39,10 +39,10 @@ def create_command(
     clear_errors(_create)(config, queue, project, entity, num_workers, seed, wait)
 
 
-def _create(config_path: Path, queue: str | None, project: str | None, entity: str | None,
-            num_workers: int | None, seed: int | None, wait: bool) -> None:
+def _prepare(config_path: Path, queue: str | None, project: str | None, entity: str | None,
+             num_workers: int | None):
+    """The checked sweep config with the flags over it, and its queue; connected to the server."""
     from prefect_launch.errors import LaunchError
-    from prefect_launch.home import launch_home
     from prefect_launch.sweeps.config import load_sweep_config
 
     config = load_sweep_config(str(config_path))
@@ -61,6 +61,15 @@ def _create(config_path: Path, queue: str | None, project: str | None, entity: s
         from prefect_launch.blocks.job import LaunchJob
 
         LaunchJob.find(config.job, config.project or "uncategorized")
+    run(_check_queue, queue)
+    return config, queue
+
+
+def _create(config_path: Path, queue: str | None, project: str | None, entity: str | None,
+            num_workers: int | None, seed: int | None, wait: bool) -> None:
+    from prefect_launch.home import launch_home
+
+    config, queue = _prepare(config_path, queue, project, entity, num_workers)
     flow_run = run(_create_run, config, queue, seed)
     stderr(f"Sweep {flow_run.name} on queue {queue!r} (flow run {flow_run.id}), method {config.method}")
     typer.echo(flow_run.name)
@@ -112,15 +121,71 @@ def _set_state(sweep: str, action: str) -> None:
     stderr(f"Sweep {flow_run.name}: {action} requested")
 
 
-async def _create_run(config, queue: str, seed: int | None):
+async def _check_queue(queue: str) -> None:
     from prefect.client.orchestration import get_client
 
     from prefect_launch.deployments.queues import read_queue
-    from prefect_launch.sweeps.flow import create_sweep_run
 
     async with get_client() as client:
         await read_queue(client, queue)  # a missing queue is an error now, not in the background
+
+
+async def _create_run(config, queue: str, seed: int | None):
+    from prefect_launch.sweeps.flow import create_sweep_run
+
     return await create_sweep_run(config, queue, seed)
+
+
+@app.command("schedule")
+def schedule_command(
+    config: Path = typer.Argument(..., help="W&B sweep config, YAML or JSON"),
+    queue: Optional[str] = typer.Option(None, "--queue", "-q", help="Queue for the trials (default: launch.queue)"),
+    cron: Optional[str] = typer.Option(None, "--cron", help='Start a sweep on this cron schedule, e.g. "0 2 * * *"'),
+    interval: Optional[int] = typer.Option(None, "--interval", help="Start a sweep every this many seconds"),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: the config's name, else the queue)"),
+    project: Optional[str] = typer.Option(None, "--project", "-p", help="W&B project of the trials"),
+    entity: Optional[str] = typer.Option(None, "--entity", "-e", help="W&B entity of the trials"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Trials in flight at most (over scheduler.num_workers)"),
+) -> None:
+    """Scheduled sweeps: deploy the sweep flow as `sweep/NAME` on a schedule and serve it until stopped."""
+    clear_errors(_schedule)(config, queue, cron, interval, name, project, entity, num_workers)
+
+
+def _schedule(config_path: Path, queue: str | None, cron: str | None, interval: int | None, name: str | None,
+              project: str | None, entity: str | None, num_workers: int | None) -> None:
+    from prefect_launch.errors import LaunchError
+
+    if (cron is None) == (interval is None):
+        raise LaunchError("give one of --cron or --interval")
+    if interval is not None and interval < 1:
+        raise LaunchError(f"--interval {interval}: expected at least 1 second")
+    config, queue = _prepare(config_path, queue, project, entity, num_workers)
+    from prefect import serve
+
+    from prefect_launch.sweeps.flow import sweep
+
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.schedules import Cron, Interval
+
+    name = name or config.name or queue
+    try:
+        # The first sweep of an interval starts in a few seconds, then one every interval: anchored so, not at
+        # Prefect's default of 2020-01-01 (`--interval 3600` would wait for the next full hour). The server
+        # schedules from the anchor's next occurrence after now, hence an anchor one interval back.
+        first = datetime.now(timezone.utc) + timedelta(seconds=5)
+        schedule = Cron(cron) if cron else Interval(timedelta(seconds=interval), anchor_date=first - timedelta(seconds=interval))
+        deployment = sweep.to_deployment(
+            name=name, schedule=schedule, tags=["sweep", f"queue:{queue}"],
+            parameters={"config": config.model_dump(mode="json", exclude_unset=True), "queue": queue},
+            description=f"Scheduled sweeps on queue {queue}: {config.method}, run_cap {config.run_cap}",
+        )
+    except ValueError as exc:  # a cron expression croniter refuses
+        raise LaunchError(f"--cron {cron!r}: {exc}") from None
+    stderr(f"Sweeps deployed as sweep/{name} ({'cron ' + cron if cron else f'every {interval} s'}); "
+           "serving them here until stopped (Ctrl-C)")
+    # A runner: it starts each scheduled sweep in a process of its own, and stops one the UI cancels.
+    serve(deployment, print_starting_message=False)
 
 
 def _print_result(result: dict) -> None:

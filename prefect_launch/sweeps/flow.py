@@ -129,57 +129,66 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
         workers = config.num_workers(template.get("job_configuration", {}))
         logger.info(f"Sweep {sweep_id} on queue {queue!r}: method {config.method}, "
                     f"{'run_cap ' + str(cap) if cap else 'grid'}, at most {workers} in flight")
-        was_paused = False
-        while True:
-            own_state = (await client.read_flow_run(own_id)).state
-            if own_state is not None and (own_state.is_cancelling() or own_state.is_cancelled()):
-                await _cancel_trials(client, in_flight, logger)
-                break
-            # Paused (`sweep pause`): trials in flight run on, no new ones until `sweep resume`.
-            paused = own_state is not None and own_state.is_paused()
-            if paused != was_paused:
-                logger.info("sweep paused: no new trials until it is resumed" if paused else "sweep resumed")
-                was_paused = paused
-            more_to_run = not exhausted and not reached_target and (cap is None or len(trials) < cap)
-            while more_to_run and not paused and len(in_flight) < workers:
-                trial = search.ask()
-                if trial is None:
-                    exhausted, more_to_run = True, False
+        try:
+            was_paused = False
+            while True:
+                own_state = (await client.read_flow_run(own_id)).state
+                if own_state is not None and (own_state.is_cancelling() or own_state.is_cancelled()):
+                    await _cancel_trials(client, in_flight, logger)
                     break
-                run_id = new_run_id()
-                flow_run = await enqueue(client, queue, trial_spec(config, trial, run_id, sweep_id),
-                                         config.launch.priority, values)
-                record = TrialRecord(trial.number, run_id, str(flow_run.id), trial.params, trial=trial)
-                trials.append(record)
-                in_flight[flow_run.id] = record
-                logger.info(f"trial {trial.number} enqueued as run {run_id}: {trial.params}")
-                more_to_run = cap is None or len(trials) < cap
-            if not in_flight and not (paused and more_to_run):
-                break
-            await _sleep(POLL_SECONDS)
-            for flow_run_id, record in list(in_flight.items()):
-                flow_run = await client.read_flow_run(flow_run_id)
-                record.state = flow_run.state.name if flow_run.state else record.state
-                if config.early_terminate is not None and flow_run.state and flow_run.state.is_running():
-                    await _maybe_stop_early(client, search, config, record, runs_dir, logger)
-                if not (flow_run.state and flow_run.state.is_final()):
-                    continue
-                del in_flight[flow_run_id]
-                record.started = flow_run.start_time.isoformat() if flow_run.start_time else None
-                record.ended = flow_run.end_time.isoformat() if flow_run.end_time else None
-                if record.state == "Cancelled" and record.value is not None:
-                    continue  # stopped early by hyperband: already told
-                record.value = _final_metric(config, runs_dir, record) if flow_run.state.is_completed() else None
-                search.tell(record.trial, record.value)
-                logger.info(f"trial {record.number} ({record.run_id}) {record.state}: "
-                            f"{config.metric.name if config.metric else 'metric'} = {record.value}")
-                if _reaches_target(config, record.value):
-                    reached_target = True
-                    logger.info(f"trial {record.number} reached the target {config.metric.target}")
-            done = len(trials) - len(in_flight)
-            total = cap or max(len(trials), 1)
-            await update_progress_artifact(progress, 100.0 * done / total,
-                                           description=f"Sweep {sweep_id}: {done} of {total} trials finished")
+                # Paused (`sweep pause`): trials in flight run on, no new ones until `sweep resume`.
+                paused = own_state is not None and own_state.is_paused()
+                if paused != was_paused:
+                    logger.info("sweep paused: no new trials until it is resumed" if paused else "sweep resumed")
+                    was_paused = paused
+                more_to_run = not exhausted and not reached_target and (cap is None or len(trials) < cap)
+                while more_to_run and not paused and len(in_flight) < workers:
+                    trial = search.ask()
+                    if trial is None:
+                        exhausted, more_to_run = True, False
+                        break
+                    run_id = new_run_id()
+                    flow_run = await enqueue(client, queue, trial_spec(config, trial, run_id, sweep_id),
+                                             config.launch.priority, values)
+                    record = TrialRecord(trial.number, run_id, str(flow_run.id), trial.params, trial=trial)
+                    trials.append(record)
+                    in_flight[flow_run.id] = record
+                    logger.info(f"trial {trial.number} enqueued as run {run_id}: {trial.params}")
+                    more_to_run = cap is None or len(trials) < cap
+                if not in_flight and not (paused and more_to_run):
+                    break
+                await _sleep(POLL_SECONDS)
+                for flow_run_id, record in list(in_flight.items()):
+                    flow_run = await client.read_flow_run(flow_run_id)
+                    record.state = flow_run.state.name if flow_run.state else record.state
+                    if config.early_terminate is not None and flow_run.state and flow_run.state.is_running():
+                        await _maybe_stop_early(client, search, config, record, runs_dir, logger)
+                    if not (flow_run.state and flow_run.state.is_final()):
+                        continue
+                    del in_flight[flow_run_id]
+                    record.started = flow_run.start_time.isoformat() if flow_run.start_time else None
+                    record.ended = flow_run.end_time.isoformat() if flow_run.end_time else None
+                    if record.state == "Cancelled" and record.value is not None:
+                        continue  # stopped early by hyperband: already told
+                    record.value = _final_metric(config, runs_dir, record) if flow_run.state.is_completed() else None
+                    search.tell(record.trial, record.value)
+                    logger.info(f"trial {record.number} ({record.run_id}) {record.state}: "
+                                f"{config.metric.name if config.metric else 'metric'} = {record.value}")
+                    if _reaches_target(config, record.value):
+                        reached_target = True
+                        logger.info(f"trial {record.number} reached the target {config.metric.target}")
+                done = len(trials) - len(in_flight)
+                total = cap or max(len(trials), 1)
+                await update_progress_artifact(progress, 100.0 * done / total,
+                                               description=f"Sweep {sweep_id}: {done} of {total} trials finished")
+        except BaseException:
+            # The runner stopped this process (the sweep was cancelled in the UI) or the sweep crashed:
+            # its trials in flight are part of it and go too.
+            import anyio
+
+            with anyio.CancelScope(shield=True):
+                await _cancel_trials(client, in_flight, logger)
+            raise
 
     best = best_trial(config, trials)
     await _record(sweep_id, queue, config, workers, trials, best)
