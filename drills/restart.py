@@ -28,6 +28,7 @@ against the test session's server.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -133,10 +134,10 @@ def run_round(queue: str, home: Path, jobs: int, kills: int, logs: Path, rng: ra
     return result
 
 
-def create_queue(name: str, folder: Path) -> None:
+def create_queue(name: str, folder: Path, **docker_options: object) -> None:
     """A local-container queue for the drill's jobs (host network: this engine has no bridge)."""
     config = folder / f"{name}.json"
-    config.write_text('{"network": "host"}')
+    config.write_text(json.dumps({"network": "host", **docker_options}))
     subprocess.run([CLI, "queue", "create", name, "--resource", "local-container", "--config", str(config),
                     "--no-require-wandb-run"], check=True, capture_output=True)
 

@@ -2,9 +2,9 @@
 
 - The restart drill (`drills/restart.py`) at CI size: local-container jobs on a
   real Docker engine, the agent `kill -9`ed at random moments and restarted.
-- A job that vanished from its target while no agent followed it ends Crashed
-  with the reason and is not submitted again; a local-process job, which dies
-  with its agent, ends Crashed too.
+- A job removed from its target while no agent followed it ends Crashed with
+  the reason and is not submitted again; one its dead agent never created is
+  created once; a local-process job, which dies with its agent, ends Crashed.
 - The Prefect server restarted mid-run: a job that ends during the outage,
   one waiting on the queue and one enqueued after the restart all complete.
 
@@ -14,12 +14,17 @@ Adoption on Kubernetes and SageMaker is in `test_kubernetes.py` and
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 import subprocess
 import time
 from pathlib import Path
 
+import anyio
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.states import Running
 
 import restart  # drills/restart.py (conftest puts drills/ on the path)
 from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
@@ -34,9 +39,9 @@ def engine():
     return docker_engine()
 
 
-def _container_queue(tmp_path: Path) -> str:
+def _container_queue(tmp_path: Path, **docker_options: object) -> str:
     name = f"adopt-{random.randrange(16**8):08x}"
-    restart.create_queue(name, tmp_path)
+    restart.create_queue(name, tmp_path, **docker_options)
     return name
 
 
@@ -49,22 +54,52 @@ def test_restart_drill_loses_nothing_and_runs_nothing_twice(engine, home, tmp_pa
     assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
 
 
-def test_a_job_gone_while_no_agent_followed_it_ends_crashed_and_is_not_submitted_again(engine, start_agent, tmp_path):
-    queue = _container_queue(tmp_path)
+def test_a_job_removed_while_no_agent_followed_it_ends_crashed_and_is_not_submitted_again(engine, start_agent,
+                                                                                       tmp_path):
+    queue = _container_queue(tmp_path, rm=True)  # `docker run --rm`: the engine removes the container when it exits
     agent = start_agent("-q", queue)
     run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E",
-                              "python -c 'import time; print(\"up\", flush=True); time.sleep(300)'"))
+                              "sh -c 'echo up; until [ -e /launch/run/release ]; do sleep 0.1; done'"))
     wait_for_log(run_id, lambda line: line == "up")
     agent.kill()
-    subprocess.run(["docker", "rm", "--force", f"prefect-launch-{run_id}"], check=True, capture_output=True)
+    (Path(os.environ["PREFECT_LAUNCH_HOME"]) / "runs" / run_id / "release").touch()  # the job ends; --rm removes it
+    _wait_until_gone(f"prefect-launch-{run_id}")
 
     start_agent("-q", queue)
     state = wait_for_final(run_id, timeout=90).state
     assert state.is_crashed(), state
     assert "is no longer on local-container: not submitted again" in state.message
-    time.sleep(2)
-    names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
-    assert f"prefect-launch-{run_id}" not in names.split()
+    assert subprocess.run(["docker", "container", "inspect", f"prefect-launch-{run_id}"],
+                          capture_output=True).returncode != 0  # not created again
+
+
+def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agent, tmp_path):
+    """The agent died between recording the submission and creating the container: the adopter creates it."""
+    queue = _container_queue(tmp_path)
+    run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", "python -c 'print(\"trained once\")'"))
+    flow_run = flow_run_of(run_id)
+    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
+
+    async def die_after_recording_the_submission() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run.id, Running(message=f"Running {dead}"), force=True)
+            await client.update_flow_run(flow_run.id, infrastructure_pid=f"local-container/{run_id}")
+
+    anyio.run(die_after_recording_the_submission)
+    agent = start_agent("-q", queue)
+    final = wait_for_final(run_id, timeout=90)
+    assert final.state.is_completed(), final.state
+    lines = run_logs(final.id)
+    assert lines.count("trained once") == 1
+    assert any("agent gone [" in line and "died before creating it" in line for line in lines)
+    assert "Adopted 1 running job(s)" in agent.output()
+
+
+def _wait_until_gone(container: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["docker", "container", "inspect", container], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, f"{container} was not removed"
+        time.sleep(0.2)
 
 
 def test_a_local_process_job_ends_crashed_when_its_agent_dies(start_agent, make_queue, tmp_path):

@@ -170,11 +170,14 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
         handle = context.target.attach(rendered["submission"], log)
         if handle is not None:
             return rendered, handle
-        if adoption.submitted:
+        if adoption.submitted and context.target.may_vanish(rendered["submission"]):
             raise AdoptionFailed(
                 f"the job was submitted by agent {adoption.previous_owner}, which died, and is no longer on "
                 f"{queue.resource.value}: not submitted again (it may have ended and been removed while no agent followed it)"
             )
+        if adoption.submitted:
+            log.info("Not on %s, where a job stays once created: agent %s died before creating it",
+                     queue.resource.value, adoption.previous_owner)
     if context.target.adoptable:
         # On record before the job can exist, so an agent adopting this run after this one dies knows that a
         # job missing from the target was submitted once and must not be submitted again.

@@ -77,6 +77,14 @@ class Target(abc.ABC):
             "a job whose agent died is not followed again"
         )
 
+    def may_vanish(self, submission: dict[str, Any]) -> bool:
+        """Whether a finished job can disappear from the target on its own (so one not found may have run).
+
+        Where it cannot, an adopting agent that does not find the job knows it was never created, and
+        submits it; where it can, the run ends Crashed rather than risk running the job twice.
+        """
+        return True
+
     def release(self, handle: Handle, log: logging.Logger | logging.LoggerAdapter) -> None:
         """Remove what the job left on its target, once its outcome is on record (the run's final state).
 

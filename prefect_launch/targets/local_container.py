@@ -124,6 +124,10 @@ class LocalContainerTarget(Target):
             outcome = process.exit_outcome(_exit_code(name), _describe_exit)
         return outcome
 
+    def may_vanish(self, submission: dict[str, Any]) -> bool:
+        # The container stays until `release`, after the run's final state, unless the queue asks `docker run --rm`.
+        return "--rm" in submission["argv"]
+
     def release(self, handle: Handle, log: Log) -> None:
         _docker("rm", "--force", handle.id)
 

@@ -167,6 +167,9 @@ class SageMakerTarget(Target):
         log.info("Following SageMaker training job %s (%s)", name, job["TrainingJobStatus"])
         return Handle(id=name, detail=job["TrainingJobArn"], attached=True)
 
+    def may_vanish(self, submission: dict[str, Any]) -> bool:
+        return False  # training jobs are never deleted: a name is taken for good
+
     def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
         client = self._client
         logs = _CloudWatchLogs(self.environment.client("logs"), handle.id)
