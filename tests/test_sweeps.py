@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -132,18 +131,28 @@ run.finish()
 """
 
 
-def test_sweep_on_a_queue_end_to_end(tmp_path: Path, make_queue, start_agent) -> None:
-    code = tmp_path / "train"
+def _trainer_on_a_queue(tmp_path: Path, make_queue, start_agent, script: str, *agent_args: str) -> tuple[dict, str]:
+    """A stored code job running `script`, a local-process queue and an agent on it.
+
+    Returns the sweep config keys that name the job, and the queue.
+    """
+    code = tmp_path / "code"
     code.mkdir()
-    (code / "train.py").write_text(textwrap.dedent(TRAIN))
+    (code / "train.py").write_text(textwrap.dedent(script))
     project = unique("sweeps")
     cli("job", "create", "code", str(code), "-p", project, "-n", "trainer", "-E", "python train.py")
     queue = make_queue("--resource", "local-process", prefix="sweep")
-    start_agent("-q", queue, "--max-jobs", "4")  # the agent could run 4: the sweep's limit of 2 must hold
+    start_agent("-q", queue, *agent_args)
+    return {"job": f"{project}/trainer", "project": project}, queue
+
+
+def test_sweep_on_a_queue_end_to_end(tmp_path: Path, make_queue, start_agent) -> None:
+    # The agent could run 4: the sweep's limit of 2 must hold.
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, TRAIN, "--max-jobs", "4")
     config = write(tmp_path, {
         "method": "bayes", "metric": {"name": "loss", "goal": "minimize"},
         "parameters": {"x": {"min": 0.0, "max": 6.0}}, "run_cap": 6,
-        "scheduler": {"num_workers": 2}, "job": f"{project}/trainer", "project": project,
+        "scheduler": {"num_workers": 2}, **job,
     })
 
     result = cli("sweep", "create", str(config), "-q", queue, "--seed", "3", "--wait", timeout=170)
@@ -229,15 +238,8 @@ def test_cancelling_a_sweep_cancels_its_trials_in_flight(tmp_path: Path, make_qu
 
     from prefect_launch.deployments.queues import deployment_name
 
-    code = tmp_path / "slow"
-    code.mkdir()
-    (code / "train.py").write_text(textwrap.dedent(SLOW_TRAIN))
-    project = unique("sweeps")
-    cli("job", "create", "code", str(code), "-p", project, "-n", "slow", "-E", "python train.py")
-    queue = make_queue("--resource", "local-process", prefix="sweep")
-    start_agent("-q", queue, "--max-jobs", "4")
-    config = write(tmp_path, {**BASE, "run_cap": 6, "scheduler": {"num_workers": 2}, "job": f"{project}/slow",
-                              "project": project})
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, SLOW_TRAIN, "--max-jobs", "4")
+    config = write(tmp_path, {**BASE, "run_cap": 6, "scheduler": {"num_workers": 2}, **job})
 
     started = cli("sweep", "create", str(config), "-q", queue)  # in the background: returns at once
     sweep_id = started.stdout.splitlines()[0]
@@ -288,15 +290,8 @@ def test_cli_refuses_bad_sweeps_in_one_line(tmp_path: Path, change: dict, messag
 
 
 def test_a_sweep_whose_trials_all_fail_fails(tmp_path: Path, make_queue, start_agent) -> None:
-    code = tmp_path / "broken"
-    code.mkdir()
-    (code / "train.py").write_text("raise SystemExit(3)\n")
-    project = unique("sweeps")
-    cli("job", "create", "code", str(code), "-p", project, "-n", "broken", "-E", "python train.py")
-    queue = make_queue("--resource", "local-process", prefix="sweep")
-    start_agent("-q", queue)
-    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 2}, "job": f"{project}/broken",
-                              "project": project})
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, "raise SystemExit(3)\n")
+    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 2}, **job})
     result = cli("sweep", "create", str(config), "-q", queue, "--wait", check=False, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "all 2 trials failed" in result.stderr
@@ -325,15 +320,8 @@ def test_pause_and_resume_a_sweep(tmp_path: Path, make_queue, start_agent) -> No
     from prefect_launch.deployments.queues import deployment_name
     from prefect_launch.sweeps.flow import find_sweep
 
-    code = tmp_path / "train"
-    code.mkdir()
-    (code / "train.py").write_text(textwrap.dedent(PAUSABLE_TRAIN))
-    project = unique("sweeps")
-    cli("job", "create", "code", str(code), "-p", project, "-n", "trainer", "-E", "python train.py")
-    queue = make_queue("--resource", "local-process", prefix="sweep")
-    start_agent("-q", queue)
-    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 1}, "job": f"{project}/trainer",
-                              "project": project})
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, PAUSABLE_TRAIN)
+    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 1}, **job})
     sweep_id = cli("sweep", "create", str(config), "-q", queue).stdout.splitlines()[0]
 
     async def read():
@@ -379,15 +367,8 @@ def test_scheduled_sweeps_run_on_their_schedule(tmp_path: Path, make_queue, star
 
     from conftest import CLI, REPO
 
-    code = tmp_path / "train"
-    code.mkdir()
-    (code / "train.py").write_text(textwrap.dedent(TRAIN))
-    project = unique("sweeps")
-    cli("job", "create", "code", str(code), "-p", project, "-n", "trainer", "-E", "python train.py")
-    queue = make_queue("--resource", "local-process", prefix="sweep")
-    start_agent("-q", queue)
-    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 2}, "job": f"{project}/trainer",
-                              "project": project})
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, TRAIN)
+    config = write(tmp_path, {**BASE, "run_cap": 2, "scheduler": {"num_workers": 2}, **job})
     refused = cli("sweep", "schedule", str(config), "-q", queue, "--cron", "every day", check=False)
     assert refused.returncode == 1 and "--cron 'every day'" in refused.stderr, refused.stderr
 
