@@ -382,7 +382,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             if flow_run.id in busy or flow_run.id in self._claimed or flow_run.id in self._in_flight:
                 continue
             owner = Owner.parse(flow_run.state.message)
-            if owner is not None and owner != self._owner and owner.host != self._owner.host and heartbeats is None:
+            if owner is not None and owner.host != self._owner.host and heartbeats is None:
                 heartbeats = await self._agent_heartbeats()
             gone = owner == self._owner or (owner is not None and not owner.alive(heartbeats or {}, stale_after))
             if flow_run.state.is_pending():
