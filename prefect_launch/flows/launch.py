@@ -2,7 +2,10 @@
 
 resolve source -> build -> push -> submit -> monitor, each a Prefect task with
 its own logs, then a markdown artifact with the resolved config (secrets
-masked), the image, the target's handle and the stage timeline.
+masked), the image, the target's handle and the stage timeline. The timeline
+(`prefect_launch.timeline`: queue wait, resolve, build, push, submit, start,
+run, and why the job waits) is also published live, as it changes, in the
+table artifact `launch-<run id>-timeline` that `prefect-launch status` reads.
 
 The flow runs inside a launch agent (or `prefect worker start --type launch`),
 which sets `LaunchContext` with the queue's resolved config before running it:
@@ -15,17 +18,16 @@ from __future__ import annotations
 import functools
 import json
 import threading
-import time
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Crashed, Failed, State
 
@@ -38,7 +40,8 @@ from prefect_launch.errors import AdoptionFailed, LaunchError
 from prefect_launch.redact import redact
 from prefect_launch.render import render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob, run_id_for
-from prefect_launch.targets import Handle, Outcome, Target, get_target
+from prefect_launch.targets import Handle, Outcome, Progress, Target, get_target
+from prefect_launch.timeline import Rows, Timeline, timeline_key
 
 
 @dataclass
@@ -82,25 +85,6 @@ class LaunchContext:
 MAX_REQUEUES = 5
 
 current_launch: ContextVar[LaunchContext] = ContextVar("prefect_launch_context")
-
-
-@dataclass
-class Timeline:
-    """Stage name -> (start, end) wall-clock seconds, in order."""
-
-    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.time()
-        try:
-            yield
-        finally:
-            self.stages[name] = (start, time.time())
-
-    def markdown(self) -> str:
-        rows = [f"| {name} | {end - start:.2f} s |" for name, (start, end) in self.stages.items()]
-        return "\n".join(["| stage | duration |", "|---|---|", *rows])
 
 
 _task_options: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -189,9 +173,9 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
 
 
 @task(name="monitor", **_task_options)
-def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle) -> Outcome:
+def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle, progress: Progress) -> Outcome:
     queue = context.queue
-    outcome = context.target.wait(handle, context.cancel, get_run_logger())
+    outcome = context.target.wait(handle, context.cancel, get_run_logger(), progress)
     if outcome.state == "completed" and queue.require_wandb_run and not wandb_run_created(job):
         return Outcome(
             state="failed",
@@ -221,13 +205,12 @@ def launch(spec: LaunchSpec) -> State | None:
             "or `prefect worker start --type launch --pool QUEUE`"
         )
     log = get_run_logger()
-    timeline = Timeline()
     flow_run = FlowRunContext.get().flow_run
     if spec.run_id is None:
         spec = spec.model_copy(update={"run_id": run_id_for(flow_run.id)})
+    timeline = Timeline(publish=_TimelineArtifact(spec.run_id, flow_run.id))
     if flow_run.expected_start_time:
-        queued_at = flow_run.expected_start_time.timestamp()
-        timeline.stages["queue wait"] = (queued_at, max(queued_at, time.time()))
+        timeline.begin("queue wait", at=flow_run.expected_start_time.timestamp())
     job: ResolvedJob | None = None
     rendered: dict[str, Any] = {}
     handle: Handle | None = None
@@ -236,17 +219,17 @@ def launch(spec: LaunchSpec) -> State | None:
                     "following its job" if context.adoption.submitted
                     else "its submit is not on record: following its job if it exists, else submitting it")
     try:
-        with timeline.stage("resolve"):
-            job = resolve_source(spec, context.queue_name, context.home, context.queue.resource)
-        with timeline.stage("build"):
-            image = build(job, context, spec.resource_args)
-        with timeline.stage("push"):
-            job = push(image, job, context)
-        with timeline.stage("submit"):
-            rendered, handle = submit(job, context, spec.resource_args)
-            context.handle = handle
-        with timeline.stage("run"):
-            outcome = monitor(job, context, handle)
+        timeline.begin("resolve")
+        job = resolve_source(spec, context.queue_name, context.home, context.queue.resource)
+        timeline.begin("build")
+        image = build(job, context, spec.resource_args)
+        timeline.begin("push")
+        job = push(image, job, context)
+        timeline.begin("submit")
+        rendered, handle = submit(job, context, spec.resource_args)
+        context.handle = handle
+        timeline.begin("start")  # until the target reports the job running (`timeline.started`), then "run"
+        outcome = monitor(job, context, handle, timeline)
     except AdoptionFailed as exc:
         log.error("%s", exc)
         return Crashed(message=str(exc))
@@ -254,6 +237,7 @@ def launch(spec: LaunchSpec) -> State | None:
         log.error("%s", exc)
         outcome = Outcome(state="failed", message=str(exc))
     finally:
+        timeline.end()
         if job is not None:
             _record(job, context, rendered, handle, timeline)
     if outcome.state == "preempted":
@@ -264,6 +248,32 @@ def launch(spec: LaunchSpec) -> State | None:
         return Cancelled(message=outcome.message)
     log.info("Run %s completed", job.run_id if job else "")
     return None
+
+
+class _TimelineArtifact:
+    """Publishes a run's timeline rows: its table artifact, created at the first change, updated in place after.
+
+    A failed write is logged and skipped (the next change writes the whole table again): the
+    timeline informs, the job goes on.
+    """
+
+    def __init__(self, run_id: str, flow_run_id: UUID) -> None:
+        self.key = timeline_key(run_id)
+        self.flow_run_id = flow_run_id
+        self.artifact_id: UUID | None = None
+
+    def __call__(self, rows: Rows) -> None:
+        client = FlowRunContext.get().client
+        try:
+            if self.artifact_id is None:
+                self.artifact_id = client.create_artifact(ArtifactCreate(
+                    key=self.key, type="table", data=rows, flow_run_id=self.flow_run_id,
+                    description="Launch run stages, live: queue wait, resolve, build, push, submit, start, run",
+                )).id
+            else:
+                client.update_artifact(self.artifact_id, ArtifactUpdate(data=rows))
+        except Exception as exc:  # the server is briefly unreachable: the run's own states retry on their own
+            get_run_logger().warning("Timeline not published (%s); the next stage change writes it again", exc)
 
 
 def _requeue(spec: LaunchSpec, job: ResolvedJob, outcome: Outcome) -> State:

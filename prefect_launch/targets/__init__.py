@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.spec import Resource
-from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.kubernetes import KubernetesTarget
 from prefect_launch.targets.local_container import LocalContainerTarget
 from prefect_launch.targets.local_process import LocalProcessTarget
@@ -37,4 +37,4 @@ def get_target(resource: Resource, environment: Environment | None = None, regis
         ) from None
 
 
-__all__ = ["Handle", "Outcome", "Target", "get_target", "SUPPORTED_RESOURCES"]
+__all__ = ["Handle", "Outcome", "Progress", "Target", "get_target", "SUPPORTED_RESOURCES"]

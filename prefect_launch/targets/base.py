@@ -1,12 +1,17 @@
 """The target interface: render (pure) -> submit -> wait, and attach for runs adopted from a dead agent.
 
+While it waits, a target tells the run's `Progress` why the job is not running
+yet and when it starts (the run's timeline, `prefect_launch.timeline`).
+
 Example, a target that runs nothing::
 
     class Null(Target):
         resource = Resource.local_process
         def render(self, job, resource_args): return {"argv": job.argv}
         def submit(self, submission, log): return Handle(id="null")
-        def wait(self, handle, cancel, log): return Outcome(state="completed")
+        def wait(self, handle, cancel, log, progress):
+            progress.started()
+            return Outcome(state="completed")
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import abc
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from prefect_launch.environments import Environment
 from prefect_launch.errors import AdoptionFailed
@@ -33,6 +38,16 @@ class Handle:
     detail: Any = field(default=None, repr=False)
     # Found by `attach` (the job was submitted by an agent that died), not created by `submit`.
     attached: bool = False
+
+
+class Progress(Protocol):
+    """What a target reports while it follows a job; `timeline.Timeline` records it."""
+
+    def waiting(self, reason: str) -> None:
+        """Why the job is not running yet (`Unschedulable: ...`, `ImagePullBackOff: ...`); "" once nothing holds it."""
+
+    def started(self) -> None:
+        """The job runs now (a pod Running, a SageMaker job Training); reporting it again changes nothing."""
 
 
 @dataclass
@@ -94,6 +109,9 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def wait(
-        self, handle: Handle, cancel: threading.Event, log: logging.Logger | logging.LoggerAdapter
+        self, handle: Handle, cancel: threading.Event, log: logging.Logger | logging.LoggerAdapter, progress: Progress
     ) -> Outcome:
-        """Follow the job to its end, streaming its output to `log`; stop it when `cancel` is set."""
+        """Follow the job to its end, streaming its output to `log`; stop it when `cancel` is set.
+
+        Report to `progress` why the job waits and when it starts, as far as the target can tell.
+        """

@@ -56,7 +56,7 @@ from prefect_launch import kube
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
-from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods, stream_logs
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
@@ -306,10 +306,10 @@ class KubernetesTarget(Target):
             pass
         return english_plural(submitted.kind)
 
-    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         submitted: Submitted = handle.detail
         try:
-            return self._follow(submitted, cancel, log)
+            return self._follow(submitted, cancel, log, progress)
         finally:
             self._delete_run_secrets(submitted, log)
 
@@ -318,13 +318,13 @@ class KubernetesTarget(Target):
         if submitted.pull_secret:
             kube.delete_secret(self._api, submitted.namespace, pull_secret_name(submitted.run_id), log)
 
-    def _follow(self, submitted: "Submitted", cancel: threading.Event, log: Log) -> Outcome:
+    def _follow(self, submitted: "Submitted", cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         from kubernetes import client, watch
         from kubernetes.client.exceptions import ApiException
 
         core = client.CoreV1Api(self._api)
         selector = f"{RUN_ID_LABEL}={submitted.run_id},{ATTEMPT_LABEL}={submitted.attempt}"
-        pods = RunPods()
+        pods = RunPods(progress)
         streams: dict[str, threading.Thread] = {}
 
         def on_running(pod: str) -> None:
@@ -338,6 +338,8 @@ class KubernetesTarget(Target):
                 for pod in listing.get("items", []):
                     pods.see("ADDED", pod, log, on_running)
                 version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
+            if not pods.pods:  # at most once a watch round (WATCH_SECONDS), and only until a pod exists
+                pods.see_object_warning(self._object_warning(core, submitted, log), log)
             outcome = pods.outcome()
             if outcome is None and cancel.is_set():
                 self._delete(submitted, log)
@@ -367,6 +369,23 @@ class KubernetesTarget(Target):
             except Exception as exc:  # a dropped connection: resume from the last version seen
                 log.warning("Pod watch interrupted (%s); resuming", exc)
                 time.sleep(1)
+
+    def _object_warning(self, core: Any, submitted: "Submitted", log: Log) -> str | None:
+        """The newest Warning event on the run's object, e.g. a Job's `FailedCreate: ... exceeded quota`."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            events = self._api.sanitize_for_serialization(core.list_namespaced_event(
+                submitted.namespace, field_selector=f"involvedObject.name={submitted.name}"))
+        except ApiException as exc:  # a hint only: the pods still decide the run
+            log.debug("Events of %s %s not readable: %s", submitted.kind, submitted.name, kube.api_error(exc))
+            return None
+        warnings = [event for event in events.get("items", []) if event.get("type") == "Warning"
+                    and (event.get("involvedObject") or {}).get("name") == submitted.name]
+        if not warnings:
+            return None
+        latest = max(warnings, key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "")
+        return f"{latest.get('reason')}: {latest.get('message', '')}".rstrip(": ")
 
     def _delete(self, submitted: "Submitted", log: Log, wait: bool = False) -> None:
         from kubernetes import client

@@ -4,9 +4,12 @@ The monitor watches only the pods labelled `prefect-launch/run-id=<run id>`
 (never a list of every pod), resumes after a dropped connection and relists
 after a 410 (an expired resourceVersion). From the pods it derives the run's
 progress: why a pod waits (unschedulable, image pull, quota, config) goes to
-the run's log each time it changes; a pod that never starts within the start
-timeout fails the run; pod logs stream into the run once a container runs; all
-pods Succeeded completes the run, a Failed pod fails it with its reason.
+the run's log and its `Progress` each time it changes, as does the warning on
+the run's object while it has no pod (a Job's `FailedCreate: ... exceeded
+quota`); the first pod running starts the run; a pod that never starts within
+the start timeout fails the run; pod logs stream into the run once a container
+runs; all pods Succeeded completes the run, a Failed pod fails it with its
+reason.
 
 Example, what a waiting pod says::
 
@@ -23,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from prefect_launch.targets.base import Outcome
+from prefect_launch.targets.base import Outcome, Progress
 from prefect_launch.targets.process import Log
 
 DEFAULT_START_TIMEOUT = 15 * 60
@@ -73,10 +76,13 @@ def failure_reason(pod: dict[str, Any]) -> str:
 class RunPods:
     """What the watch has seen of a run's pods, and the decisions drawn from it."""
 
+    progress: Progress
     started_at: float = field(default_factory=time.monotonic)
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     reasons: dict[str, str | None] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
+    # The last warning event on the run's object (the Job), which says why no pod exists yet.
+    object_warning: str | None = None
 
     def see(self, event_type: str, pod: dict[str, Any], log: Log, on_running: Callable[[str], None]) -> None:
         name = pod["metadata"]["name"]
@@ -89,10 +95,25 @@ class RunPods:
             self.reasons[name] = reason
             if reason:
                 log.warning("Pod %s is waiting: %s", name, reason)
+            self.progress.waiting(self.waiting_for())
         phase = (pod.get("status") or {}).get("phase")
         if phase in ("Running", "Succeeded", "Failed") and name not in self.running:
             self.running.add(name)
+            self.progress.started()
             on_running(name)
+
+    def see_object_warning(self, warning: str | None, log: Log) -> None:
+        """The run's object's latest warning event (`FailedCreate: ... exceeded quota`); it counts while no pod exists."""
+        if warning != self.object_warning:
+            self.object_warning = warning
+            if warning:
+                log.warning("No pod yet: %s", warning)
+            self.progress.waiting(self.waiting_for())
+
+    def waiting_for(self) -> str:
+        """Why the run's pods are not running, each reason once; "" when nothing holds them."""
+        reasons = [r for r in self.reasons.values() if r] or ([self.object_warning] if self.object_warning and not self.pods else [])
+        return "; ".join(dict.fromkeys(reasons))
 
     def outcome(self) -> Outcome | None:
         for name, pod in self.pods.items():
@@ -106,7 +127,7 @@ class RunPods:
         if phases and all(phase == "Succeeded" for phase in phases.values()):
             return Outcome(state="completed")
         if not self.running and time.monotonic() - self.started_at > start_timeout():
-            waiting = "; ".join(r for r in self.reasons.values() if r) or "no pod was scheduled"
+            waiting = self.waiting_for() or "no pod was scheduled"
             return Outcome(state="failed", message=f"no pod started within {start_timeout():.0f} s ({waiting})")
         return None
 

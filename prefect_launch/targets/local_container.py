@@ -32,7 +32,7 @@ from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
 from prefect_launch.targets import process
-from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
 
 # Passed by name: docker copies the agent's value when it is set, and nothing shows in the command.
@@ -111,8 +111,9 @@ class LocalContainerTarget(Target):
         handle.id, handle.attached = name, True
         return handle
 
-    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         name = handle.id
+        progress.started()  # `docker run` starts the container (a pull, if any, shows in its output)
 
         def stop(_proc: subprocess.Popen[str]) -> None:
             log.info("Stopping container %s", name)

@@ -25,7 +25,7 @@ from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets import process
-from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
 
 
@@ -73,5 +73,6 @@ class LocalProcessTarget(Target):
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         return process.start(submission["argv"], env, submission["cwd"], log)
 
-    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
+        progress.started()  # the process runs from its submission on
         return process.follow(handle, cancel, log, stop=process.stop_group)

@@ -14,8 +14,9 @@ environment's account. The launch fills in the rest:
 - a `prefect-launch.run-id` tag.
 
 The monitor polls `DescribeTrainingJob`, logs each secondary status and the
-job's CloudWatch log lines; `Completed` completes the run, `Failed` fails it
-with SageMaker's reason, `Stopped` cancels it. Cancelling the run calls
+job's CloudWatch log lines; a status before `Training` is why the run waits
+(its progress), `Training` starts it; `Completed` completes the run, `Failed`
+fails it with SageMaker's reason, `Stopped` cancels it. Cancelling the run calls
 `StopTrainingJob`. Clients come from the aws environment (`AWS_ENDPOINT_URL`
 points them at a stand-in).
 
@@ -41,7 +42,7 @@ from typing import Any
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import split_long_config, wandb_env
 from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
-from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
@@ -50,6 +51,10 @@ MAX_ENV_VARIABLES = 100
 MAX_ENV_VALUE = 512
 RUN_ID_TAG = "prefect-launch.run-id"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+# Secondary statuses: before the job runs (why the run waits), and once it has run.
+WAITING_STATUSES = {"Pending", "Starting", "LaunchingMLInstances", "PreparingTrainingStack", "Downloading",
+                    "DownloadingTrainingImage"}
+RAN_STATUSES = {"Training", "Uploading", "Completed"}
 _NAME_INVALID = re.compile(r"[^a-zA-Z0-9-]+")
 
 
@@ -170,7 +175,7 @@ class SageMakerTarget(Target):
     def may_vanish(self, submission: dict[str, Any]) -> bool:
         return False  # training jobs are never deleted: a name is taken for good
 
-    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         client = self._client
         logs = _CloudWatchLogs(self.environment.client("logs"), handle.id)
         seen_status = None
@@ -178,10 +183,15 @@ class SageMakerTarget(Target):
         def poll(stop_requested: bool) -> Outcome | None:
             nonlocal seen_status
             job = client.describe_training_job(TrainingJobName=handle.id)
-            secondary = (job.get("SecondaryStatus"), _last_message(job))
-            if secondary != seen_status:
-                seen_status = secondary
-                log.info("SageMaker %s: %s%s", handle.id, secondary[0], f" - {secondary[1]}" if secondary[1] else "")
+            status, message = job.get("SecondaryStatus"), _last_message(job)
+            if (status, message) != seen_status:
+                seen_status = status, message
+                described = f"{status} - {message}" if message else str(status)
+                log.info("SageMaker %s: %s", handle.id, described)
+                if status in WAITING_STATUSES:
+                    progress.waiting(f"SageMaker {described}")
+                elif status in RAN_STATUSES:
+                    progress.started()
             logs.forward(log)
             return _outcome(job, stop_requested)
 

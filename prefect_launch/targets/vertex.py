@@ -10,6 +10,9 @@ W&B variables; `display_name` defaults to the run name; the run id becomes a
 label. `spec.service_account`, which the seeds document, moves to
 `run.service_account`, where the SDK takes it.
 
+Its progress: `JOB_STATE_QUEUED` or `PENDING` is why the run waits,
+`RUNNING` (or `SUCCEEDED`, seen first) starts it.
+
 The client is `google-cloud-aiplatform` over REST, with the gcp
 environment's project, region and credentials;
 `PREFECT_LAUNCH_VERTEX_API_ENDPOINT` points it elsewhere (a stand-in). The
@@ -37,7 +40,7 @@ from typing import Any
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
-from prefect_launch.targets.base import Handle, Outcome, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
@@ -56,6 +59,8 @@ ENDPOINT_VARIABLE = "PREFECT_LAUNCH_VERTEX_API_ENDPOINT"
 # Keys whose own keys are the user's names, not the SDK's.
 _FREE_FORM = {"labels", "env"}
 _CAMEL = re.compile(r"[a-z0-9][A-Z]")
+_WAITING = {"JOB_STATE_QUEUED", "JOB_STATE_PENDING"}
+_RAN = {"JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"}
 _OUTCOMES = {
     "JOB_STATE_SUCCEEDED": ("completed", ""),
     "JOB_STATE_FAILED": ("failed", "Vertex AI CustomJob failed"),
@@ -158,7 +163,7 @@ class VertexTarget(Target):
         log.info("Created Vertex AI CustomJob %s", job.resource_name)
         return Handle(id=job.resource_name, detail=job)
 
-    def wait(self, handle: Handle, cancel: threading.Event, log: Log) -> Outcome:
+    def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         job = handle.detail if handle.detail is not None else self._aiplatform.CustomJob.get(handle.id)
         seen = None
 
@@ -168,6 +173,10 @@ class VertexTarget(Target):
             if state != seen:
                 seen = state
                 log.info("Vertex AI %s: %s", handle.id, state)
+                if state in _WAITING:
+                    progress.waiting(f"Vertex AI {state}")
+                elif state in _RAN:
+                    progress.started()
             if state not in _OUTCOMES:
                 return None
             kind, message = _OUTCOMES[state]
