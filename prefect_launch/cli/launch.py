@@ -7,7 +7,6 @@ with `-r/-R` (and `--templates`, `-v`) it needs no server at all.
 from __future__ import annotations
 
 import shlex
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -91,9 +90,11 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
         overrides_entry = file.overrides.get("entry_point") or file.overrides.get("entrypoint")
         check_entry_point_file(list(overrides_entry or argv or []), folder, f"code folder {uri!r}")
         if store:
+            from prefect_launch.cli.follow import working
             from prefect_launch.home import launch_home
 
-            source = code.upload(folder, code.code_storage(code_storage, launch_home()))
+            with working(f"Packing and storing code folder {uri}"):
+                source = code.upload(folder, code.code_storage(code_storage, launch_home()))
         else:
             source = CodeSource(digest=code.pack(folder)[0], storage=code.DEFAULT_STORAGE)
     elif docker_image:
@@ -282,44 +283,15 @@ async def _enqueue(queue, spec, priority, raw_values):
 
 
 async def follow(flow_run_id) -> Any:
-    """Print the run's state changes and logs until it ends; return its final state."""
-    import anyio
+    """Print the run's logs, and its state and stage changes on stderr, until it ends; return its final state."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
-    from prefect.client.schemas.sorting import LogSort
 
-    seen: set = set()
-    since = None
-    last_state = None
-    quiet_polls_after_end = 0
+    from prefect_launch.cli.follow import RunProgress, stream_logs
+
     async with get_client() as client:
-        while True:
-            flow_run = await client.read_flow_run(flow_run_id)
-            state = flow_run.state
-            if state and state.name != last_state:
-                last_state = state.name
-                if state.is_scheduled() or state.is_pending():
-                    stderr(f"[{state.name}] waiting for an agent on the queue...")
-                else:
-                    stderr(f"[{state.name}] {state.message or ''}".rstrip())
-            # Batches can land out of order: re-read a short window and skip what was printed.
-            logs = await client.read_logs(
-                LogFilter(
-                    flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
-                    timestamp=LogFilterTimestamp(after_=since - timedelta(seconds=10)) if since else None,
-                ),
-                sort=LogSort.TIMESTAMP_ASC,
-            )
-            logs = [log for log in logs if log.id not in seen]
-            for log in logs:
-                seen.add(log.id)
-                since = max(since or log.timestamp, log.timestamp)
-                print(log.message, flush=True)
-            if state and state.is_final():
-                # Logs reach the server in batches; drain what is still on its way.
-                quiet_polls_after_end = 0 if logs else quiet_polls_after_end + 1
-                if quiet_polls_after_end >= 4:
-                    stderr(f"Run finished: {state.name}" + (f": {state.message}" if state.message else ""))
-                    return state
-            await anyio.sleep(0.5)
-
+        progress = RunProgress(client)
+        flow_run = await stream_logs(client, flow_run_id, until_final=True, on_poll=progress)
+    stderr(progress.summary())
+    state = flow_run.state
+    stderr(f"Run finished: {state.name}" + (f": {state.message}" if state.message else ""))
+    return state

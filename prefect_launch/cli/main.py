@@ -5,6 +5,7 @@ Example::
     prefect-launch queue create demo --resource local-process
     prefect-launch agent -q demo &
     prefect-launch launch -q demo -u examples -E "python train.py" --wait
+    prefect-launch status RUN_ID
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typer
 from prefect_launch.cli import job, queue, server, sweep
 from prefect_launch.cli.agent import agent_command
 from prefect_launch.cli.launch import launch_command
+from prefect_launch.cli.status import logs_command, status_command
 
 app = typer.Typer(
     name="prefect-launch",
@@ -27,6 +29,8 @@ app.add_typer(server.app, name="server")
 app.add_typer(sweep.app, name="sweep")
 app.command("launch")(launch_command)
 app.command("agent")(agent_command)
+app.command("status")(status_command)
+app.command("logs")(logs_command)
 
 if __name__ == "__main__":
     app()

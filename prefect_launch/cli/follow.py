@@ -1,0 +1,125 @@
+"""Following a launch run from the command line: its log lines on stdout, its progress on stderr.
+
+`stream_logs` prints a run's log lines (the agent's stages and the job's own
+output) as they reach the server. `RunProgress` shows the run's state, its
+current stage with its time so far, and why it waits (`prefect_launch.status`):
+on a terminal as one spinner line on stderr, elsewhere (a pipe, CI) as plain
+lines on stderr, one per change. `working` does the same for long work the CLI
+does itself (packing and uploading code).
+
+Example::
+
+    async with get_client() as client:
+        final = await stream_logs(client, flow_run_id, until_final=True, on_poll=RunProgress(client))
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Awaitable, Callable, Iterator
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import LogSort
+from rich.console import Console
+from rich.status import Status
+
+from prefect_launch.status import RunStatus, human_seconds, render_run, run_status
+
+POLL_SECONDS = 0.5
+# Progress needs a few reads per look (run, queue, timeline): look this often, not at every log poll.
+PROGRESS_SECONDS = 2.0
+# Logs reach the server in batches: after the run's end, read until this many polls brought nothing new.
+DRAIN_POLLS = 4
+
+
+def _spinner_allowed() -> bool:
+    """A spinner only when both streams are a terminal: rich's live display routes stdout through itself."""
+    return sys.stderr.isatty() and sys.stdout.isatty()
+
+
+@contextmanager
+def working(message: str) -> Iterator[None]:
+    """Show `message` while the block runs: a spinner on a terminal, else one line on stderr."""
+    if not _spinner_allowed():
+        print(f"{message}...", file=sys.stderr, flush=True)
+        yield
+        return
+    with Console(stderr=True).status(message):
+        yield
+
+
+async def stream_logs(
+    client: PrefectClient,
+    flow_run_id: UUID,
+    until_final: bool,
+    on_poll: Callable[[FlowRun], Awaitable[None]] | None = None,
+) -> FlowRun:
+    """Print the run's log lines; with `until_final`, follow them until the run ends. Returns the run as last read."""
+    import anyio
+
+    seen: set[UUID] = set()
+    since = None
+    quiet_polls_after_end = 0
+    while True:
+        flow_run = await client.read_flow_run(flow_run_id)
+        if on_poll is not None:
+            await on_poll(flow_run)
+        # Batches can land out of order: re-read a short window and skip what was printed.
+        logs = await client.read_logs(
+            LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+                timestamp=LogFilterTimestamp(after_=since - timedelta(seconds=10)) if since else None,
+            ),
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+        logs = [log for log in logs if log.id not in seen]
+        for log in logs:
+            seen.add(log.id)
+            since = max(since or log.timestamp, log.timestamp)
+            print(log.message, flush=True)
+        if not until_final and not logs:
+            return flow_run
+        if flow_run.state and flow_run.state.is_final():
+            quiet_polls_after_end = 0 if logs else quiet_polls_after_end + 1
+            if quiet_polls_after_end >= DRAIN_POLLS:
+                return flow_run
+        await anyio.sleep(POLL_SECONDS)
+
+
+class RunProgress:
+    """The state and stage changes of a followed run, on stderr (an `on_poll` for `stream_logs`)."""
+
+    def __init__(self, client: PrefectClient) -> None:
+        self.client = client
+        self.last_look = 0.0
+        self.last_line = ""
+        self.latest: RunStatus | None = None
+        self.spinner: Status | None = Console(stderr=True).status("") if _spinner_allowed() else None
+
+    async def __call__(self, flow_run: FlowRun) -> None:
+        final = bool(flow_run.state and flow_run.state.is_final())
+        if not final and time.monotonic() - self.last_look < PROGRESS_SECONDS:
+            return
+        self.last_look = time.monotonic()
+        status = self.latest = await run_status(self.client, flow_run)
+        stage = status.timeline.current
+        line = f"[{status.state}]" + (f" {stage.name}" if stage else "") + (f": {status.waiting}" if status.waiting else "")
+        if self.spinner is None:
+            if line != self.last_line:
+                print(line, file=sys.stderr, flush=True)
+        elif final:
+            self.spinner.stop()
+        else:
+            self.spinner.update(line + (f" ({human_seconds(stage.seconds())})" if stage else ""))
+            self.spinner.start()
+        self.last_line = line
+
+    def summary(self) -> str:
+        """The run's last status with its full timeline, for the end of `--wait`."""
+        return render_run(self.latest) if self.latest else ""

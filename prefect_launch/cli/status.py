@@ -1,0 +1,80 @@
+"""`prefect-launch status [RUN]` and `prefect-launch logs RUN [-f]`.
+
+Example::
+
+    prefect-launch status                 # every queue: resource, agents and their heartbeat, runs per state
+    prefect-launch status abc123          # a run: state, queue, agent, timeline, why it waits
+    prefect-launch logs abc123 -f         # its log lines, followed until it ends
+
+RUN is the W&B run id (the flow run's name) or the flow run id.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, TypeVar
+
+import typer
+
+from prefect_launch.cli.common import clear_errors, connect, run
+
+T = TypeVar("T")
+
+
+def _known_run(fn: Callable[..., T]) -> Callable[..., T]:
+    """An unknown run id exits 2 with one line on stderr (other errors as `clear_errors`)."""
+
+    def wrapper(*args, **kwargs) -> T:
+        from prefect_launch.status import UnknownRun
+
+        try:
+            return fn(*args, **kwargs)
+        except UnknownRun as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return clear_errors(wrapper)
+
+
+def status_command(
+    run_id: Optional[str] = typer.Argument(None, metavar="[RUN]", help="W&B run id or flow run id; none: every queue"),
+) -> None:
+    """A run's state, queue, agent, stage timeline and why it waits; without RUN, every queue with its agents and runs."""
+    _known_run(_status)(run_id)
+
+
+def _status(run_id: str | None) -> None:
+    connect()
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.status import find_run, queue_overviews, render_queues, render_run, run_status
+
+    async def _read() -> str:
+        async with get_client() as client:
+            if run_id is None:
+                return render_queues(await queue_overviews(client))
+            return render_run(await run_status(client, await find_run(client, run_id)))
+
+    typer.echo(run(_read))
+
+
+def logs_command(
+    run_id: str = typer.Argument(..., metavar="RUN", help="W&B run id or flow run id"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the run ends"),
+) -> None:
+    """A run's log lines: the agent's stages and the job's own output."""
+    _known_run(_logs)(run_id, follow)
+
+
+def _logs(run_id: str, follow: bool) -> None:
+    connect()
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.cli.follow import stream_logs
+    from prefect_launch.status import find_run
+
+    async def _stream() -> None:
+        async with get_client() as client:
+            flow_run = await find_run(client, run_id)
+            await stream_logs(client, flow_run.id, until_final=follow)
+
+    run(_stream)

@@ -1,0 +1,71 @@
+"""`prefect-launch status` and `logs`, end to end: real server, real agent, real job processes.
+
+The Kubernetes case (a pod Pending, Unschedulable, then Running) is in test_kubernetes.py, next to
+the API stand-in's fixtures.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import CLI, JOBS, REPO, cli, flow_run_of, launch, run_id_of
+
+STAGES = ("queue wait", "resolve", "build", "push", "submit", "start", "run")
+
+
+def stage_rows(status: str) -> dict[str, str]:
+    """`status RUN`'s timeline as stage -> the rest of its row (duration, note)."""
+    rows = {}
+    for line in status.splitlines():
+        found = re.match(rf"^  ({'|'.join(STAGES)})\s{{2,}}(.*)$", line)
+        if found:
+            rows[found[1]] = found[2]
+    return rows
+
+
+def test_status_logs_and_progress_of_a_local_process_run(make_queue, start_agent):
+    queue = make_queue("--resource", "local-process")
+    start_agent("-q", queue, "--name", f"agent-{queue}")
+    waited = launch("-q", queue, "-u", str(JOBS), "-E", "python report.py --sleep 3", "--wait")
+    run_id = run_id_of(waited)
+    assert "[Running] run" in waited.stderr  # --wait showed the stage as it went (plain lines: not a terminal)
+    assert "Run finished: Completed" in waited.stderr and "  start " in waited.stderr  # and the timeline at the end
+
+    status = cli("status", run_id).stdout
+    assert status.startswith(f"run {run_id}: Completed") and f"queue     {queue} (local-process)" in status
+    assert f"agent     agent-{queue}" in status
+    rows = stage_rows(status)
+    assert list(rows) == list(STAGES), status
+    assert all(re.match(r"\d+\.\d\d s", row) for row in rows.values()) and "ongoing" not in status
+    assert float(rows["run"].split()[0]) >= 3  # the job slept 3 s once running
+    assert cli("status", str(flow_run_of(run_id).id)).stdout == status  # the flow run id works as well
+
+    logs = cli("logs", run_id).stdout.splitlines()
+    assert any(line.startswith("CONFIG {") for line in logs)  # the job's own output
+    assert any(line.startswith("Submitting to local-process") for line in logs)  # the agent's stages
+
+    follower = launch("-q", queue, "-u", str(JOBS), "-E", "python report.py --sleep 4")
+    followed = cli("logs", run_id_of(follower), "-f", timeout=120)
+    assert flow_run_of(run_id_of(follower)).state.is_completed()  # -f returned once the run ended
+    assert any(line.startswith("CONFIG {") for line in followed.stdout.splitlines())
+
+    overview = cli("status").stdout
+    block = overview[overview.index(f"queue {queue} (local-process)"):].split("\nqueue ")[0]
+    assert re.search(rf"agent agent-{queue}: last heartbeat \S+ s ago \(alive\)", block), block
+    assert "runs: Completed 2" in block
+
+
+def test_a_run_on_a_queue_without_agent_says_so_and_unknown_runs_exit_2(make_queue):
+    queue = make_queue("--resource", "local-process")
+    run_id = run_id_of(launch("-q", queue, "-u", str(JOBS), "-E", "python report.py"))
+    status = cli("status", run_id).stdout
+    assert f"run {run_id}: Scheduled" in status
+    assert f"waiting   no agent on queue {queue}" in status
+    assert re.match(r"\d+\.\d\d s\s+ongoing", stage_rows(status)["queue wait"])
+    block = cli("status").stdout.split(f"queue {queue} (local-process)\n")[1].split("\nqueue ")[0]
+    assert block.splitlines()[:2] == ["  no agent", "  runs: Scheduled 1"]
+
+    unknown = subprocess.run([CLI, "status", "no-such-run"], capture_output=True, text=True, cwd=REPO)
+    assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0 and "no launch run 'no-such-run'" in unknown.stderr
+    assert subprocess.run([CLI, "logs", "no-such-run"], capture_output=True, text=True, cwd=REPO).returncode == 2
