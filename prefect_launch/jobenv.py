@@ -16,7 +16,8 @@ from prefect_launch.spec import ResolvedJob
 
 
 def wandb_env(job: ResolvedJob) -> dict[str, str]:
-    """The environment that makes the job's `wandb.init` join this launch's run.
+    """The environment that makes the job's `wandb.init` join this launch's run
+    (and, for a deployed flow, its Prefect engine run that flow's run).
 
     `WANDB_LAUNCH` + `WANDB_CONFIG` make wandb apply the run-config overrides on
     top of the config the script passes to `wandb.init`, as W&B Launch does.
@@ -37,6 +38,11 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
         env["WANDB_DIR"] = str(job.run_dir)
     if job.attempt:
         env["WANDB_RESUME"] = "allow"  # a requeued run continues the same W&B run
+    if job.flow_run is not None:
+        # A deployed flow (`prefect_launch.deploy`): the job's `python -m prefect.engine` runs this flow run.
+        env["PREFECT__FLOW_RUN_ID"] = str(job.flow_run)
+        if job.prefect_api_url:
+            env["PREFECT_API_URL"] = job.prefect_api_url
     return env
 
 

@@ -134,6 +134,10 @@ class LaunchSpec(BaseModel):
     preemptions: int = Field(
         default=0, ge=0, description="Times this run was preempted and put back on its queue (set by the agent)"
     )
+    flow_run: uuid.UUID | None = Field(
+        default=None,
+        description="The Prefect flow run this job executes, for a flow sent with prefect_launch.deploy (set by the agent)",
+    )
 
     @field_validator("entry_point", mode="before")
     @classmethod
@@ -177,6 +181,8 @@ class ResolvedJob(BaseModel):
     )
     run_dir: Path | None = Field(default=None, description="Per-run scratch folder (WANDB_DIR)")
     attempt: int = Field(default=0, description="0 for the first run, N after the Nth preemption (resumes the W&B run)")
+    flow_run: uuid.UUID | None = Field(default=None, description="The deployed flow's run the job's Prefect engine executes")
+    prefect_api_url: str | None = Field(default=None, description="Where that engine finds the Prefect server")
 
 
 _RUN_ID_ALPHABET = string.ascii_lowercase + string.digits

@@ -37,6 +37,7 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.exceptions import ObjectNotFound
 from prefect._flow_run_suspension import FlowRunSuspensionRequest, register_flow_run_suspension_request
@@ -47,19 +48,22 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.client.schemas.objects import StateDetails
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import Abort
-from prefect.states import Failed, Pending, Running, Scheduled
+from prefect.states import Cancelled, Crashed, Failed, Pending, Running, Scheduled
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, TypeAdapter, ValidationError
 
 from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.builders.base import BuildSettings
+from prefect_launch.deployments.flows import HANDED_OVER, hand_over, handed_over, job_of
+from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT
+from prefect_launch.errors import LaunchError
 from prefect_launch.environments import environment_for
 from prefect_launch.registries import registry_for
 from prefect_launch.flows.launch import Adoption, LaunchContext, current_launch, launch
 from prefect_launch.ownership import Owner
 from prefect_launch.home import launch_home
-from prefect_launch.spec import QueueConfig, Resource
+from prefect_launch.spec import QueueConfig, Resource, run_id_for
 from prefect_launch.templates import defaulted_nulls
 
 
@@ -149,6 +153,16 @@ def _run_in_thread(flow_run: FlowRun, context: LaunchContext, settings: Settings
         current_launch.reset(token)
 
 
+def _job_variables(deployment: DeploymentResponse | None) -> dict[str, Any]:
+    return dict(deployment.job_variables or {}) if deployment is not None else {}
+
+
+def _executed_flow_run(launch_run: FlowRun) -> UUID | None:
+    """The deployed flow's run a launch run executes (its spec's `flow_run`), if any."""
+    executed = (launch_run.parameters.get("spec") or {}).get("flow_run")
+    return UUID(str(executed)) if executed else None
+
+
 def _run_settings() -> SettingsContext:
     """Settings for in-process runs, built once (building them costs ~70 ms).
 
@@ -187,7 +201,9 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
         self._claimed: set[UUID] = set()
-        self._deployment_vars: dict[UUID, tuple[float, dict[str, Any]]] = {}
+        self._deployments: dict[UUID, tuple[float, DeploymentResponse]] = {}
+        # A deployed flow's run -> the launch run in flight that executes it (see `deployments.flows`).
+        self._launch_run_of: dict[UUID, UUID] = {}
         self.saturated = False
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = _run_settings()
@@ -227,18 +243,40 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             adoption=adoption,
         )
         self._in_flight[flow_run.id] = context
+        executed = _executed_flow_run(flow_run)
+        if executed is not None:
+            self._launch_run_of[executed] = flow_run.id
         if task_status:
             task_status.started(os.getpid())
         try:
-            await anyio.to_thread.run_sync(_run_in_thread, flow_run, context, self._run_settings, limiter=self._threads)
+            state = await anyio.to_thread.run_sync(_run_in_thread, flow_run, context, self._run_settings, limiter=self._threads)
             # The final state is on record (the engine raises if it could not propose it): only now may the job go.
             if context.handle is not None:
                 await anyio.to_thread.run_sync(context.target.release, context.handle, self.get_flow_run_logger(flow_run))
+            if executed is not None:
+                await self._settle_executed_run(executed, flow_run, state)
         finally:
             self._in_flight.pop(flow_run.id, None)
+            if executed is not None:
+                self._launch_run_of.pop(executed, None)
             if self._on_job_done:
                 self._on_job_done()
         return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
+
+    async def _settle_executed_run(self, executed: UUID, launch_run: FlowRun, state: State) -> None:
+        """A deployed flow's run whose launch run ended before the flow did (a failed build, a
+        crashed job) ends too, saying why; one whose launch run was cancelled is Cancelled (its
+        engine, stopped by a signal, calls itself Crashed). Otherwise its own engine has ended it."""
+        flow_run = await self.client.read_flow_run(executed)
+        if flow_run.state is None or flow_run.state.is_completed():
+            return
+        if state.is_cancelled():
+            final = Cancelled(message=f"Its launch run {launch_run.name} was cancelled")
+        elif flow_run.state.is_final():
+            return
+        else:
+            final = Crashed(message=f"Its launch run {launch_run.name} ended {state.name} before the flow did: {state.message}")
+        await self.client.set_flow_run_state(executed, final, force=True)
 
     def cancel_in_flight(self, flow_run_id: UUID) -> bool:
         """Stop a running job of this worker; True if it was one."""
@@ -311,10 +349,14 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             if adoption is None and not await self._propose_pending_state(flow_run):
                 return  # another agent took it, or it was cancelled meanwhile
             try:
-                configuration = await self._job_configuration(flow_run)
+                deployment = await self._deployment(flow_run.deployment_id)
             except ObjectNotFound:
-                await self._fail(flow_run, f"queue {self._work_pool_name!r}: its launch deployment no longer exists")
+                await self._fail(flow_run, f"queue {self._work_pool_name!r}: the run's deployment no longer exists")
                 return
+            if deployment is not None and deployment.entrypoint != LAUNCH_ENTRYPOINT:
+                await self._hand_over(flow_run, deployment)
+                return
+            configuration = await self._job_configuration(flow_run, deployment)
             await self.run(flow_run, configuration, adoption=adoption)
         except Exception as exc:
             self.get_flow_run_logger(flow_run).exception("The agent could not run this job")
@@ -323,28 +365,48 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             self._claimed.discard(flow_run.id)
             self._release_limit_slot(flow_run.id)
 
-    async def _job_configuration(self, flow_run: FlowRun) -> LaunchJobConfiguration:
-        """The queue config for this run: pool template <- deployment <- run job variables.
-
-        Prefect's `resolve_for_flow_run` reads the deployment and the flow for
-        every run; a queue's deployment rarely changes, so its job variables
-        are cached for a while instead.
-        """
-        values = {**await self._deployment_job_variables(flow_run.deployment_id), **(flow_run.job_variables or {})}
+    async def _job_configuration(self, flow_run: FlowRun, deployment: DeploymentResponse | None) -> LaunchJobConfiguration:
+        """The queue config for this run: pool template <- deployment <- run job variables."""
+        values = {**_job_variables(deployment), **(flow_run.job_variables or {})}
         values = defaulted_nulls(self.work_pool.base_job_template.get("variables", {}), values)
         return await self.job_configuration.from_template_and_values(
             base_job_template=self.work_pool.base_job_template, values=values, client=self.client
         )
 
-    async def _deployment_job_variables(self, deployment_id: UUID | None) -> dict[str, Any]:
+    async def _deployment(self, deployment_id: UUID | None) -> DeploymentResponse | None:
+        """Prefect's `resolve_for_flow_run` reads the deployment and the flow for
+        every run; a queue's deployment rarely changes, so it is cached for a while instead."""
         if deployment_id is None:
-            return {}
-        cached = self._deployment_vars.get(deployment_id)
+            return None
+        cached = self._deployments.get(deployment_id)
         if cached is None or time.monotonic() - cached[0] > DEPLOYMENT_CACHE_SECONDS:
-            deployment = await self.client.read_deployment(deployment_id)
-            cached = (time.monotonic(), dict(deployment.job_variables or {}))
-            self._deployment_vars[deployment_id] = cached
-        return dict(cached[1])
+            cached = (time.monotonic(), await self.client.read_deployment(deployment_id))
+            self._deployments[deployment_id] = cached
+        return cached[1]
+
+    async def _hand_over(self, flow_run: FlowRun, deployment: DeploymentResponse) -> None:
+        """A run of an engineer's own flow (`prefect_launch.deploy`): put the launch job that runs it on this queue.
+
+        The run stays Pending, marked as handed over (so no agent takes it for
+        orphaned), until that job's Prefect engine starts it; the mark comes
+        first, as the job may start it at once.
+        """
+        job = job_of(deployment.tags)
+        if job is None:
+            await self._fail(
+                flow_run,
+                f"deployment {deployment.name!r} on queue {self._work_pool_name!r} was not created by "
+                "prefect_launch.deploy: launch queues run the launch flow and flows sent with prefect_launch.deploy(flow, queue=...)",
+            )
+            return
+        message = f"{HANDED_OVER} {run_id_for(flow_run.id)} on queue {self._work_pool_name}, which builds and runs it"
+        await self.client.set_flow_run_state(flow_run.id, Pending(message=message), force=True)
+        try:
+            launch_run = await hand_over(self.client, self._work_pool_name, flow_run, job, _job_variables(deployment) | (flow_run.job_variables or {}))
+        except LaunchError as exc:
+            await self._fail(flow_run, str(exc))
+            return
+        self.get_flow_run_logger(flow_run).info("%s (launch flow run %s)", message, launch_run.id)
 
     async def _fail(self, flow_run: FlowRun, message: str) -> None:
         await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
@@ -355,12 +417,13 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             return
         cancelling = await self.client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=list(self._in_flight)),
+                id=FlowRunFilterId(any_=[*self._in_flight, *self._launch_run_of]),
                 state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Cancelling"])),
             )
         )
         for flow_run in cancelling:
-            self.cancel_in_flight(flow_run.id)
+            # Cancelling a deployed flow's run cancels the launch run that executes it.
+            self.cancel_in_flight(self._launch_run_of.get(flow_run.id, flow_run.id))
 
     async def take_over_orphans(self, pending_timeout: float, stale_after: timedelta) -> tuple[list[UUID], list[UUID]]:
         """Runs on this queue whose agent is gone: Pending ones go back to the queue, Running ones are adopted.
@@ -386,6 +449,8 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
                 heartbeats = await self._agent_heartbeats()
             gone = owner == self._owner or (owner is not None and not owner.alive(heartbeats or {}, stale_after))
             if flow_run.state.is_pending():
+                if handed_over(flow_run.state.message):
+                    continue  # waits for its launch run, not for an agent
                 waited = (datetime.now(timezone.utc) - flow_run.state.timestamp).total_seconds()
                 if gone or waited >= pending_timeout:
                     await self._requeue(flow_run, owner, waited)

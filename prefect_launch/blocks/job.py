@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -38,6 +39,24 @@ class LaunchJob(Block):
     input_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the run config must satisfy"
     )
+
+    @classmethod
+    def from_code_folder(cls, folder: Path, storage: str, **fields: Any) -> "LaunchJob":
+        """A code job: the folder stored content-addressed in `storage`, its requirements.txt read."""
+        from prefect_launch.sources import code
+
+        requirements_file = folder / "requirements.txt"
+        requirements = requirements_file.read_text().splitlines() if requirements_file.exists() else []
+        return cls(
+            source=code.upload(folder, storage).model_dump(),
+            requirements=[line for line in requirements if line.strip() and not line.startswith("#")],
+            **fields,
+        )
+
+    def save_as_definition(self) -> str:
+        """Store (or replace) the definition under its project and name; returns `project/name`."""
+        self.save(self.block_name(self.project, self.name), overwrite=True)
+        return f"{self.project}/{self.name}"
 
     @staticmethod
     def block_name(project: str, name: str) -> str:

@@ -63,25 +63,15 @@ def create(
     from prefect_launch.home import launch_home
     from prefect_launch.sources import code
 
+    fields = dict(project=project, name=name or default_name, entity=entity, entry_point=argv, input_schema=input_schema)
     if kind is JobKind.code:
-        source = code.upload(Path(path), code.code_storage(code_storage, launch_home())).model_dump()
-        requirements_file = Path(path) / "requirements.txt"
-        requirements = requirements_file.read_text().splitlines() if requirements_file.exists() else []
+        job = LaunchJob.from_code_folder(Path(path), code.code_storage(code_storage, launch_home()), **fields)
     elif kind is JobKind.git:
-        source, requirements = {"type": "git", "uri": path, "ref": git_ref}, []
+        job = LaunchJob(source={"type": "git", "uri": path, "ref": git_ref}, **fields)
     else:
-        source, requirements = {"type": "image", "image": path}, []
-    job = LaunchJob(
-        project=project,
-        name=name or default_name,
-        entity=entity,
-        source=source,
-        entry_point=argv,
-        requirements=[line for line in requirements if line.strip() and not line.startswith("#")],
-        input_schema=input_schema,
-    )
-    job.save(LaunchJob.block_name(job.project, job.name), overwrite=True)
-    where = source.get("digest") or path + (f"@{git_ref}" if git_ref else "")
+        job = LaunchJob(source={"type": "image", "image": path}, **fields)
+    job.save_as_definition()
+    where = job.source.get("digest") or path + (f"@{git_ref}" if git_ref else "")
     typer.echo(f"Created job {job.project}/{job.name} ({kind.value}: {where})")
 
 

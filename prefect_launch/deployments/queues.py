@@ -43,6 +43,7 @@ PRIORITIES = {"critical": 1, "high": 2, "medium": 3, "low": 4}
 DEFAULT_PRIORITY = "medium"
 WORKER_TYPE = "launch"
 FLOW_NAME = "launch"
+LAUNCH_ENTRYPOINT = "prefect_launch.flows.launch:launch"
 
 
 class QueueDefinition(BaseModel):
@@ -110,7 +111,7 @@ async def create_queue(client: PrefectClient, queue: QueueDefinition) -> WorkPoo
         name=queue.name,
         work_pool_name=queue.name,
         work_queue_name=work_queue,
-        entrypoint="prefect_launch.flows.launch:launch",
+        entrypoint=LAUNCH_ENTRYPOINT,
         parameter_openapi_schema=parameter_schema(launch).model_dump_for_openapi(),
         enforce_parameter_schema=True,
         description=f"Launch jobs on queue {queue.name} ({queue.resource.value})",

@@ -176,6 +176,8 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
 def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle, progress: Progress) -> Outcome:
     queue = context.queue
     outcome = context.target.wait(handle, context.cancel, get_run_logger(), progress)
+    if outcome.state == "completed" and job.flow_run is not None:
+        outcome = executed_flow_outcome(job.flow_run, outcome)
     if outcome.state == "completed" and queue.require_wandb_run and not wandb_run_created(job):
         return Outcome(
             state="failed",
@@ -186,6 +188,20 @@ def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle, progress: 
             ),
         )
     return outcome
+
+
+def executed_flow_outcome(flow_run_id: UUID, outcome: Outcome) -> Outcome:
+    """How the deployed flow's run the job executed ended: Prefect's engine exits 0 once the flow's
+    final state is on record, failed or not, so the launch run takes that state's outcome."""
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    if state is None or state.is_completed():
+        return outcome
+    return Outcome(
+        state="cancelled" if state.is_cancelled() else "failed",
+        exit_code=outcome.exit_code,
+        message=f"flow run {flow_run_id} ended {state.name}: {state.message}",
+    )
 
 
 def wandb_run_created(job: ResolvedJob) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.settings import PREFECT_API_URL
 from pydantic import TypeAdapter, ValidationError
 
 from prefect_launch.errors import LaunchError
@@ -101,4 +102,6 @@ def resolve(
         image=image,
         run_dir=None if resource is not None and resource.remote else home / "runs" / run_id,
         attempt=spec.preemptions,
+        flow_run=spec.flow_run,
+        prefect_api_url=PREFECT_API_URL.value() if spec.flow_run else None,
     )

@@ -1,0 +1,164 @@
+"""Engineers' own flows on launch queues (`prefect_launch.deploy`), end to end: real server, real agent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import JOBS, job_report, run_logs, wait_for_final
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.deployments import run_deployment
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.flows import load_flow_from_entrypoint
+
+import prefect_launch
+from prefect_launch.blocks.job import LaunchJob
+from prefect_launch.errors import LaunchError
+from prefect_launch.spec import run_id_for
+
+OWN_FLOW = JOBS / "own_flow"
+
+
+@pytest.fixture
+def scaled_queue(make_queue, start_agent, tmp_path) -> str:
+    """A local-process queue with a template field the job sees as JOB_SCALE, and its agent."""
+    config, templates = tmp_path / "queue.yaml", tmp_path / "t.yaml"
+    config.write_text("env:\n  JOB_SCALE: '{{ scale }}'\n")
+    templates.write_text("scale: {type: integer, default: 1, minimum: 1, maximum: 5}\n")
+    name = make_queue("--resource", "local-process", "--config", str(config), "--templates", str(templates))
+    start_agent("-q", name, "--max-jobs", "2")
+    return name
+
+
+def own_flow(folder: Path = OWN_FLOW):
+    return load_flow_from_entrypoint(f"{folder / 'flow.py'}:own")
+
+
+def start(deployment_id, **parameters):
+    return run_deployment(deployment_id, parameters=parameters, timeout=0)
+
+
+def wait_final(flow_run_id, timeout: float = 180):
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow_run = anyio.run(read)
+        if flow_run.state and flow_run.state.is_final():
+            return flow_run
+        time.sleep(0.3)
+    raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout} s: {flow_run.state}")
+
+
+def completed_tasks(flow_run_id, name: str, count: int) -> int:
+    """How many `name` task runs of the flow run completed, waiting up to 20 s for `count` of them
+    (task runs reach the server as events, recorded a moment after the flow ends)."""
+    async def read():
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    deadline = time.monotonic() + 20
+    while True:
+        done = sum(1 for t in anyio.run(read) if t.name.startswith(name) and t.state and t.state.is_completed())
+        if done >= count or time.monotonic() > deadline:
+            return done
+        time.sleep(0.5)
+
+
+def test_a_deployed_flow_runs_on_the_queue_with_its_parameters_and_template_value(scaled_queue):
+    deployment_id = prefect_launch.deploy(own_flow(), queue=scaled_queue, name=scaled_queue,
+                                          parameters={"epochs": 3}, job_variables={"scale": 4})
+    flow_run = wait_final(start(deployment_id, lr=0.5).id)
+    assert flow_run.state.is_completed(), flow_run.state
+
+    # The flow ran under Prefect's engine in the job: its own tasks and logs are on its run.
+    assert completed_tasks(flow_run.id, "double", 3) == 3
+    lines = run_logs(flow_run.id)
+    report = job_report(lines, "OWN-FLOW")
+    assert report["lr"] == 0.5 and report["epochs"] == 3 and report["doubled"] == [0, 2, 4]
+    assert report["scale"] == "4", "the deployment's template value reached the job through the queue config"
+    assert any(line.startswith("Handed to launch run") for line in lines)
+
+    # Built and run as a launch job: a launch run beside it, named after the W&B run the flow joined.
+    launch_run = wait_for_final(run_id_for(flow_run.id))
+    assert launch_run.state.is_completed(), launch_run.state
+    assert launch_run.parameters["spec"]["flow_run"] == str(flow_run.id)
+    assert report["wandb_run"] == launch_run.name
+
+    # A per-run template value replaces the deployment's; the queue's bounds hold for it too.
+    async def run_with(scale):
+        async with get_client() as client:
+            return await client.create_flow_run_from_deployment(deployment_id, job_variables={"scale": scale})
+
+    scaled = wait_final(anyio.run(run_with, 2).id)
+    assert scaled.state.is_completed() and job_report(run_logs(scaled.id), "OWN-FLOW")["scale"] == "2"
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        anyio.run(run_with, 9)
+    assert refused.value.response.status_code == 422 and "scale" in refused.value.response.text
+
+
+def test_deploy_refuses_what_the_queue_refuses(scaled_queue):
+    with pytest.raises(LaunchError, match="refused deployment .*scale"):
+        prefect_launch.deploy(own_flow(), queue=scaled_queue, job_variables={"scale": 9})
+    with pytest.raises(LaunchError, match="not found"):
+        prefect_launch.deploy(own_flow(), queue=f"missing-{uuid.uuid4().hex[:6]}")
+    with pytest.raises(LaunchError, match="without --prioritization"):
+        prefect_launch.deploy(own_flow(), queue=scaled_queue, priority="high")
+
+
+def test_a_failing_flow_and_a_lost_build_end_both_runs_and_say_why(scaled_queue, tmp_path):
+    failing = prefect_launch.deploy(own_flow(), queue=scaled_queue, name=scaled_queue)
+    flow_run = wait_final(start(failing, lr=-1.0).id)
+    assert flow_run.state.is_failed() and "lr must be positive" in flow_run.state.message
+    assert wait_for_final(run_id_for(flow_run.id)).state.is_failed()
+
+    # Its code is gone from storage: the launch run fails before the flow starts, and the flow run says why.
+    folder = tmp_path / "own_flow"
+    shutil.copytree(OWN_FLOW, folder)
+    (folder / "marker.txt").write_text(uuid.uuid4().hex)  # code of its own, so deleting it hurts no other test
+    lost = prefect_launch.deploy(own_flow(folder), queue=scaled_queue, name=f"{scaled_queue}-lost")
+    digest = LaunchJob.find(f"own/{scaled_queue}-lost").source["digest"].removeprefix("sha256:")
+    (Path(os.environ["PREFECT_LAUNCH_HOME"]) / "code-store" / f"{digest}.tar.gz").unlink()
+    crashed = wait_final(start(lost).id)
+    assert crashed.state.is_crashed(), crashed.state
+    assert "ended Failed before the flow did" in crashed.state.message and digest[:12] in crashed.state.message
+
+
+def test_cancelling_a_deployed_flow_run_stops_its_job(scaled_queue):
+    deployment_id = prefect_launch.deploy(own_flow(), queue=scaled_queue, name=scaled_queue)
+    flow_run = start(deployment_id, sleep=120.0)
+    deadline = time.monotonic() + 90
+    while not any(line.startswith("OWN-FLOW") for line in run_logs(flow_run.id)):
+        assert time.monotonic() < deadline, "the flow never started"
+        time.sleep(0.5)
+
+    async def cancel():
+        async with get_client() as client:
+            from prefect.states import Cancelling
+
+            await client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the test"))
+
+    anyio.run(cancel)
+    cancelled = wait_final(flow_run.id, timeout=60)
+    assert cancelled.state.is_cancelled(), cancelled.state
+    assert wait_for_final(run_id_for(flow_run.id)).state.is_cancelled()
+
+
+def test_a_deployment_not_sent_with_deploy_fails_with_a_clear_message(scaled_queue):
+    async def plain():
+        async with get_client() as client:
+            flow_id = await client.create_flow_from_name("plain")
+            deployment_id = await client.create_deployment(flow_id=flow_id, name=scaled_queue, work_pool_name=scaled_queue,
+                                                           entrypoint="flow.py:plain")
+            return await client.create_flow_run_from_deployment(deployment_id)
+
+    flow_run = wait_final(anyio.run(plain).id, timeout=60)
+    assert flow_run.state.is_failed() and "prefect_launch.deploy" in flow_run.state.message
