@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import JOBS, job_report, run_logs, wait_for_final
+from conftest import EXAMPLES, JOBS, job_report, run_logs, wait_for_final
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
@@ -162,3 +164,12 @@ def test_a_deployment_not_sent_with_deploy_fails_with_a_clear_message(scaled_que
 
     flow_run = wait_final(anyio.run(plain).id, timeout=60)
     assert flow_run.state.is_failed() and "prefect_launch.deploy" in flow_run.state.message
+
+
+def test_the_readme_example_deploys_its_flow_and_runs_it(make_queue, start_agent):
+    name = make_queue("--resource", "local-process")
+    start_agent("-q", name)
+    result = subprocess.run([sys.executable, str(EXAMPLES / "flow" / "deploy.py"), name],
+                            capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"deployed train/train to queue {name}" in result.stdout and ": Completed" in result.stdout
