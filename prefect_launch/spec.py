@@ -59,16 +59,20 @@ class Resource(str, Enum):
 class CodeSource(BaseModel):
     """A folder of code stored content-addressed in a Prefect storage block."""
 
-    model_config = ConfigDict(extra="forbid")
+    # json_schema_extra titles name the choice in the Prefect UI's form (validation errors keep the class name).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "Code folder"})
     type: Literal["code"] = "code"
-    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    digest: str = Field(
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256:<hex> of the packed folder, as `prefect-launch job describe` shows it",
+    )
     storage: str = Field(description="Name of the Prefect filesystem block holding the code")
 
 
 class GitSource(BaseModel):
     """A git repository at a branch, tag or commit (https or ssh remotes only)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "Git repository"})
     type: Literal["git"] = "git"
     uri: str = Field(description="https://host/repo.git or git@host:repo.git")
     ref: str | None = Field(default=None, description="Branch, tag or commit; the remote's HEAD if unset")
@@ -85,12 +89,26 @@ class GitSource(BaseModel):
 class ImageSource(BaseModel):
     """A prebuilt container image."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "Image"})
     type: Literal["image"] = "image"
-    image: str
+    image: str = Field(description="Image reference, e.g. registry.example.com/team/trainer:v1")
 
 
 Source = Annotated[CodeSource | GitSource | ImageSource, Field(discriminator="type")]
+
+
+def _flat_choices(schema: dict[str, Any]) -> None:
+    """Schema of an optional `Source` as one flat `anyOf` of its three models and null.
+
+    Pydantic writes `anyOf: [{oneOf: [...], discriminator}, null]`; the Prefect UI's form has no
+    `oneOf` and showed a blank choice that opened a raw JSON editor. Flat, each model is a button
+    (Code folder, Git repository, Image, None) with its own fields. Validation is unchanged: the
+    discriminator still picks the model.
+    """
+    choices: list[dict[str, Any]] = []
+    for option in schema.pop("anyOf", []):
+        choices += option.get("oneOf", [option])
+    schema["anyOf"] = choices
 
 
 class Overrides(BaseModel):
@@ -120,7 +138,9 @@ class LaunchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     job: str | None = Field(default=None, description="A stored job definition: [project/]name")
-    source: Source | None = Field(default=None, description="Code or image, when no job is named")
+    source: Source | None = Field(
+        default=None, description="Code or image, when no job is named", json_schema_extra=_flat_choices
+    )
     entry_point: list[str] | None = Field(default=None, description="Command to run, as an argv list")
     project: str = Field(default="uncategorized", description="W&B project")
     entity: str | None = Field(default=None, description="W&B entity")
