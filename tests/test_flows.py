@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import EXAMPLES, JOBS, job_report, run_logs, wait_for_final
+from conftest import EXAMPLES, JOBS, AgentProcess, flow_runs_named, job_report, run_logs, wait_for_final
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
@@ -173,3 +173,31 @@ def test_the_readme_example_deploys_its_flow_and_runs_it(make_queue, start_agent
                             capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"deployed train/train to queue {name}" in result.stdout and ": Completed" in result.stdout
+
+
+def test_a_run_waiting_for_its_launch_run_is_not_taken_for_orphaned(make_queue, tmp_path):
+    """Pending until its launch run gets a slot, a deployed flow's run outlives the agents' pending
+    timeout without being put back on the queue (which would hand it over a second time)."""
+    name = make_queue("--resource", "local-process")
+    env = {**os.environ, "PREFECT_LAUNCH_PENDING_TIMEOUT": "1"}
+    agent = AgentProcess(["-q", name, "--max-jobs", "1"], tmp_path / "agent.log", env=env).wait_ready()
+    try:
+        deployment_id = prefect_launch.deploy(own_flow(), queue=name, name=name)
+        busy = start(deployment_id, sleep=8.0)  # holds the only slot for 8 s
+        waiting = start(deployment_id)
+        runs = [wait_final(busy.id), wait_final(waiting.id)]
+    finally:
+        agent.stop()
+    assert all(run.state.is_completed() for run in runs), [run.state for run in runs]
+    for run in runs:
+        assert len(flow_runs_named(run_id_for(run.id))) == 1, "handed over once"
+        assert not any(line.startswith("Back on queue") for line in run_logs(run.id))
+
+    async def states():
+        async with get_client() as client:
+            return await client.read_flow_run_states(runs[1].id)
+
+    history = anyio.run(states)
+    handed = next(state for state in history if state.is_pending() and (state.message or "").startswith("Handed to"))
+    running = next(state for state in history if state.is_running())
+    assert (running.timestamp - handed.timestamp).total_seconds() > 3, "it waited well past the 1 s pending timeout"
