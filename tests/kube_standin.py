@@ -12,6 +12,7 @@ official `kubernetes` client and a pod monitor need on top of it:
   resourceVersions: a watch from a version replays the events after it, ends
   after `timeoutSeconds`, and answers an expired version with the API server's
   own `ERROR` event (code 410, reason Expired) after `expire_watches()`;
+- warning events on objects (`warn`), listed as `v1/events`;
 - pod logs (`pod_log`): a Pending pod answers 400 as a real kubelet does, and
   `follow=true` streams the lines as they come until the pod Succeeds, Fails
   or is deleted.
@@ -50,6 +51,7 @@ from typing import Any
 import kmock
 
 PODS = kmock.resource("v1/pods")
+EVENTS = kmock.resource("v1/events")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 TEXT = {"Content-Type": "text/plain"}
 CONTAINER = "main"
@@ -180,6 +182,16 @@ class KubeStandIn:
         def set_status() -> None:
             self.kmock.objects["batch/v1/jobs", namespace, name]["status"] = status
         self._call(set_status)
+
+    def warn(self, namespace: str, kind: str, name: str, reason: str, message: str) -> None:
+        """Record a Warning event on an object, as a controller does (a Job's `FailedCreate ... exceeded quota`)."""
+        event = {
+            "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason, "message": message,
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+            "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+            "lastTimestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        self._call(lambda: self.kmock.objects.__setitem__((EVENTS, namespace, event["metadata"]["name"]), event))
 
     def expire_watches(self) -> None:
         """Compact the history: every resourceVersion handed out so far is too old.

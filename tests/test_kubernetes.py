@@ -9,12 +9,13 @@ server would receive.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 import yaml
 
-from conftest import SEEDS, cancel_run, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from conftest import SEEDS, cancel_run, cli, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
 from helm_chart import render, unauthorized
 from kube_standin import KubeStandIn
 
@@ -211,3 +212,41 @@ def test_preemption_requeues_the_same_run_five_times_then_fails(kube, kube_agent
     final = next(run for run in runs if run.state.is_failed())
     assert "preempted 6 times" in final.state.message and "TerminationByKubelet" in final.state.message
 
+
+
+def _status_once(run_id: str, shows, timeout: float = 60) -> str:
+    """`prefect-launch status RUN` once its output satisfies `shows`."""
+    deadline = time.monotonic() + timeout
+    while not shows(output := cli("status", run_id).stdout):
+        assert time.monotonic() < deadline, f"status never showed it within {timeout} s:\n{output}"
+        time.sleep(0.5)
+    return output
+
+
+def test_status_shows_why_the_job_waits_then_its_start_and_run(kube, kube_agent):
+    queue = kube_agent({"namespace": "waits"})
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    job_name = f"prefect-launch-{run_id}"
+    _job(kube, "waits", run_id)
+    kube.warn("waits", "Job", job_name, "FailedCreate",
+              f'Error creating: pods "{job_name}-q1" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=8')
+    status = _status_once(run_id, lambda out: "exceeded quota: gpu-quota" in out)
+    assert "waiting   FailedCreate: Error creating" in status
+    assert re.search(r"^  start\s+\S+ s\s+ongoing: FailedCreate: .*exceeded quota", status, re.M), status
+
+    pod = f"{job_name}-q1"
+    kube.create_pod("waits", pod, _labels(run_id))
+    kube.update_pod("waits", pod, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                               "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])
+    status = _status_once(run_id, lambda out: "Unschedulable" in out)
+    assert "waiting   Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in status
+    assert "quota" not in status  # the pod's own reason, once a pod exists
+
+    kube.update_pod("waits", pod, phase="Running", container_statuses=[{"name": "launch", "state": {"running": {}}}])
+    status = _status_once(run_id, lambda out: re.search(r"^  run\s+\S+ s\s+ongoing", out, re.M) is not None)
+    assert "waiting" not in status and re.search(r"^  start\s+\S+ s\s+Unschedulable", status, re.M), status
+    kube.update_pod("waits", pod, phase="Succeeded",
+                    container_statuses=[{"name": "launch", "state": {"terminated": {"exitCode": 0}}}])
+    assert wait_for_final(run_id, timeout=60).state.is_completed()
+    status = cli("status", run_id).stdout
+    assert re.findall(r"^  (submit|start|run)\s", status, re.M) == ["submit", "start", "run"] and "ongoing" not in status
