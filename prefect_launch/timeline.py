@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-STAGES = ("queue wait", "resolve", "build", "push", "submit", "start", "run")
-
 Rows = list[dict[str, Any]]
 
 
