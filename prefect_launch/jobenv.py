@@ -2,6 +2,8 @@
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
+
+RUN_FILE_FLUSH_SECONDS = 1
     >>> env = wandb_env(ResolvedJob(run_id="r1", run_name="n", project="p", argv=["x"],
     ...                             run_config={"lr": 0.1}))
     >>> env["WANDB_RUN_ID"], env["WANDB_CONFIG"]
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 
 from prefect_launch.spec import ResolvedJob
+
+RUN_FILE_FLUSH_SECONDS = 1
 
 
 def wandb_env(job: ResolvedJob) -> dict[str, str]:
@@ -36,6 +40,8 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
         env["WANDB_CONFIG"] = json.dumps(job.run_config, sort_keys=True)
     if job.run_dir is not None:
         env["WANDB_DIR"] = str(job.run_dir)
+        # Sweeps read a running trial's metrics from its run file (hyperband); wandb writes it every 15 s by default.
+        env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] = str(RUN_FILE_FLUSH_SECONDS)
     if job.attempt:
         env["WANDB_RESUME"] = "allow"  # a requeued run continues the same W&B run
     if job.flow_run is not None:

@@ -416,3 +416,47 @@ def test_scheduled_sweeps_run_on_their_schedule(tmp_path: Path, make_queue, star
         deployment, _ = anyio.run(read)
         if deployment is not None:
             anyio.run(delete, deployment.id)
+
+
+HYPERBAND_TRAIN = """
+import time
+import wandb
+
+run = wandb.init(config={"x": 0.0})
+far = abs(run.config.x - 3) > 10
+for step in range(1, 10):
+    run.log({"loss": (run.config.x - 3) ** 2 + 1.0 / step}, step=step)
+    time.sleep(3.0 if far else 0.05)  # a far trial takes 27 s unless hyperband stops it
+run.finish()
+"""
+
+
+def test_hyperband_stops_trials_early_on_a_queue(tmp_path: Path, make_queue, start_agent) -> None:
+    """The whole path: a running trial's metric per step from its W&B run file, optuna's pruner, the
+    trial's launch run cancelled long before its end; the sweep goes on to its best."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, HYPERBAND_TRAIN)
+    xs = [3.0, 3.1, 2.9, 3.2, 2.8, 3.3, 50.0, 60.0, 70.0]
+    config = write(tmp_path, {
+        "method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {"x": {"values": xs}}, "scheduler": {"num_workers": 1},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 9, "eta": 3}, **job,
+    })
+    result = cli("sweep", "create", str(config), "-q", queue, "--wait", timeout=400)
+
+    trials = [line.split(maxsplit=4) for line in result.stdout.splitlines() if line.startswith("trial ")]
+    assert len(trials) == len(xs), result.stdout
+    stopped = [t[2] for t in trials if t[3] == "Cancelled"]
+    assert stopped, "hyperband stopped no trial:\n" + result.stdout + result.stderr
+    assert "best: trial 0 " in result.stdout and "{'x': 3.0}" in result.stdout
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=stopped)))
+
+    for run in anyio.run(read):
+        assert run.state.is_cancelled(), run.state
+        assert (run.end_time - run.start_time).total_seconds() < 24, "stopped long before its 27 s"

@@ -168,8 +168,8 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                     del in_flight[flow_run_id]
                     record.started = flow_run.start_time.isoformat() if flow_run.start_time else None
                     record.ended = flow_run.end_time.isoformat() if flow_run.end_time else None
-                    if record.state == "Cancelled" and record.value is not None:
-                        continue  # stopped early by hyperband: already told
+                    if record.trial.stopped_early:
+                        continue  # its last reported value stands
                     record.value = _final_metric(config, runs_dir, record) if flow_run.state.is_completed() else None
                     search.tell(record.trial, record.value)
                     logger.info(f"trial {record.number} ({record.run_id}) {record.state}: "

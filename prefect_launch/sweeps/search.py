@@ -1,6 +1,7 @@
 """The parameter search: which values the next trial gets, and what finished trials teach it.
 
-- grid: every combination of the `values`, in order (itertools.product; nothing to learn).
+- grid: every combination of the `values`, in order (itertools.product; nothing to learn, but
+  hyperband may stop its trials).
 - random: optuna's RandomSampler over the distributions.
 - bayes: optuna's TPESampler (a Tree-structured Parzen Estimator: W&B's bayes uses a Gaussian
   process; both model which regions give good metrics from the trials so far).
@@ -41,6 +42,8 @@ class Trial:
     number: int
     params: dict[str, Any]
     _optuna_trial: Any = field(default=None, repr=False)
+    # Hyperband stopped it: its last reported value stands, and its end teaches the search nothing more.
+    stopped_early: bool = False
 
 
 class Search:
@@ -49,29 +52,26 @@ class Search:
     def __init__(self, config: SweepConfig, seed: int | None = None) -> None:
         self.config = config
         self.asked = 0
-        self._grid: Iterator[dict[str, Any]] | None = None
-        self._study = None
-        if config.method == "grid":
-            self._grid = _grid(config.parameters)
-        else:
-            self._study = _study(config, seed)
+        self._grid = _grid(config.parameters) if config.method == "grid" else None
+        # A grid has nothing to learn, but hyperband compares its trials' reports: they are study trials then too.
+        self._study = _study(config, seed) if self._grid is None or config.early_terminate else None
 
     def ask(self) -> Trial | None:
         if self._grid is not None:
             params = next(self._grid, None)
             if params is None:
                 return None
-            trial = Trial(self.asked, params)
+            optuna_trial = self._study.ask() if self._study is not None else None
         else:
             optuna_trial = self._study.ask()
             params = {name: _suggest(optuna_trial, name, parameter) for name, parameter in self.config.parameters.items()}
-            trial = Trial(self.asked, params, optuna_trial)
+        trial = Trial(self.asked, params, optuna_trial)
         self.asked += 1
         return trial
 
     def tell(self, trial: Trial, value: float | None) -> None:
         """Record a finished trial's metric; None marks it failed (no metric), so the sampler ignores it."""
-        if trial._optuna_trial is None:
+        if trial._optuna_trial is None or trial.stopped_early:
             return
         import optuna
 
@@ -92,6 +92,7 @@ class Search:
 
         if trial._optuna_trial is not None:
             self._study.tell(trial._optuna_trial, state=optuna.trial.TrialState.PRUNED)
+        trial.stopped_early = True
 
 
 def _grid(parameters: dict[str, Parameter]) -> Iterator[dict[str, Any]]:
