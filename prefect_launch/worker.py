@@ -250,6 +250,10 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             task_status.started(os.getpid())
         try:
             state = await anyio.to_thread.run_sync(_run_in_thread, flow_run, context, self._run_settings, limiter=self._threads)
+            if state.is_cancelling():
+                # Cancelled as its job ended: the server refused the engine's final state, and no job is left to stop.
+                state = Cancelled(message="Cancelled as its job ended")
+                await self.client.set_flow_run_state(flow_run.id, state, force=True)
             # The final state is on record (the engine raises if it could not propose it): only now may the job go.
             if context.handle is not None:
                 await anyio.to_thread.run_sync(context.target.release, context.handle, self.get_flow_run_logger(flow_run))
@@ -279,8 +283,11 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         await self.client.set_flow_run_state(executed, final, force=True)
 
     def cancel_in_flight(self, flow_run_id: UUID) -> bool:
-        """Stop a running job of this worker; True if it was one."""
-        context = self._in_flight.get(flow_run_id)
+        """Stop a running job of this worker; True if it was one.
+
+        Cancelling a deployed flow's run cancels the launch run that executes it.
+        """
+        context = self._in_flight.get(self._launch_run_of.get(flow_run_id, flow_run_id))
         if context is None:
             return False
         context.cancel.set()
@@ -422,8 +429,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             )
         )
         for flow_run in cancelling:
-            # Cancelling a deployed flow's run cancels the launch run that executes it.
-            self.cancel_in_flight(self._launch_run_of.get(flow_run.id, flow_run.id))
+            self.cancel_in_flight(flow_run.id)
 
     async def take_over_orphans(self, pending_timeout: float, stale_after: timedelta) -> tuple[list[UUID], list[UUID]]:
         """Runs on this queue whose agent is gone: Pending ones go back to the queue, Running ones are adopted.
