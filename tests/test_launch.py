@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 from prefect.client.orchestration import get_client
 
-from conftest import JOBS, cancel_run, cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
+from conftest import EXAMPLES, JOBS, cancel_run, cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
 
 STAGES = ["resolve-source", "build", "push", "submit", "monitor"]
 
@@ -163,6 +163,18 @@ def test_job_definitions_create_list_describe_launch(make_queue, start_agent, tm
 
     missing = cli("job", "describe", "nope", "-p", project, check=False)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_a_command_on_the_embedded_server_starts_no_throwaway_server():
+    """With no PREFECT_API_URL, commands use the embedded server (here the session's, recorded in
+    the home) even when they import Prefect before connecting; Prefect then read its settings too
+    early and started a temporary server of its own, which cost `job create` 20 s."""
+    project = unique("embedded")
+    embedded = {"PREFECT_API_URL": ""}
+    created = cli("job", "create", "code", str(EXAMPLES / "train"), "-p", project, "-n", "t", "-E", "python train.py",
+                  env=embedded)
+    assert "temporary server" not in created.stderr, created.stderr
+    assert f"{project}/t" in cli("job", "list", "-p", project, env=embedded).stdout
 
 
 def test_prefect_worker_start_type_launch_runs_jobs(make_queue):

@@ -30,6 +30,12 @@ def connect() -> str:
     os.environ.update(server_env(home))
     url = ensure_server(home)
     os.environ["PREFECT_API_URL"] = url
+    if "prefect.context" in sys.modules:
+        # Imported already (validating input may import it): without this, Prefect would keep the
+        # settings it read then and start a throwaway server of its own for this process.
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
     return url
 
 
