@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -49,6 +50,23 @@ def configured_api_url() -> str | None:
         return None
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
     return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+
+
+def serves(url: str, home: Path, timeout: float = 2.0) -> bool:
+    """Whether the server answering at `url` is this home's (its PREFECT_HOME), not another one on that port.
+
+    Checking that a port is free and the server binding it race: another home's server may take
+    the port in between, and then answer every health check of ours.
+    """
+    request = urllib.request.Request(f"{url}/admin/settings")
+    login = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")  # a server this process starts gets the same
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read()).get("home") == server_env(home)["PREFECT_HOME"]
+    except (OSError, ValueError):
+        return False
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -98,8 +116,19 @@ def server_env(home: Path) -> dict[str, str]:
 
 
 def start_server(home: Path, port: int = DEFAULT_PORT) -> str:
-    """Start a detached Prefect server for this home and wait until it answers."""
-    port = free_port(port)
+    """Start a detached Prefect server for this home and wait until it answers.
+
+    If another server takes the port first (see `serves`), it starts again on any free port.
+    """
+    for attempt in range(3):
+        url = _start_on(home, free_port(port if attempt == 0 else 0))
+        if url:
+            return url
+    raise RuntimeError(f"other servers took every port this one tried; see {home / 'server.log'}")
+
+
+def _start_on(home: Path, port: int) -> str | None:
+    """The server's URL once it answers as this home's; None if another server holds the port."""
     url = f"http://127.0.0.1:{port}/api"
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     # The server must not talk to another API (PREFECT_API_URL, its login), but
@@ -142,6 +171,10 @@ def start_server(home: Path, port: int = DEFAULT_PORT) -> str:
             proc.kill()
             raise RuntimeError(f"Prefect server did not answer within {START_TIMEOUT_SECONDS} s; see {home / 'server.log'}")
         time.sleep(0.25)
+    if not serves(url, home):
+        proc.kill()
+        proc.wait()
+        return None
     _state_file(home).write_text(json.dumps({"url": url, "pid": proc.pid}))
     return url
 
@@ -150,7 +183,7 @@ def ensure_server(home: Path) -> str:
     """The embedded server's URL, starting it if it is not running."""
     with _lock(home):
         state = read_state(home)
-        if state and healthy(state["url"]):
+        if state and serves(state["url"], home):
             return state["url"]
         return start_server(home)
 
