@@ -42,9 +42,11 @@ from prefect.client.schemas.objects import FlowRun, WorkPool
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
+from prefect_launch.deployments.flows import handed_over
 from prefect_launch.deployments.queues import FLOW_NAME, list_queues, read_queue, runs_per_state
 from prefect_launch.errors import LaunchError
 from prefect_launch.ownership import Owner
+from prefect_launch.spec import run_id_for
 from prefect_launch.timeline import Timeline, timeline_key
 
 # An agent whose worker heartbeat on a queue is older than this is gone (3 missed beats of 30 s).
@@ -170,6 +172,8 @@ async def _why_on_queue(client: PrefectClient, pool: WorkPool, flow_run: FlowRun
     """Why a Scheduled (or just claimed) run is not running: no agent, a paused queue, or busy agents."""
     if owner is not None:
         return f"claimed by agent {owner.agent}, starting"
+    if flow_run.state is not None and handed_over(flow_run.state.message):
+        return f"{flow_run.state.message}; `prefect-launch status {run_id_for(flow_run.id)}` follows it"
     if pool.is_paused:
         return f"queue {pool.name} is paused"
     now = datetime.now(timezone.utc)

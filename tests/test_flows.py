@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import EXAMPLES, JOBS, AgentProcess, flow_runs_named, job_report, run_logs, wait_for_final
+from conftest import EXAMPLES, JOBS, AgentProcess, cli, flow_runs_named, job_report, run_logs, wait_for_final
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
@@ -185,6 +185,12 @@ def test_a_run_waiting_for_its_launch_run_is_not_taken_for_orphaned(make_queue, 
         deployment_id = prefect_launch.deploy(own_flow(), queue=name, name=name)
         busy = start(deployment_id, sleep=8.0)  # holds the only slot for 8 s
         waiting = start(deployment_id)
+        # While it waits, `status` says for what, and where to follow it.
+        deadline = time.monotonic() + 30
+        while "Handed to launch run" not in (shown := cli("status", str(waiting.id)).stdout):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.5)
+        assert f"`prefect-launch status {run_id_for(waiting.id)}` follows it" in shown
         runs = [wait_final(busy.id), wait_final(waiting.id)]
     finally:
         agent.stop()
