@@ -46,7 +46,7 @@ def start(deployment_id, **parameters):
     return run_deployment(deployment_id, parameters=parameters, timeout=0)
 
 
-def wait_final(flow_run_id, timeout: float = 180):
+def wait_final(flow_run_id, timeout: float = 180, until=lambda state: state.is_final()):
     async def read():
         async with get_client() as client:
             return await client.read_flow_run(flow_run_id)
@@ -54,7 +54,7 @@ def wait_final(flow_run_id, timeout: float = 180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         flow_run = anyio.run(read)
-        if flow_run.state and flow_run.state.is_final():
+        if flow_run.state and until(flow_run.state):
             return flow_run
         time.sleep(0.3)
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout} s: {flow_run.state}")
@@ -149,7 +149,8 @@ def test_cancelling_a_deployed_flow_run_stops_its_job(scaled_queue):
             await client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the test"))
 
     anyio.run(cancel)
-    cancelled = wait_final(flow_run.id, timeout=60)
+    # Its engine, stopped by a signal, records Crashed first; the agent then ends it Cancelled.
+    cancelled = wait_final(flow_run.id, timeout=60, until=lambda state: state.is_cancelled())
     assert cancelled.state.is_cancelled(), cancelled.state
     assert wait_for_final(run_id_for(flow_run.id)).state.is_cancelled()
 
@@ -179,17 +180,19 @@ def test_a_run_waiting_for_its_launch_run_is_not_taken_for_orphaned(make_queue, 
     """Pending until its launch run gets a slot, a deployed flow's run outlives the agents' pending
     timeout without being put back on the queue (which would hand it over a second time)."""
     name = make_queue("--resource", "local-process")
+    deployment_id = prefect_launch.deploy(own_flow(), queue=name, name=name)
+    # Both runs wait before the agent starts, so it hands both over before either launch run runs:
+    # the second launch run then waits 8 s for the only slot, its flow run Pending all that time.
+    busy = start(deployment_id, sleep=8.0)
+    waiting = start(deployment_id)
     env = {**os.environ, "PREFECT_LAUNCH_PENDING_TIMEOUT": "1"}
     agent = AgentProcess(["-q", name, "--max-jobs", "1"], tmp_path / "agent.log", env=env).wait_ready()
     try:
-        deployment_id = prefect_launch.deploy(own_flow(), queue=name, name=name)
-        busy = start(deployment_id, sleep=8.0)  # holds the only slot for 8 s
-        waiting = start(deployment_id)
         # While it waits, `status` says for what, and where to follow it.
         deadline = time.monotonic() + 30
         while "Handed to launch run" not in (shown := cli("status", str(waiting.id)).stdout):
             assert time.monotonic() < deadline, shown
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert f"`prefect-launch status {run_id_for(waiting.id)}` follows it" in shown
         runs = [wait_final(busy.id), wait_final(waiting.id)]
     finally:
