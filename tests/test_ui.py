@@ -210,10 +210,8 @@ def test_custom_run_from_the_ui_with_override_and_template_value(make_queue, sta
     deployment = read_deployment(f"launch/{queue}")
     ui = UI(browser, PREFECT_API_URL.value().removesuffix("/api"), screenshots)
 
-    # Deployments > launch/<queue> > Run > Custom run.
-    ui.open("/deployments")
-    ui.click(f"//a[normalize-space()='{queue}']")
-    ui.until(lambda: str(deployment.id) in browser.current_url, "the deployment page did not open")
+    # The deployment's page (the Deployments list pages through every test's deployments) > Run > Custom run.
+    ui.open(f"/deployments/deployment/{deployment.id}")
     ui.click("//button[normalize-space()='Run']")
     ui.click("//a[normalize-space()='Custom run'] | //*[contains(@class,'p-overflow-menu-item')][normalize-space()='Custom run']")
     ui.until(lambda: browser.current_url.split("?")[0].endswith(f"/deployments/deployment/{deployment.id}/run"),
