@@ -37,8 +37,7 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.responses import DeploymentResponse
-from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import ObjectNotFound
 from prefect._flow_run_suspension import FlowRunSuspensionRequest, register_flow_run_suspension_request
 from prefect.client.schemas.objects import State
@@ -153,8 +152,9 @@ def _run_in_thread(flow_run: FlowRun, context: LaunchContext, settings: Settings
         current_launch.reset(token)
 
 
-def _job_variables(deployment: DeploymentResponse | None) -> dict[str, Any]:
-    return dict(deployment.job_variables or {}) if deployment is not None else {}
+def _job_variables(flow_run: FlowRun, deployment: DeploymentResponse | None) -> dict[str, Any]:
+    """The run's template values: its deployment's, then its own."""
+    return {**((deployment.job_variables or {}) if deployment is not None else {}), **(flow_run.job_variables or {})}
 
 
 def _executed_flow_run(launch_run: FlowRun) -> UUID | None:
@@ -374,8 +374,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
 
     async def _job_configuration(self, flow_run: FlowRun, deployment: DeploymentResponse | None) -> LaunchJobConfiguration:
         """The queue config for this run: pool template <- deployment <- run job variables."""
-        values = {**_job_variables(deployment), **(flow_run.job_variables or {})}
-        values = defaulted_nulls(self.work_pool.base_job_template.get("variables", {}), values)
+        values = defaulted_nulls(self.work_pool.base_job_template.get("variables", {}), _job_variables(flow_run, deployment))
         return await self.job_configuration.from_template_and_values(
             base_job_template=self.work_pool.base_job_template, values=values, client=self.client
         )
@@ -409,7 +408,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         message = f"{HANDED_OVER} {run_id_for(flow_run.id)} on queue {self._work_pool_name}, which builds and runs it"
         await self.client.set_flow_run_state(flow_run.id, Pending(message=message), force=True)
         try:
-            launch_run = await hand_over(self.client, self._work_pool_name, flow_run, job, _job_variables(deployment) | (flow_run.job_variables or {}))
+            launch_run = await hand_over(self.client, self._work_pool_name, flow_run, job, _job_variables(flow_run, deployment))
         except LaunchError as exc:
             await self._fail(flow_run, str(exc))
             return
