@@ -153,7 +153,8 @@ def test_bad_sagemaker_config_fails_the_job_before_any_call(aws, aws_agent, ecr_
     created = len(aws.requests)
     seed = json.loads((SEEDS / "001_sagemaker_queue_1.json").read_text())  # `<REQUIRED>` left in
     queue = make_queue("--resource", "sagemaker", "--config", str(write_json(tmp_path / "q.json", seed)), prefix="smbad")
-    start_agent("-q", queue, "-q", aws_agent)
+    start_agent.agents[0].stop()  # the fixture's agent: the run on its queue must be this test's agent's
+    start_agent("-q", queue, "-q", aws_agent, "--config", str(tmp_path / "launch-config.yaml"))
     bad = run_id_of(launch("-q", queue, "-d", f"{ecr_registry.host}/{REPOSITORY}:x", "-E", "python t.py"))
     state = wait_for_final(bad, timeout=60).state
     assert state.is_failed()

@@ -404,6 +404,9 @@ def test_scheduled_sweeps_run_on_their_schedule(tmp_path: Path, make_queue, star
         assert deployment.schedules and deployment.schedules[0].schedule.interval.total_seconds() == 3600
         sweep_run = next(r for r in runs if r.state.is_final())
         assert sweep_run.state.is_completed(), (sweep_run.state, log.read_text())
+        # The first sweep started at once; the schedule's next one is an interval after it, not sooner.
+        upcoming = min(r.expected_start_time for r in runs if r.state.is_scheduled())
+        assert 3500 < (upcoming - sweep_run.expected_start_time).total_seconds() <= 3600, (upcoming, sweep_run)
         result = cli("sweep", "pause", sweep_run.name, check=False)
         assert "already ended (Completed)" in result.stderr
     finally:

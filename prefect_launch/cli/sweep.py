@@ -160,21 +160,22 @@ def _schedule(config_path: Path, queue: str | None, cron: str | None, interval: 
     if interval is not None and interval < 1:
         raise LaunchError(f"--interval {interval}: expected at least 1 second")
     config, queue = _prepare(config_path, queue, project, entity, num_workers)
-    from prefect import serve
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+    from prefect.schedules import Cron, Interval
 
     from prefect_launch.sweeps.flow import sweep
 
-    from datetime import datetime, timedelta, timezone
-
-    from prefect.schedules import Cron, Interval
-
     name = name or config.name or queue
     try:
-        # The first sweep of an interval starts in a few seconds, then one every interval: anchored so, not at
-        # Prefect's default of 2020-01-01 (`--interval 3600` would wait for the next full hour). The server
-        # schedules from the anchor's next occurrence after now, hence an anchor one interval back.
-        first = datetime.now(timezone.utc) + timedelta(seconds=5)
-        schedule = Cron(cron) if cron else Interval(timedelta(seconds=interval), anchor_date=first - timedelta(seconds=interval))
+        # An interval is anchored now, not at Prefect's default of 2020-01-01 (`--interval 3600` would
+        # otherwise wait for the next full hour); its first sweep is started below, explicitly, as an
+        # anchor a few seconds ahead is missed whenever deploying takes longer than those seconds.
+        schedule = Cron(cron) if cron else Interval(timedelta(seconds=interval), anchor_date=datetime.now(timezone.utc))
         deployment = sweep.to_deployment(
             name=name, schedule=schedule, tags=["sweep", f"queue:{queue}"],
             parameters={"config": config.model_dump(mode="json", exclude_unset=True), "queue": queue},
@@ -182,10 +183,18 @@ def _schedule(config_path: Path, queue: str | None, cron: str | None, interval: 
         )
     except ValueError as exc:  # a cron expression croniter refuses
         raise LaunchError(f"--cron {cron!r}: {exc}") from None
+    # A runner, as `prefect.serve` makes one: it starts each scheduled sweep in a process of its own, stops one
+    # the UI cancels, and pauses the schedule when it is stopped.
+    runner = Runner(pause_on_shutdown=True)
+    deployment_id = runner.add_deployment(deployment)
+    if interval is not None:
+        run_deployment(deployment_id, timeout=0, as_subflow=False)
     stderr(f"Sweeps deployed as sweep/{name} ({'cron ' + cron if cron else f'every {interval} s'}); "
            "serving them here until stopped (Ctrl-C)")
-    # A runner: it starts each scheduled sweep in a process of its own, and stops one the UI cancels.
-    serve(deployment, print_starting_message=False)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        stderr(f"Stopped serving sweep/{name}; its schedule is paused")
 
 
 def _print_result(result: dict) -> None:
