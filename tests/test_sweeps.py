@@ -420,3 +420,83 @@ def test_scheduled_sweeps_run_on_their_schedule(tmp_path: Path, make_queue, star
         if deployment is not None:
             anyio.run(delete, deployment.id)
 
+
+def test_stopping_a_trial_leaves_a_run_that_ended_meanwhile_as_it_ended() -> None:
+    """The sweep reads a trial Running, hyperband says stop, the trial completes, then the sweep asks
+    it to stop: it stays Completed (forced, it became Cancelling with no agent left to end it, and its
+    sweep waited for ever). A waiting trial is Cancelled at once; a running one goes Cancelling."""
+    import anyio
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Running, Scheduled
+
+    from prefect_launch.sweeps.flow import _cancel_run
+
+    @flow(name="trial-stand-in")
+    def trial() -> None: ...
+
+    async def stop_each():
+        async with get_client() as client:
+            ended = await client.create_flow_run(trial, state=Running())
+            seen_running = await client.read_flow_run(ended.id)
+            await client.set_flow_run_state(ended.id, Completed())
+            fresh_read = client.read_flow_run
+
+            async def stale_read(flow_run_id):  # what the sweep saw before the trial completed
+                return seen_running if flow_run_id == ended.id else await fresh_read(flow_run_id)
+
+            client.read_flow_run = stale_read
+            await _cancel_run(client, ended.id)
+            client.read_flow_run = fresh_read
+            waiting = await client.create_flow_run(trial, state=Scheduled())
+            await _cancel_run(client, waiting.id)
+            running = await client.create_flow_run(trial, state=Running())
+            await _cancel_run(client, running.id)
+            return [(await client.read_flow_run(run.id)).state.name for run in (ended, waiting, running)]
+
+    assert anyio.run(stop_each) == ["Completed", "Cancelled", "Cancelling"]
+
+
+HYPERBAND_TRAIN = """
+import time
+import wandb
+
+run = wandb.init(config={"x": 0.0})
+far = abs(run.config.x - 3) > 10
+for step in range(1, 10):
+    run.log({"loss": (run.config.x - 3) ** 2 + 1.0 / step}, step=step)
+    time.sleep(3.0 if far else 0.05)  # a far trial takes 27 s unless hyperband stops it
+run.finish()
+"""
+
+
+@pytest.mark.timeout(600)  # nine trials one at a time; slow on a loaded CI machine
+def test_hyperband_stops_trials_early_on_a_queue(tmp_path: Path, make_queue, start_agent) -> None:
+    """The whole path: a running trial's metric per step from its W&B run file, optuna's pruner, the
+    trial's launch run cancelled long before its end; the sweep goes on to its best."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, HYPERBAND_TRAIN)
+    xs = [3.0, 3.1, 2.9, 3.2, 2.8, 3.3, 50.0, 60.0, 70.0]
+    config = write(tmp_path, {
+        "method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+        "parameters": {"x": {"values": xs}}, "scheduler": {"num_workers": 1},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 9, "eta": 3}, **job,
+    })
+    result = cli("sweep", "create", str(config), "-q", queue, "--wait", timeout=540)
+
+    trials = [line.split(maxsplit=4) for line in result.stdout.splitlines() if line.startswith("trial ")]
+    assert len(trials) == len(xs), result.stdout
+    stopped = [t[2] for t in trials if t[3] == "Cancelled"]
+    assert stopped, "hyperband stopped no trial:\n" + result.stdout + result.stderr
+    assert "best: trial 0 " in result.stdout and "{'x': 3.0}" in result.stdout
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=stopped)))
+
+    for run in anyio.run(read):
+        assert run.state.is_cancelled(), run.state
+        assert (run.end_time - run.start_time).total_seconds() < 24, "stopped long before its 27 s"

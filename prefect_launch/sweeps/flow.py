@@ -168,9 +168,12 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                     del in_flight[flow_run_id]
                     record.started = flow_run.start_time.isoformat() if flow_run.start_time else None
                     record.ended = flow_run.end_time.isoformat() if flow_run.end_time else None
+                    final = _final_metric(config, runs_dir, record) if flow_run.state.is_completed() else None
                     if record.trial.stopped_early:
-                        continue  # its last reported value stands
-                    record.value = _final_metric(config, runs_dir, record) if flow_run.state.is_completed() else None
+                        # Its last reported value stands, unless it completed before it could be stopped.
+                        record.value = record.value if final is None else final
+                        continue
+                    record.value = final
                     search.tell(record.trial, record.value)
                     logger.info(f"trial {record.number} ({record.run_id}) {record.state}: "
                                 f"{config.metric.name if config.metric else 'metric'} = {record.value}")
@@ -260,14 +263,16 @@ async def _cancel_trials(client: PrefectClient, in_flight: dict[UUID, TrialRecor
 
 
 async def _cancel_run(client: PrefectClient, flow_run_id: UUID) -> None:
-    """A run no agent holds yet is Cancelled at once; a claimed one goes Cancelling, for its agent to stop."""
-    from prefect.states import Cancelled, Cancelling
+    """Ask for a trial's run to stop; the server's rules decide, on the run's state at that moment.
 
-    flow_run = await client.read_flow_run(flow_run_id)
-    if flow_run.state and flow_run.state.is_final():
-        return
-    waiting = flow_run.state is not None and flow_run.state.is_scheduled()
-    await client.set_flow_run_state(flow_run_id, Cancelled() if waiting else Cancelling(), force=True)
+    Not forced: a run that ended meanwhile keeps its final state (forcing once turned a run Completed
+    a moment before into Cancelling, with no agent left to end it, and its sweep waited on it for
+    ever); one no agent holds yet goes straight to Cancelled; a claimed one goes Cancelling, for its
+    agent to stop.
+    """
+    from prefect.states import Cancelling
+
+    await client.set_flow_run_state(flow_run_id, Cancelling())
 
 
 async def _sleep(seconds: float) -> None:

@@ -1,7 +1,7 @@
 """The parameter search: which values the next trial gets, and what finished trials teach it.
 
-- grid: every combination of the `values`, in order (itertools.product; nothing to learn, and
-  hyperband does not stop its trials).
+- grid: every combination of the `values`, in order (itertools.product; nothing to learn, but
+  hyperband may stop its trials).
 - random: optuna's RandomSampler over the distributions.
 - bayes: optuna's TPESampler (a Tree-structured Parzen Estimator: W&B's bayes uses a Gaussian
   process; both model which regions give good metrics from the trials so far).
@@ -53,7 +53,8 @@ class Search:
         self.config = config
         self.asked = 0
         self._grid = _grid(config.parameters) if config.method == "grid" else None
-        self._study = None if self._grid is not None else _study(config, seed)
+        # A grid has nothing to learn, but hyperband compares its trials' reports: they are study trials then too.
+        self._study = _study(config, seed) if self._grid is None or config.early_terminate else None
 
     def ask(self) -> Trial | None:
         if self._grid is not None:
