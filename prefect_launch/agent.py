@@ -182,15 +182,20 @@ class Agent:
                 async with get_events_subscriber(filter=event_filter) as subscriber:
                     async for event in subscriber:
                         if event.event.endswith("Cancelling"):
-                            run_id = UUID(event.resource.id.rsplit(".", 1)[-1])
-                            for worker in self.workers:
-                                worker.cancel_in_flight(run_id)
+                            await self._cancel(UUID(event.resource.id.rsplit(".", 1)[-1]))
                         else:
                             self.wake()
             except Exception as exc:
                 # The fallback poll keeps jobs flowing while the stream is down.
                 logger.warning("Event stream lost (%s); reconnecting", exc)
                 await anyio.sleep(2.0)
+
+    async def _cancel(self, flow_run_id: UUID) -> None:
+        for worker in self.workers:
+            try:
+                await worker.cancel(flow_run_id)
+            except Exception as exc:  # the next orphan round tries again
+                logger.warning("Cancelling run %s on queue %s failed: %s", flow_run_id, worker.queue_name, exc)
 
     async def _stop_on_signal(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -31,6 +31,7 @@ import anyio.abc
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateName,
     WorkPoolFilter,
@@ -47,7 +48,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.client.schemas.objects import StateDetails
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import Abort
-from prefect.states import Cancelled, Crashed, Failed, Pending, Running, Scheduled
+from prefect.states import Cancelled, Cancelling, Crashed, Failed, Pending, Running, Scheduled
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, TypeAdapter, ValidationError
@@ -282,6 +283,60 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             final = Crashed(message=f"Its launch run {launch_run.name} ended {state.name} before the flow did: {state.message}")
         await self.client.set_flow_run_state(executed, final, force=True)
 
+    async def settle_handed_over(self, flow_run: FlowRun, pending_timeout: float) -> None:
+        """A deployed flow's run Pending on its launch run, when that launch run will not run it.
+
+        A launch run that ended without running the flow (cancelled or failed
+        while it waited) ends the flow run too. A launch run that does not
+        exist (its agent died before creating it, or it was deleted) puts the
+        flow run back on the queue after `pending_timeout` s, to be handed over
+        again; sooner, its agent may be creating it (the mark comes first).
+        """
+        launch_run = await self._launch_run_of_flow_run(flow_run)
+        if launch_run is None:
+            waited = (datetime.now(timezone.utc) - flow_run.state.timestamp).total_seconds()
+            if waited >= pending_timeout:
+                await self._requeue(flow_run, f"Pending for {waited:.0f} s, and its launch run {run_id_for(flow_run.id)} "
+                                              "does not exist")
+        elif launch_run.state.is_final():
+            await self._settle_executed_run(flow_run.id, launch_run, launch_run.state)
+
+    async def cancel_handed_over(self, flow_run: FlowRun) -> None:
+        """A deployed flow's run asked to cancel: its launch run is cancelled as well.
+
+        One no agent has claimed is Cancelled at once (the server's rule for a
+        run with no job), and the flow run with it; a claimed one goes
+        Cancelling, and its agent stops the job and ends both. Runs of other
+        deployments (launch runs) are left to their agents.
+        """
+        deployment = await self._deployment(flow_run.deployment_id)
+        if deployment is None or job_of(deployment.tags) is None:
+            return
+        launch_run = await self._launch_run_of_flow_run(flow_run)
+        if launch_run is None:
+            await self.client.set_flow_run_state(flow_run.id, Cancelled(message="Cancelled before it was handed over"), force=True)
+            return
+        state = launch_run.state
+        if not state.is_final():
+            state = (await self.client.set_flow_run_state(
+                launch_run.id, Cancelling(message=f"Its flow run {flow_run.name} was cancelled"))).state
+        if state is not None and state.is_final():
+            await self._settle_executed_run(flow_run.id, launch_run, state)
+
+    async def _launch_run_of_flow_run(self, flow_run: FlowRun) -> FlowRun | None:
+        found = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id_for(flow_run.id)])))
+        return found[0] if found else None
+
+    async def cancel(self, flow_run_id: UUID) -> None:
+        """A run was asked to cancel: stop its job if this agent runs it, else, for a deployed flow's
+        run of this queue, cancel its launch run (`cancel_handed_over`)."""
+        if self.cancel_in_flight(flow_run_id):
+            return
+        flow_run = await self.client.read_flow_run(flow_run_id)
+        if flow_run.work_pool_name == self._work_pool_name and flow_run.state and flow_run.state.is_cancelling():
+            await self.cancel_handed_over(flow_run)
+
     def cancel_in_flight(self, flow_run_id: UUID) -> bool:
         """Stop a running job of this worker; True if it was one.
 
@@ -437,28 +492,36 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         a run Pending longer than `pending_timeout` s is orphaned whatever its
         tag (claiming takes well under a second). This agent's own Running
         runs that no thread of it follows any more (their engine lost the
-        server during an outage) are adopted as well. Returns (requeued, adopted).
+        server during an outage) are adopted as well. Deployed flows' runs that
+        wait on a launch run follow it (`settle_handed_over`, `cancel_handed_over`).
+        Returns (requeued, adopted).
         """
         busy = set(self._claimed) | set(self._in_flight)  # before the read: a run that ends meanwhile is not an orphan
         runs = await self.client.read_flow_runs(
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running"]))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running", "Cancelling"]))),
         )
         heartbeats: dict[str, datetime] | None = None
         requeued, adopted = [], []
         for flow_run in runs:
             if flow_run.id in busy or flow_run.id in self._claimed or flow_run.id in self._in_flight:
                 continue
+            if flow_run.state.is_cancelling():
+                await self.cancel_handed_over(flow_run)
+                continue
+            if handed_over(flow_run.state.message):
+                await self.settle_handed_over(flow_run, pending_timeout)
+                continue
             owner = Owner.parse(flow_run.state.message)
             if owner is not None and owner.host != self._owner.host and heartbeats is None:
                 heartbeats = await self._agent_heartbeats()
             gone = owner == self._owner or (owner is not None and not owner.alive(heartbeats or {}, stale_after))
             if flow_run.state.is_pending():
-                if handed_over(flow_run.state.message):
-                    continue  # waits for its launch run, not for an agent
                 waited = (datetime.now(timezone.utc) - flow_run.state.timestamp).total_seconds()
                 if gone or waited >= pending_timeout:
-                    await self._requeue(flow_run, owner, waited)
+                    await self._requeue(flow_run, f"Pending for {waited:.0f} s, "
+                                                  + (f"its agent {owner.label} is gone" if owner else "no agent started it"))
                     requeued.append(flow_run.id)
             elif gone and await self._adopt(flow_run, owner):
                 adopted.append(flow_run.id)
@@ -468,9 +531,8 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         workers = await self.client.read_workers_for_work_pool(self._work_pool_name)
         return {worker.name: worker.last_heartbeat_time for worker in workers if worker.last_heartbeat_time}
 
-    async def _requeue(self, flow_run: FlowRun, owner: Owner | None, waited: float) -> None:
-        why = f"its agent {owner.label} is gone" if owner else "no agent started it"
-        message = f"Back on queue {self._work_pool_name}: Pending for {waited:.0f} s, {why}"
+    async def _requeue(self, flow_run: FlowRun, why: str) -> None:
+        message = f"Back on queue {self._work_pool_name}: {why}"
         await self.client.set_flow_run_state(flow_run.id, Scheduled(message=message), force=True)
         self.get_flow_run_logger(flow_run).warning(message)
 

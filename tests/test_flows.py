@@ -116,6 +116,68 @@ def test_deploy_refuses_what_the_queue_refuses(scaled_queue):
         prefect_launch.deploy(own_flow(), queue=scaled_queue, priority="high")
 
 
+def test_a_run_waiting_for_its_launch_run_follows_it(make_queue, tmp_path):
+    """While a deployed flow's launch run waits for a slot: cancelling the flow run cancels both at
+    once and no job starts; cancelling the launch run ends the flow run Cancelled; deleting the
+    launch run puts the flow run back on the queue, to be handed over again and run. (Before, the
+    first two stayed Cancelling or Pending for good, and the third stayed Pending.)"""
+    from prefect.states import Cancelling
+
+    name = make_queue("--resource", "local-process")
+    deployment_id = prefect_launch.deploy(own_flow(), queue=name, name=name)
+    busy = start(deployment_id, sleep=60.0)  # holds the only slot while the others wait
+    by_flow_run, by_launch_run, deleted = start(deployment_id), start(deployment_id), start(deployment_id)
+    env = {**os.environ, "PREFECT_LAUNCH_PENDING_TIMEOUT": "3"}
+    agent = AgentProcess(["-q", name, "--max-jobs", "1"], tmp_path / "agent.log", env=env).wait_ready()
+
+    async def read(flow_run_id):
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    async def cancel(flow_run_id):  # as the UI's Cancel button does
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_id, Cancelling(message="cancelled by the test"))
+
+    async def delete(flow_run_id):
+        async with get_client() as client:
+            await client.delete_flow_run(flow_run_id)
+
+    async def states_of(flow_run_id):
+        async with get_client() as client:
+            return await client.read_flow_run_states(flow_run_id)
+
+    def launch_run_of(run):
+        return flow_runs_named(run_id_for(run.id))
+
+    try:
+        waiting = (by_flow_run, by_launch_run, deleted)
+        deadline = time.monotonic() + 60
+        while not all((anyio.run(read, run.id).state.message or "").startswith("Handed to") for run in waiting):
+            assert time.monotonic() < deadline, "never handed over"
+            time.sleep(0.3)
+        asked_at = time.monotonic()
+        anyio.run(cancel, by_flow_run.id)
+        anyio.run(cancel, launch_run_of(by_launch_run)[0].id)
+        anyio.run(delete, launch_run_of(deleted)[0].id)
+        ended = [wait_final(run.id, timeout=40) for run in (by_flow_run, by_launch_run)]
+        waited = time.monotonic() - asked_at
+        still_busy = anyio.run(read, busy.id).state
+        anyio.run(cancel, busy.id)  # frees the slot: the run whose launch run was deleted is handed over again
+        rerun = wait_final(deleted.id)
+    finally:
+        agent.stop()
+    assert [run.state.name for run in ended] == ["Cancelled", "Cancelled"], [run.state for run in ended]
+    assert not still_busy.is_final() and waited < 20, f"ended only after {waited:.0f} s, busy run {still_busy.name}"
+    for run in ended:
+        launch_run = launch_run_of(run)[0]
+        assert launch_run.state.is_cancelled(), launch_run.state
+        for flow_run_id in (run.id, launch_run.id):  # neither ever ran: no job started
+            assert not any(state.is_running() for state in anyio.run(states_of, flow_run_id))
+    assert rerun.state.is_completed(), rerun.state
+    assert len(launch_run_of(deleted)) == 1, "a new launch run"
+    assert any("its launch run" in line and "does not exist" in line for line in run_logs(deleted.id))
+
+
 def test_a_failing_flow_and_a_lost_build_end_both_runs_and_say_why(scaled_queue, tmp_path):
     failing = prefect_launch.deploy(own_flow(), queue=scaled_queue, name=scaled_queue)
     flow_run = wait_final(start(failing, lr=-1.0).id)
