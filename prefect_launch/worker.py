@@ -158,6 +158,10 @@ def _job_variables(flow_run: FlowRun, deployment: DeploymentResponse | None) -> 
     return {**((deployment.job_variables or {}) if deployment is not None else {}), **(flow_run.job_variables or {})}
 
 
+def _seconds_in_state(flow_run: FlowRun) -> float:
+    return (datetime.now(timezone.utc) - flow_run.state.timestamp).total_seconds()
+
+
 def _executed_flow_run(launch_run: FlowRun) -> UUID | None:
     """The deployed flow's run a launch run executes (its spec's `flow_run`), if any."""
     executed = (launch_run.parameters.get("spec") or {}).get("flow_run")
@@ -283,7 +287,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             final = Crashed(message=f"Its launch run {launch_run.name} ended {state.name} before the flow did: {state.message}")
         await self.client.set_flow_run_state(executed, final, force=True)
 
-    async def settle_handed_over(self, flow_run: FlowRun, pending_timeout: float) -> None:
+    async def settle_handed_over(self, flow_run: FlowRun, pending_timeout: float) -> bool:
         """A deployed flow's run Pending on its launch run, when that launch run will not run it.
 
         A launch run that ended without running the flow (cancelled or failed
@@ -291,15 +295,18 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         exist (its agent died before creating it, or it was deleted) puts the
         flow run back on the queue after `pending_timeout` s, to be handed over
         again; sooner, its agent may be creating it (the mark comes first).
+        True if it was put back.
         """
         launch_run = await self._launch_run_of_flow_run(flow_run)
         if launch_run is None:
-            waited = (datetime.now(timezone.utc) - flow_run.state.timestamp).total_seconds()
+            waited = _seconds_in_state(flow_run)
             if waited >= pending_timeout:
                 await self._requeue(flow_run, f"Pending for {waited:.0f} s, and its launch run {run_id_for(flow_run.id)} "
                                               "does not exist")
+                return True
         elif launch_run.state.is_final():
             await self._settle_executed_run(flow_run.id, launch_run, launch_run.state)
+        return False
 
     async def cancel_handed_over(self, flow_run: FlowRun) -> None:
         """A deployed flow's run asked to cancel: its launch run is cancelled as well.
@@ -511,14 +518,15 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
                 await self.cancel_handed_over(flow_run)
                 continue
             if handed_over(flow_run.state.message):
-                await self.settle_handed_over(flow_run, pending_timeout)
+                if await self.settle_handed_over(flow_run, pending_timeout):
+                    requeued.append(flow_run.id)  # the agent wakes to hand it over again
                 continue
             owner = Owner.parse(flow_run.state.message)
             if owner is not None and owner.host != self._owner.host and heartbeats is None:
                 heartbeats = await self._agent_heartbeats()
             gone = owner == self._owner or (owner is not None and not owner.alive(heartbeats or {}, stale_after))
             if flow_run.state.is_pending():
-                waited = (datetime.now(timezone.utc) - flow_run.state.timestamp).total_seconds()
+                waited = _seconds_in_state(flow_run)
                 if gone or waited >= pending_timeout:
                     await self._requeue(flow_run, f"Pending for {waited:.0f} s, "
                                                   + (f"its agent {owner.label} is gone" if owner else "no agent started it"))
