@@ -182,7 +182,8 @@ class Agent:
                 async with get_events_subscriber(filter=event_filter) as subscriber:
                     async for event in subscriber:
                         if event.event.endswith("Cancelling"):
-                            await self._cancel(UUID(event.resource.id.rsplit(".", 1)[-1]))
+                            queue = event.resource_in_role["work-pool"].name  # the filter matched one of ours
+                            await self._cancel(event.resource.prefect_object_id("prefect.flow-run"), queue)
                         else:
                             self.wake()
             except Exception as exc:
@@ -190,8 +191,10 @@ class Agent:
                 logger.warning("Event stream lost (%s); reconnecting", exc)
                 await anyio.sleep(2.0)
 
-    async def _cancel(self, flow_run_id: UUID) -> None:
+    async def _cancel(self, flow_run_id: UUID, queue: str | None) -> None:
         for worker in self.workers:
+            if worker.queue_name != queue:  # only the run's own queue reads it
+                continue
             try:
                 await worker.cancel(flow_run_id)
             except Exception as exc:  # the next orphan round tries again

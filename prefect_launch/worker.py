@@ -31,7 +31,6 @@ import anyio.abc
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
-    FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateName,
     WorkPoolFilter,
@@ -64,6 +63,7 @@ from prefect_launch.flows.launch import Adoption, LaunchContext, current_launch,
 from prefect_launch.ownership import Owner
 from prefect_launch.home import launch_home
 from prefect_launch.spec import QueueConfig, Resource, run_id_for
+from prefect_launch.status import UnknownRun, find_run
 from prefect_launch.templates import defaulted_nulls
 
 
@@ -324,16 +324,17 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             await self.client.set_flow_run_state(flow_run.id, Cancelled(message="Cancelled before it was handed over"), force=True)
             return
         state = launch_run.state
-        if not state.is_final():
+        if not state.is_final() and not state.is_cancelling():  # an orphan round may see it again while its job stops
             state = (await self.client.set_flow_run_state(
                 launch_run.id, Cancelling(message=f"Its flow run {flow_run.name} was cancelled"))).state
         if state is not None and state.is_final():
             await self._settle_executed_run(flow_run.id, launch_run, state)
 
     async def _launch_run_of_flow_run(self, flow_run: FlowRun) -> FlowRun | None:
-        found = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id_for(flow_run.id)])))
-        return found[0] if found else None
+        try:
+            return await find_run(self.client, run_id_for(flow_run.id))
+        except UnknownRun:
+            return None
 
     async def cancel(self, flow_run_id: UUID) -> None:
         """A run was asked to cancel: stop its job if this agent runs it, else, for a deployed flow's
@@ -509,10 +510,11 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running", "Cancelling"]))),
         )
+        busy |= self._claimed | self._in_flight.keys()  # and after: nor is one claimed meanwhile
         heartbeats: dict[str, datetime] | None = None
         requeued, adopted = [], []
         for flow_run in runs:
-            if flow_run.id in busy or flow_run.id in self._claimed or flow_run.id in self._in_flight:
+            if flow_run.id in busy:
                 continue
             if flow_run.state.is_cancelling():
                 await self.cancel_handed_over(flow_run)
