@@ -146,17 +146,23 @@ def run_id_of(result: subprocess.CompletedProcess) -> str:
     return result.stdout.splitlines()[0]
 
 
-def flow_runs_named(run_id: str) -> list:
-    """Every flow run named after this W&B run id (the CLI names runs after them; a requeued run has several)."""
+def on_server(method: str, *args, **kwargs):
+    """One Prefect client call from a test's synchronous code, e.g. `on_server("read_flow_run", flow_run_id)`."""
     import anyio
     from prefect.client.orchestration import get_client
+
+    async def call():
+        async with get_client() as client:
+            return await getattr(client, method)(*args, **kwargs)
+
+    return anyio.run(call)
+
+
+def flow_runs_named(run_id: str) -> list:
+    """Every flow run named after this W&B run id (the CLI names runs after them; a requeued run has several)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-    async def read():
-        async with get_client() as client:
-            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
-
-    return anyio.run(read)
+    return on_server("read_flow_runs", flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
 
 
 def flow_run_of(run_id: str):

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import EXAMPLES, JOBS, AgentProcess, cli, flow_runs_named, job_report, run_logs, wait_for_final
+from conftest import EXAMPLES, JOBS, AgentProcess, cli, flow_runs_named, job_report, on_server, run_logs, wait_for_final
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.flows import load_flow_from_entrypoint
+from prefect.states import Cancelling
 
 import prefect_launch
 from prefect_launch.blocks.job import LaunchJob
@@ -46,14 +47,15 @@ def start(deployment_id, **parameters):
     return run_deployment(deployment_id, parameters=parameters, timeout=0)
 
 
-def wait_final(flow_run_id, timeout: float = 180, until=lambda state: state.is_final()):
-    async def read():
-        async with get_client() as client:
-            return await client.read_flow_run(flow_run_id)
+def cancel(flow_run_id) -> None:
+    """Ask a run to cancel as the UI's Cancel button does."""
+    on_server("set_flow_run_state", flow_run_id, Cancelling(message="cancelled by the test"))
 
+
+def wait_final(flow_run_id, timeout: float = 180, until=lambda state: state.is_final()):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        flow_run = anyio.run(read)
+        flow_run = on_server("read_flow_run", flow_run_id)
         if flow_run.state and until(flow_run.state):
             return flow_run
         time.sleep(0.3)
@@ -63,13 +65,10 @@ def wait_final(flow_run_id, timeout: float = 180, until=lambda state: state.is_f
 def completed_tasks(flow_run_id, name: str, count: int) -> int:
     """How many `name` task runs of the flow run completed, waiting up to 20 s for `count` of them
     (task runs reach the server as events, recorded a moment after the flow ends)."""
-    async def read():
-        async with get_client() as client:
-            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-
     deadline = time.monotonic() + 20
     while True:
-        done = sum(1 for t in anyio.run(read) if t.name.startswith(name) and t.state and t.state.is_completed())
+        task_runs = on_server("read_task_runs", flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        done = sum(1 for t in task_runs if t.name.startswith(name) and t.state and t.state.is_completed())
         if done >= count or time.monotonic() > deadline:
             return done
         time.sleep(0.5)
@@ -121,8 +120,6 @@ def test_a_run_waiting_for_its_launch_run_follows_it(make_queue, tmp_path):
     once and no job starts; cancelling the launch run ends the flow run Cancelled; deleting the
     launch run puts the flow run back on the queue, to be handed over again and run. (Before, the
     first two stayed Cancelling or Pending for good, and the third stayed Pending.)"""
-    from prefect.states import Cancelling
-
     name = make_queue("--resource", "local-process")
     deployment_id = prefect_launch.deploy(own_flow(), queue=name, name=name)
     busy = start(deployment_id, sleep=60.0)  # holds the only slot while the others wait
@@ -130,39 +127,23 @@ def test_a_run_waiting_for_its_launch_run_follows_it(make_queue, tmp_path):
     env = {**os.environ, "PREFECT_LAUNCH_PENDING_TIMEOUT": "3"}
     agent = AgentProcess(["-q", name, "--max-jobs", "1"], tmp_path / "agent.log", env=env).wait_ready()
 
-    async def read(flow_run_id):
-        async with get_client() as client:
-            return await client.read_flow_run(flow_run_id)
-
-    async def cancel(flow_run_id):  # as the UI's Cancel button does
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run_id, Cancelling(message="cancelled by the test"))
-
-    async def delete(flow_run_id):
-        async with get_client() as client:
-            await client.delete_flow_run(flow_run_id)
-
-    async def states_of(flow_run_id):
-        async with get_client() as client:
-            return await client.read_flow_run_states(flow_run_id)
-
     def launch_run_of(run):
         return flow_runs_named(run_id_for(run.id))
 
     try:
         waiting = (by_flow_run, by_launch_run, deleted)
         deadline = time.monotonic() + 60
-        while not all((anyio.run(read, run.id).state.message or "").startswith("Handed to") for run in waiting):
+        while not all((on_server("read_flow_run", run.id).state.message or "").startswith("Handed to") for run in waiting):
             assert time.monotonic() < deadline, "never handed over"
             time.sleep(0.3)
         asked_at = time.monotonic()
-        anyio.run(cancel, by_flow_run.id)
-        anyio.run(cancel, launch_run_of(by_launch_run)[0].id)
-        anyio.run(delete, launch_run_of(deleted)[0].id)
+        cancel(by_flow_run.id)
+        cancel(launch_run_of(by_launch_run)[0].id)
+        on_server("delete_flow_run", launch_run_of(deleted)[0].id)
         ended = [wait_final(run.id, timeout=40) for run in (by_flow_run, by_launch_run)]
         waited = time.monotonic() - asked_at
-        still_busy = anyio.run(read, busy.id).state
-        anyio.run(cancel, busy.id)  # frees the slot: the run whose launch run was deleted is handed over again
+        still_busy = on_server("read_flow_run", busy.id).state
+        cancel(busy.id)  # frees the slot: the run whose launch run was deleted is handed over again
         rerun = wait_final(deleted.id)
     finally:
         agent.stop()
@@ -172,7 +153,7 @@ def test_a_run_waiting_for_its_launch_run_follows_it(make_queue, tmp_path):
         launch_run = launch_run_of(run)[0]
         assert launch_run.state.is_cancelled(), launch_run.state
         for flow_run_id in (run.id, launch_run.id):  # neither ever ran: no job started
-            assert not any(state.is_running() for state in anyio.run(states_of, flow_run_id))
+            assert not any(state.is_running() for state in on_server("read_flow_run_states", flow_run_id))
     assert rerun.state.is_completed(), rerun.state
     assert len(launch_run_of(deleted)) == 1, "a new launch run"
     assert any("its launch run" in line and "does not exist" in line for line in run_logs(deleted.id))
@@ -204,13 +185,7 @@ def test_cancelling_a_deployed_flow_run_stops_its_job(scaled_queue):
         assert time.monotonic() < deadline, "the flow never started"
         time.sleep(0.5)
 
-    async def cancel():
-        async with get_client() as client:
-            from prefect.states import Cancelling
-
-            await client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the test"))
-
-    anyio.run(cancel)
+    cancel(flow_run.id)
     # Its engine, stopped by a signal, records Crashed first; the agent then ends it Cancelled.
     cancelled = wait_final(flow_run.id, timeout=60, until=lambda state: state.is_cancelled())
     assert cancelled.state.is_cancelled(), cancelled.state
@@ -264,11 +239,7 @@ def test_a_run_waiting_for_its_launch_run_is_not_taken_for_orphaned(make_queue, 
         assert len(flow_runs_named(run_id_for(run.id))) == 1, "handed over once"
         assert not any(line.startswith("Back on queue") for line in run_logs(run.id))
 
-    async def states():
-        async with get_client() as client:
-            return await client.read_flow_run_states(runs[1].id)
-
-    history = anyio.run(states)
+    history = on_server("read_flow_run_states", runs[1].id)
     handed = next(state for state in history if state.is_pending() and (state.message or "").startswith("Handed to"))
     running = next(state for state in history if state.is_running())
     assert (running.timestamp - handed.timestamp).total_seconds() > 3, "it waited well past the 1 s pending timeout"
