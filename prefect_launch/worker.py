@@ -23,6 +23,7 @@ import os
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from importlib.metadata import distributions, entry_points
 from typing import Any, Callable, Iterator
 from uuid import UUID, uuid5
 
@@ -36,7 +37,7 @@ from prefect.client.schemas.filters import (
     WorkPoolFilter,
     WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, Integration, WorkerMetadata
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import ObjectNotFound
 from prefect._flow_run_suspension import FlowRunSuspensionRequest, register_flow_run_suspension_request
@@ -213,6 +214,16 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = _run_settings()
         self._owner = Owner.this_process(self.name)
+
+    async def _worker_metadata(self) -> WorkerMetadata | None:
+        """The integrations Prefect reports for a worker (each `prefect.collections` entry point
+        with its package's version), read from package metadata. Prefect's own version imports
+        every integration to list them, prefect_gcp pulling in google-cloud-aiplatform: that was
+        half of an agent's start-up CPU. An integration a job needs is still imported when used."""
+        names = {entry.name or entry.value for entry in entry_points(group="prefect.collections")}
+        integrations = [Integration(name=dist.metadata["Name"], version=dist.version) for dist in distributions()
+                        if dist.metadata and dist.metadata.get("Name", "").replace("-", "_") in names]
+        return WorkerMetadata(integrations=integrations) if integrations else None
 
     async def setup(self) -> None:
         await super().setup()
