@@ -1,12 +1,18 @@
-"""Shared test fixtures: a real Prefect server for the session, agents per test.
+"""Shared test fixtures: a real Prefect server per test process, agents per test.
 
-The server starts in `pytest_configure`, before any test module imports
-prefect (Prefect reads its settings on import). If it cannot start, the whole
-run fails: a suite that silently skips server tests would be blind.
+`./dev test` runs the tests in parallel workers (pytest-xdist). Each worker has a home
+(`PREFECT_LAUNCH_HOME`) and a Prefect server of its own, started in `pytest_configure`, before
+any test module imports prefect (Prefect reads its settings on import); ports, queue names, run
+ids, containers and registries are unique per test. If a server cannot start, the whole run
+fails: a suite that silently skips server tests would be blind.
+
+`cli()` runs the command line in the test process where it only talks to the server, and as a
+process of its own where it serves or runs a flow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -35,10 +42,22 @@ collect_ignore = ["jobs"]
 _session: dict = {}
 
 
+def _runs_tests(config: pytest.Config) -> bool:
+    """False in the controller of a parallel run (`-n N`): its workers run the tests, each with its own server."""
+    return hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
+    if not hasattr(config, "workerinput"):
+        from run_cost import RunCost
+
+        config.pluginmanager.register(RunCost(), "run-cost")
+    if not _runs_tests(config):
         return
-    home = Path(tempfile.mkdtemp(prefix="prefect-launch-tests-"))
+    # Each test process (a parallel worker, or the one process of a serial run) gets a home and
+    # a Prefect server of its own: no two workers see each other's queues, runs or agents.
+    worker = getattr(config, "workerinput", {}).get("workerid", "main")
+    home = Path(tempfile.mkdtemp(prefix=f"prefect-launch-tests-{worker}-"))
     os.environ.update(
         PREFECT_LAUNCH_HOME=str(home),
         WANDB_MODE="offline",
@@ -46,10 +65,11 @@ def pytest_configure(config: pytest.Config) -> None:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
     os.environ.pop("PREFECT_API_URL", None)
-    from prefect_launch.server import ensure_server, server_env
+    from prefect_launch.server import server_env, start_server
 
     os.environ.update(server_env(home))
-    os.environ["PREFECT_API_URL"] = ensure_server(home)
+    # Any free port: the default one (4200) is a developer's own embedded server.
+    os.environ["PREFECT_API_URL"] = start_server(home, port=0)
     _session["home"] = home
 
 
@@ -67,16 +87,61 @@ def home() -> Path:
     return _session["home"]
 
 
-def cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real `prefect-launch` command."""
-    result = subprocess.run(
-        [CLI, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=cwd or REPO,
-    )
+# Commands a test runs as a process of their own: they serve (an agent, a server, a scheduled
+# sweep) or run a flow engine (`sweep create --wait`), which must not live in the test process.
+_PROCESS_COMMANDS = {("agent",), ("server",), ("sweep", "schedule")}
+
+
+def _needs_process(args: tuple[str, ...]) -> bool:
+    if args[:2] == ("sweep", "create") and "--wait" in args:
+        return True
+    return any(args[:len(command)] == command for command in _PROCESS_COMMANDS) and "--check" not in args
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """`env` over this process's environment, and Prefect's settings read from it again, as a
+    new process would read them (Prefect reads its settings once, at import)."""
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import Settings
+
+    saved = os.environ.copy()
+    os.environ.update(env)
+    try:
+        with SettingsContext(profile=get_settings_context().profile, settings=Settings()):
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _in_process(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The command run by typer's test runner in this process: the same code, exit code, stdout and
+    stderr (an uncaught exception's traceback included), without a new interpreter importing Prefect."""
+    from typer.testing import CliRunner
+
+    from prefect_launch.cli.main import app
+
+    with _environment(env):
+        outcome = CliRunner().invoke(app, list(args))
+    stderr = outcome.stderr
+    if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*outcome.exc_info))
+    return subprocess.CompletedProcess([CLI, *args], outcome.exit_code, outcome.stdout, stderr)
+
+
+def cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 120,
+        process: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `prefect-launch` command with `env` over the environment.
+
+    In this process (`_in_process`) unless `process` is set or the command serves or runs a flow
+    (`_PROCESS_COMMANDS`): then as a new process, killed after `timeout` seconds.
+    """
+    if process or _needs_process(args):
+        result = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
+                                env={**os.environ, **(env or {})}, cwd=REPO)
+    else:
+        result = _in_process(args, env or {})
     if check and result.returncode != 0:
         raise AssertionError(f"prefect-launch {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -172,9 +172,9 @@ def test_a_command_on_the_embedded_server_starts_no_throwaway_server():
     project = unique("embedded")
     embedded = {"PREFECT_API_URL": ""}
     created = cli("job", "create", "code", str(EXAMPLES / "train"), "-p", project, "-n", "t", "-E", "python train.py",
-                  env=embedded)
+                  env=embedded, process=True)
     assert "temporary server" not in created.stderr, created.stderr
-    assert f"{project}/t" in cli("job", "list", "-p", project, env=embedded).stdout
+    assert f"{project}/t" in cli("job", "list", "-p", project, env=embedded, process=True).stdout
 
 
 def test_prefect_worker_start_type_launch_runs_jobs(make_queue):
