@@ -46,8 +46,12 @@ def browser() -> Iterator:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # No background networking, component updates, sync or QUIC: on a machine whose only network
+    # is 127.0.0.1 they only burn CPU on refused connections.
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--no-proxy-server", "--window-size=1400,1000", "--lang=en-US"):
+                     "--no-proxy-server", "--window-size=1400,1000", "--lang=en-US", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-quic"):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT)
