@@ -81,9 +81,19 @@ def _walk(folder: Path):
 
 def _load_storage(name: str):
     from prefect.blocks.core import Block
+    from prefect.utilities.dispatch import lookup_type
 
-    # `_sync=True`: these helpers are sync even when called under an event loop.
-    return Block.load(name, _sync=True)
+    # `Block.load` imports every installed integration to find the block's class (about 3 s of
+    # CPU, once per process); a class already imported, as Prefect's local-file-system is, loads
+    # as itself. Any other slug goes through Block, which finds its integration.
+    slug, _, document = name.partition("/")
+    try:
+        block_class = lookup_type(Block, slug)
+    except KeyError:
+        block_class = Block
+    # `_sync=True`: these helpers are sync even when called under an event loop. A block
+    # class loads by document name, Block by slug/name.
+    return block_class.load(name if block_class is Block else document, _sync=True)
 
 
 def code_storage(name: str | None, home: Path) -> str:
