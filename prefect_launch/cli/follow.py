@@ -34,8 +34,11 @@ from prefect_launch.status import RunStatus, human_seconds, render_run, run_stat
 POLL_SECONDS = 0.5
 # Progress needs a few reads per look (run, queue, timeline): look this often, not at every log poll.
 PROGRESS_SECONDS = 2.0
-# Logs reach the server in batches: after the run's end, read until this many polls brought nothing new.
+# Logs reach the server in batches: after the run's end, read until this many polls brought nothing new
+# and the flow engine's last line ("Finished in state ...") has arrived, or this long after the end
+# (a crashed run has no such line). Agents send their log batches every few seconds, later under load.
 DRAIN_POLLS = 4
+LAST_LINE_SECONDS = 15.0
 
 
 def _spinner_allowed() -> bool:
@@ -66,6 +69,8 @@ async def stream_logs(
     seen: set[UUID] = set()
     since = None
     quiet_polls_after_end = 0
+    ended_at: float | None = None
+    last_line_seen = False
     while True:
         flow_run = await client.read_flow_run(flow_run_id)
         if on_poll is not None:
@@ -82,12 +87,15 @@ async def stream_logs(
         for log in logs:
             seen.add(log.id)
             since = max(since or log.timestamp, log.timestamp)
+            last_line_seen = last_line_seen or (log.task_run_id is None and log.message.startswith("Finished in state"))
             print(log.message, flush=True)
         if not until_final and not logs:
             return flow_run
         if flow_run.state and flow_run.state.is_final():
+            ended_at = ended_at or time.monotonic()
             quiet_polls_after_end = 0 if logs else quiet_polls_after_end + 1
-            if quiet_polls_after_end >= DRAIN_POLLS:
+            if quiet_polls_after_end >= DRAIN_POLLS and (
+                    last_line_seen or time.monotonic() - ended_at > LAST_LINE_SECONDS):
                 return flow_run
         await anyio.sleep(POLL_SECONDS)
 
