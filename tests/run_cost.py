@@ -8,12 +8,13 @@ the run's own cost. "CPU-bound" is the share of seconds in which the cores were 
 `.ci/run` sets `PREFECT_LAUNCH_CI_STARTED` (epoch seconds and machine busy seconds at its start)
 so that the last line counts the install too.
 
-Example (what `.ci/run` prints last, before pytest's own closing line)::
+Example (the end of a `.ci/run` on 2 cores, before pytest's own closing line)::
 
     25 slowest tests (setup + call + teardown):
-      212.4 s  gw1  tests/test_recovery.py::test_restart_drill_loses_nothing_and_runs_nothing_twice
-    run cost: 1103 s wall, 1804 s CPU on 2 cores (1.64 busy on average), CPU-bound 58% of the time
-    .ci/run so far, install included: 1290 s wall, 1950 s CPU
+       129.9 s  gw2  tests/test_load.py::test_sixty_jobs_on_three_agents_over_postgresql_never_exceed_twelve_at_once
+       ...
+    run cost: 624 s wall, 1159 s CPU on 2 cores (1.86 busy on average), CPU-bound 85% of the time
+    .ci/run so far, install included: 714 s wall, 1254 s CPU
 """
 
 from __future__ import annotations
