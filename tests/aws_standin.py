@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from typing import Any
 
 import boto3
@@ -84,6 +85,10 @@ class SageMakerStandIn:
         self._patch(SageMakerResponse, "stop_training_job", stop_training_job)
         self._patch(FakeTrainingJob, "__init__", starts_in_progress)
         self._server.start()
+        # moto keeps every service's state in this process, not in the server: a stand-in started
+        # again in the same test worker (a module's tests can come back to it after others') would
+        # find the last one's repositories and jobs. Start from none, with moto's own reset call.
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10).close()
         return self
 
     def __exit__(self, *exc: Any) -> None:
