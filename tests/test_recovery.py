@@ -28,7 +28,7 @@ from prefect.states import Running
 
 import restart  # drills/restart.py (conftest puts drills/ on the path)
 from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
-from prefect_launch.server import start_server, stop_server
+from prefect_launch.server import free_port, start_server, stop_server
 from services import BASE_IMAGE, docker_engine
 
 WAIT_FOR_RELEASE = "import os, time\nwhile not os.path.exists({release!r}): time.sleep(0.1)\nprint('released', flush=True)\n"
@@ -117,13 +117,26 @@ def test_a_local_process_job_ends_crashed_when_its_agent_dies(start_agent, make_
     assert state.is_crashed() and "local-process jobs cannot be adopted by another agent" in state.message, state
 
 
+def _port_below_the_ephemeral_range() -> int:
+    """A free port the kernel never hands out by itself, as the embedded server's default (4200) is.
+
+    A port from bind(0) is ephemeral: while its server is down, any client socket or bind(0) on
+    the machine (another test worker's) may take it, and the server cannot come back on it.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 10_000), low), 100):
+        if free_port(port) == port:
+            return port
+    raise AssertionError(f"no free port below the ephemeral range ({low})")
+
+
 @pytest.fixture
 def own_server(tmp_path, monkeypatch):
     """A second Prefect server, for this test to stop and start again on the same port and database."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server_home = tmp_path / "server"
-    url = start_server(server_home, port=0)
+    url = start_server(server_home, port=_port_below_the_ephemeral_range())
     monkeypatch.setenv("PREFECT_API_URL", url)  # the CLI and agents
     with temporary_settings({PREFECT_API_URL: url}):  # this process's client (settings are read at import)
         yield server_home, url
