@@ -5,8 +5,8 @@ is the whole machine's busy time from /proc/stat, so it counts everything the te
 servers, agents, jobs, containers, the Docker engine. On a machine running nothing else, that is
 the run's own cost. "CPU-bound" is the share of seconds in which the cores were at least 90% busy.
 
-`.ci/run` sets `PREFECT_LAUNCH_CI_STARTED` (epoch seconds and machine busy seconds at its start)
-so that the last line counts the install too.
+`.ci/run` sets `PREFECT_LAUNCH_CI_STARTED` to what `python3 tests/run_cost.py` prints at its start
+(epoch seconds and the machine's busy seconds) so that the last line counts the install too.
 
 Example (the end of a `.ci/run` on 2 cores, before pytest's own closing line)::
 
@@ -24,7 +24,10 @@ import threading
 import time
 from collections import defaultdict
 
-import pytest
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # run as a script by .ci/run before any venv exists
+    import pytest
 
 SLOWEST = 25
 BOUND = 0.9  # a second counts as CPU-bound when the cores were this busy
@@ -75,3 +78,7 @@ class RunCost:
         if ci_started:
             at, busy = (float(value) for value in ci_started.split())
             write(f".ci/run so far, install included: {time.time() - at:.0f} s wall, {busy_seconds() - busy:.0f} s CPU")
+
+
+if __name__ == "__main__":
+    print(time.time(), busy_seconds())
