@@ -13,6 +13,7 @@ from conftest import SEEDS, cli, unique
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.sweeps.config import SweepConfig, load_sweep_config
+from prefect_launch.sweeps.hyperband import hyperband_bands, runs_to_stop
 from prefect_launch.sweeps.search import Search
 
 BASE = {"method": "random", "metric": {"name": "loss", "goal": "minimize"}, "run_cap": 4, "job": "trainer",
@@ -107,17 +108,35 @@ def test_bayes_learns_where_the_minimum_is() -> None:
     assert late[len(late) // 2] < 1.0, xs
 
 
-def test_hyperband_stops_a_bad_trial_early() -> None:
-    config = SweepConfig.model_validate({**BASE, "run_cap": 20,
-                                         "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 9, "eta": 3}})
-    search = Search(config.check_runnable(), seed=0)
-    for _ in range(8):  # good trials: the loss falls to near 0
-        trial = search.ask()
-        for step in range(1, 10):
-            search.should_stop_early(trial, step, 1.0 / step)
-        search.tell(trial, 1.0 / 9)
-    bad = search.ask()
-    assert any(search.should_stop_early(bad, step, 100.0) for step in range(1, 10))
+def test_hyperband_stops_a_bad_trial_at_its_first_band_and_a_late_one_at_the_band_it_falls_behind() -> None:
+    """W&B's rule, on W&B's config keys: min_iter 1, eta 3 gives bands 1, 3, 9 (capped by max_iter)."""
+    config = SweepConfig.model_validate({**BASE, "run_cap": 20, "early_terminate": {
+        "type": "hyperband", "min_iter": 1, "max_iter": 9, "eta": 3}}).check_runnable()
+    bands = hyperband_bands(config.early_terminate)
+    assert bands == [1, 3, 9]
+    good = {n: [1.0 / step for step in range(1, 10)] for n in range(8)}
+    bad = {**good, "bad": [100.0, 100.0]}
+    assert runs_to_stop(bad, {"bad"}, bands, 3, "minimize") == {"bad"}
+    # One value logged: no band passed yet, nothing to compare.
+    assert runs_to_stop({**good, "bad": [100.0]}, {"bad"}, bands, 3, "minimize") == set()
+    # Good until band 3, then behind: stopped there, not before.
+    late = [1.0, 0.5, 0.33, 5.0]
+    assert runs_to_stop({**good, "late": late[:3]}, {"late"}, bands, 3, "minimize") == set()
+    assert runs_to_stop({**good, "late": late}, {"late"}, bands, 3, "minimize") == {"late"}
+    # Maximize: the same histories, negated, stop the same run.
+    flipped = {key: [-v for v in history] for key, history in bad.items()}
+    assert runs_to_stop(flipped, {"bad"}, bands, 3, "maximize") == {"bad"}
+    # Finished runs set the thresholds but are never stopped.
+    assert runs_to_stop(bad, set(good), bands, 3, "minimize") == set()
+
+
+def test_hyperband_bands_from_max_iter_and_s_count_back_from_max_iter() -> None:
+    from prefect_launch.sweeps.config import EarlyTerminate
+
+    assert hyperband_bands(EarlyTerminate(type="hyperband", max_iter=27, s=2)) == [3, 9]
+    assert hyperband_bands(EarlyTerminate(type="hyperband", max_iter=27, s=5)) == [1, 3, 9]
+    with pytest.raises(ValueError, match="'max_iter' with 's'"):
+        EarlyTerminate(type="hyperband", max_iter=27)
 
 
 TRAIN = """
@@ -479,7 +498,8 @@ def test_hyperband_stops_trials_early_on_a_queue(tmp_path: Path, make_queue, sta
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, HYPERBAND_TRAIN)
-    xs = [3.0, 3.1, 2.9, 3.2, 2.8, 3.3, 50.0, 60.0, 70.0]
+    # Each near trial beats every one before it at every band, so none is behind; the far ones are.
+    xs = [3.5, 3.4, 3.3, 3.2, 3.1, 3.0, 50.0, 60.0, 70.0]
     config = write(tmp_path, {
         "method": "grid", "metric": {"name": "loss", "goal": "minimize"},
         "parameters": {"x": {"values": xs}}, "scheduler": {"num_workers": 1},
@@ -490,8 +510,9 @@ def test_hyperband_stops_trials_early_on_a_queue(tmp_path: Path, make_queue, sta
     trials = [line.split(maxsplit=4) for line in result.stdout.splitlines() if line.startswith("trial ")]
     assert len(trials) == len(xs), result.stdout
     stopped = [t[2] for t in trials if t[3] == "Cancelled"]
-    assert stopped, "hyperband stopped no trial:\n" + result.stdout + result.stderr
-    assert "best: trial 0 " in result.stdout and "{'x': 3.0}" in result.stdout
+    # W&B's rule is deterministic: the three far trials fall behind at the first band, the near ones never.
+    assert [t[1] for t in trials if t[3] == "Cancelled"] == ["6", "7", "8"], result.stdout + result.stderr
+    assert "best: trial 5 " in result.stdout and "{'x': 3.0}" in result.stdout
 
     async def read():
         async with get_client() as client:

@@ -117,8 +117,9 @@ class EarlyTerminate(BaseModel):
 
     @model_validator(mode="after")
     def _needs_an_iteration_bound(self) -> "EarlyTerminate":
-        if self.min_iter is None and self.max_iter is None:
-            raise ValueError("hyperband needs 'min_iter' or 'max_iter'")
+        if self.min_iter is None and (self.max_iter is None or self.s is None):
+            # W&B's schema: `min_iter`, or `max_iter` with `s` (the bands count back from max_iter).
+            raise ValueError("hyperband needs 'min_iter', or 'max_iter' with 's'")
         return self
 
 

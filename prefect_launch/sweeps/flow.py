@@ -35,6 +35,7 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect_launch.home import launch_home
 from prefect_launch.spec import ImageSource, LaunchSpec, Overrides, new_run_id
 from prefect_launch.sweeps.config import SweepConfig
+from prefect_launch.sweeps.hyperband import hyperband_bands, runs_to_stop
 from prefect_launch.sweeps.metrics import read_run_metrics
 from prefect_launch.sweeps.search import Search, Trial
 
@@ -54,7 +55,8 @@ class TrialRecord:
     started: str | None = None
     ended: str | None = None
     trial: Trial | None = field(default=None, repr=False)
-    reported_step: int = field(default=-1, repr=False)  # hyperband: the last step told to the pruner
+    history: list[float] = field(default_factory=list, repr=False)  # hyperband: the metric's logged values
+    running: bool = field(default=False, repr=False)
 
     def public(self) -> dict[str, Any]:
         return {"number": self.number, "run_id": self.run_id, "flow_run_id": self.flow_run_id, "params": self.params,
@@ -161,9 +163,11 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                 for flow_run_id, record in list(in_flight.items()):
                     flow_run = await client.read_flow_run(flow_run_id)
                     record.state = flow_run.state.name if flow_run.state else record.state
-                    if config.early_terminate is not None and flow_run.state and flow_run.state.is_running():
-                        await _maybe_stop_early(client, search, config, record, runs_dir, logger)
-                    if not (flow_run.state and flow_run.state.is_final()):
+                    record.running = bool(flow_run.state and flow_run.state.is_running())
+                    ended = bool(flow_run.state and flow_run.state.is_final())
+                    if config.early_terminate is not None and (record.running or ended):
+                        record.history = _metric_history(config, runs_dir, record)
+                    if not ended:
                         continue
                     del in_flight[flow_run_id]
                     record.started = flow_run.start_time.isoformat() if flow_run.start_time else None
@@ -180,6 +184,8 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                     if _reaches_target(config, record.value):
                         reached_target = True
                         logger.info(f"trial {record.number} reached the target {config.metric.target}")
+                if config.early_terminate is not None:
+                    await _stop_early(client, search, config, trials, in_flight, logger)
                 done = len(trials) - len(in_flight)
                 total = cap or max(len(trials), 1)
                 await update_progress_artifact(progress, 100.0 * done / total,
@@ -233,20 +239,24 @@ def _reaches_target(config: SweepConfig, value: float | None) -> bool:
     return value <= target if config.metric.goal == "minimize" else value >= target
 
 
-async def _maybe_stop_early(client: PrefectClient, search: Search, config: SweepConfig, record: TrialRecord,
-                            runs_dir, logger) -> None:
-    """Hyperband: report the running trial's metric per step; cancel its run when the pruner says so."""
-    steps = read_run_metrics(runs_dir / record.run_id, record.run_id).steps_of(config.metric.name)
-    for step, value in steps:
-        if step <= record.reported_step:
-            continue
-        record.reported_step = step
-        if search.should_stop_early(record.trial, step, float(value)):
-            record.value = float(value)
-            search.stopped_early(record.trial)
-            logger.info(f"trial {record.number} ({record.run_id}) stopped early by hyperband at step {step}")
-            await _cancel_run(client, UUID(record.flow_run_id))
-            return
+def _metric_history(config: SweepConfig, runs_dir, record: TrialRecord) -> list[float]:
+    metrics = read_run_metrics(runs_dir / record.run_id, record.run_id)
+    return [float(value) for _, value in metrics.steps_of(config.metric.name)]
+
+
+async def _stop_early(client: PrefectClient, search: Search, config: SweepConfig, trials: list[TrialRecord],
+                      in_flight: dict[UUID, TrialRecord], logger) -> None:
+    """Hyperband (W&B's rule, see hyperband.py): cancel the running trials that fall behind at a band."""
+    running = {r.number: r for r in in_flight.values() if r.running and not r.trial.stopped_early}
+    stop = runs_to_stop({t.number: t.history for t in trials}, running, hyperband_bands(config.early_terminate),
+                        config.early_terminate.eta, config.metric.goal)
+    for number in sorted(stop):
+        record = running[number]
+        record.value = record.history[-1]
+        search.stopped_early(record.trial)
+        logger.info(f"trial {record.number} ({record.run_id}) stopped early by hyperband after "
+                    f"{len(record.history)} values of {config.metric.name}")
+        await _cancel_run(client, UUID(record.flow_run_id))
 
 
 async def _cancel_requested_now(own_id: UUID) -> bool:

@@ -5,8 +5,8 @@
 - random: optuna's RandomSampler over the distributions.
 - bayes: optuna's TPESampler (a Tree-structured Parzen Estimator: W&B's bayes uses a Gaussian
   process; both model which regions give good metrics from the trials so far).
-- early_terminate hyperband: optuna's HyperbandPruner, with W&B's `min_iter` as `min_resource`,
-  `max_iter` as `max_resource` and `eta` as `reduction_factor`; a trial's step is its W&B `_step`.
+- early_terminate hyperband is W&B's own rule (hyperband.py), decided by the sweep flow; a trial
+  it stops is marked pruned here, so the sampler does not learn from its cut-short end.
 
 Distributions map onto optuna's: `values` -> CategoricalDistribution (drawn by index, so any
 JSON value works), `int_uniform` -> IntDistribution, `uniform` -> FloatDistribution,
@@ -53,8 +53,7 @@ class Search:
         self.config = config
         self.asked = 0
         self._grid = _grid(config.parameters) if config.method == "grid" else None
-        # A grid has nothing to learn, but hyperband compares its trials' reports: they are study trials then too.
-        self._study = _study(config, seed) if self._grid is None or config.early_terminate else None
+        self._study = _study(config, seed) if self._grid is None else None  # a grid has nothing to learn
 
     def ask(self) -> Trial | None:
         if self._grid is not None:
@@ -80,14 +79,8 @@ class Search:
         else:
             self._study.tell(trial._optuna_trial, value)
 
-    def should_stop_early(self, trial: Trial, step: int, value: float) -> bool:
-        """Report a running trial's metric at `step`; True when hyperband says stop it."""
-        if trial._optuna_trial is None or self.config.early_terminate is None:
-            return False
-        trial._optuna_trial.report(value, step)
-        return trial._optuna_trial.should_prune()
-
     def stopped_early(self, trial: Trial) -> None:
+        """Hyperband stopped it: pruned for the sampler, which then does not read its end as a result."""
         import optuna
 
         if trial._optuna_trial is not None:
@@ -110,16 +103,8 @@ def _study(config: SweepConfig, seed: int | None):
         sampler = optuna.samplers.TPESampler(seed=seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
-    pruner = optuna.pruners.NopPruner()
-    if config.early_terminate is not None:
-        hyperband = config.early_terminate
-        pruner = optuna.pruners.HyperbandPruner(
-            min_resource=hyperband.min_iter or 1,
-            max_resource=hyperband.max_iter or "auto",
-            reduction_factor=int(hyperband.eta),
-        )
     goal = config.metric.goal if config.metric else "minimize"
-    return optuna.create_study(direction=goal, sampler=sampler, pruner=pruner)
+    return optuna.create_study(direction=goal, sampler=sampler)
 
 
 def _suggest(trial, name: str, parameter: Parameter) -> Any:
