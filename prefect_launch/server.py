@@ -58,15 +58,20 @@ def serves(url: str, home: Path, timeout: float = 2.0) -> bool:
     Checking that a port is free and the server binding it race: another home's server may take
     the port in between, and then answer every health check of ours.
     """
+    try:
+        return _home_answering(url, timeout) == server_env(home)["PREFECT_HOME"]
+    except (OSError, ValueError):
+        return False
+
+
+def _home_answering(url: str, timeout: float) -> str | None:
+    """The PREFECT_HOME of the server at `url`; raises OSError if it does not answer in time."""
     request = urllib.request.Request(f"{url}/admin/settings")
     login = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")  # a server this process starts gets the same
     if login:
         request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read()).get("home") == server_env(home)["PREFECT_HOME"]
-    except (OSError, ValueError):
-        return False
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read()).get("home")
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -127,6 +132,21 @@ def start_server(home: Path, port: int = DEFAULT_PORT) -> str:
     raise RuntimeError(f"other servers took every port this one tried; see {home / 'server.log'}")
 
 
+def _answers_as(url: str, home: Path, proc: subprocess.Popen, deadline: float) -> bool:
+    """Whether the server answering at `url` is the one `proc` started for `home`.
+
+    A slow answer is not a no: on a loaded machine a server just up may take seconds to answer,
+    and taking that for another server's port once killed it and moved it to a random port.
+    """
+    while True:
+        try:
+            return _home_answering(url, timeout=2.0) == server_env(home)["PREFECT_HOME"]
+        except (OSError, ValueError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+
+
 def _start_on(home: Path, port: int) -> str | None:
     """The server's URL once it answers as this home's; None if another server holds the port."""
     url = f"http://127.0.0.1:{port}/api"
@@ -171,7 +191,7 @@ def _start_on(home: Path, port: int) -> str | None:
             proc.kill()
             raise RuntimeError(f"Prefect server did not answer within {START_TIMEOUT_SECONDS} s; see {home / 'server.log'}")
         time.sleep(0.25)
-    if not serves(url, home):
+    if not _answers_as(url, home, proc, deadline):
         proc.kill()
         proc.wait()
         return None

@@ -133,7 +133,9 @@ def test_a_run_waiting_for_its_launch_run_follows_it(make_queue, tmp_path):
     try:
         waiting = (by_flow_run, by_launch_run, deleted)
         deadline = time.monotonic() + 60
-        while not all((on_server("read_flow_run", run.id).state.message or "").startswith("Handed to") for run in waiting):
+        # The mark comes first, its launch run a moment later: wait for both.
+        while not all((on_server("read_flow_run", run.id).state.message or "").startswith("Handed to")
+                      and launch_run_of(run) for run in waiting):
             assert time.monotonic() < deadline, "never handed over"
             time.sleep(0.3)
         asked_at = time.monotonic()
