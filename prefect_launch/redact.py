@@ -12,9 +12,10 @@ from typing import Any
 
 MASK = "********"
 _SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.I)
-_SECRET_ASSIGNMENT = re.compile(
-    r"((?:[\w-]*(?:api[_-]?key|token|secret|password|passwd|credential|auth)[\w-]*)=)([^\s]+)", re.I
-)
+# A `NAME=` only where a name starts (not after a word character), so the engine scans each name
+# once: masking stays linear in the text's length, whatever one job puts in its arguments.
+_ASSIGNED_NAME = re.compile(r"(?<![\w-])([\w-]+)=")
+_VALUE_END = re.compile(r"\s")
 
 
 def is_secret_name(name: str) -> bool:
@@ -35,5 +36,24 @@ def redact(value: Any, name: str = "") -> Any:
     if isinstance(value, str):
         if name and is_secret_name(name):
             return MASK
-        return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + MASK, value)
+        return _mask_assignments(value)
     return value
+
+
+def _mask_assignments(text: str) -> str:
+    """`text` with the value of every `SECRET_NAME=value` masked, up to the next whitespace.
+
+    >>> _mask_assignments("lr=0.1 --api-key=abc x=WANDB_TOKEN=def")
+    'lr=0.1 --api-key=******** x=WANDB_TOKEN=********'
+    """
+    pieces, done, position = [], 0, 0
+    while match := _ASSIGNED_NAME.search(text, position):
+        position = match.end()
+        if not is_secret_name(match.group(1)):
+            continue
+        end = _VALUE_END.search(text, position)
+        end = end.start() if end else len(text)
+        if end > position:
+            pieces += [text[done:position], MASK]
+            done = position = end  # the masked value is not searched for names
+    return "".join(pieces) + text[done:] if pieces else text
