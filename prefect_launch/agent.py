@@ -8,6 +8,8 @@ a slot is held from claim until the job's flow run ends. When an agent dies
 (`kill -9`, a lost node), the runs it held are taken over: Pending ones go
 back to their queue, Running ones are adopted by the next agent that sees
 them, which follows the job it had submitted and never submits it again.
+An agent started before its server (a reboot, a compose file) waits for it
+(`wait_for_server`: a log line per attempt, 1 s doubling to 30 s, for ever).
 
 Example::
 
@@ -47,6 +49,43 @@ logger = logging.getLogger("prefect_launch.agent")
 
 FALLBACK_POLL_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30.0
+STARTUP_RETRY_FIRST_SECONDS = 1.0
+STARTUP_RETRY_MAX_SECONDS = 30.0
+STARTUP_ATTEMPT_TIMEOUT_SECONDS = 10.0
+
+
+async def wait_for_server(client: Any, first: float = STARTUP_RETRY_FIRST_SECONDS,
+                          most: float = STARTUP_RETRY_MAX_SECONDS) -> None:
+    """Return once the Prefect API answers `/health`; until then log one line per attempt and back off.
+
+    The wait doubles from `first` to at most `most` seconds (1, 2, 4, 8, 16, 30, 30, ... s) and never
+    gives up: an agent may start before its server. An attempt that gets no answer within
+    `STARTUP_ATTEMPT_TIMEOUT_SECONDS` counts as failed. Only a server that cannot be reached (or a proxy
+    saying it is down: 502, 503, 504) is waited for; any other answer, a refused login say, is left
+    to the requests that follow to report.
+    """
+    import httpx
+
+    url = str(client.api_url).rstrip("/")
+    delay = first
+    waited = False
+    while True:
+        problem: BaseException | None = None
+        with anyio.move_on_after(STARTUP_ATTEMPT_TIMEOUT_SECONDS) as attempt:
+            problem = await client.api_healthcheck()
+        if attempt.cancelled_caught:
+            problem = TimeoutError(f"no answer in {STARTUP_ATTEMPT_TIMEOUT_SECONDS:.0f} s")
+        down = isinstance(problem, (httpx.TransportError, TimeoutError)) or (
+            isinstance(problem, httpx.HTTPStatusError) and problem.response.status_code in (502, 503, 504))
+        if not down:
+            if waited:
+                logger.warning("server %s reachable", url)
+            return
+        waited = True
+        reason = " ".join(str(problem).split()) or type(problem).__name__
+        logger.warning("server %s unreachable (%s), retrying in %.0f s", url, reason, delay)
+        await anyio.sleep(delay)
+        delay = min(delay * 2, most)
 
 
 class Agent:
@@ -88,6 +127,7 @@ class Agent:
         limiter = anyio.CapacityLimiter(self.config.max_jobs or math.inf)
         async with AsyncExitStack() as stack:
             client = await stack.enter_async_context(get_client())
+            await wait_for_server(client)
             pools = [await read_queue(client, queue) for queue in self.config.queues]
             for pool in pools:
                 worker = LaunchWorker(

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from prefect_launch.config_files import ConfigFileError, parse_config_text
+from prefect_launch.config_files import ConfigFileError, parse_config_text, read_config_text
 from prefect_launch.errors import LaunchError
 
 DEFAULT_AGENT_CONFIG = Path("~/.config/wandb/launch-config.yaml")
@@ -145,7 +145,7 @@ def load_agent_config(path: Path | None) -> AgentConfig:
         if explicit:
             raise AgentConfigError(f"{path}: agent config file not found")
         return AgentConfig()
-    return load_agent_config_text(path.read_text(), str(path))
+    return load_agent_config_text(read_config_text(path, "agent config"), str(path))
 
 
 def _describe(exc: ValidationError, source: str) -> str:

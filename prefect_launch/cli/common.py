@@ -69,17 +69,76 @@ def clear_errors(fn: Callable[..., T]) -> Callable[..., T]:
                 typer.echo(f"error: {where}: {error['msg']}", err=True)
             raise typer.Exit(1) from None
         except RuntimeError as exc:
-            if "Prefect server" not in str(exc):
+            if isinstance(exc, (typer.Exit, typer.Abort)):  # click's are RuntimeErrors
                 raise
-            typer.echo(f"error: {exc}", err=True)
+            transport = transport_error(exc)
+            if transport is not None:
+                typer.echo(f"error: {unreachable(transport)}", err=True)
+            elif "Prefect server" in str(exc):
+                typer.echo(f"error: {exc}", err=True)
+            else:
+                raise
             raise typer.Exit(1) from None
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code not in (401, 403):
                 raise
             typer.echo(f"error: {refused_login(exc.response.status_code)}", err=True)
             raise typer.Exit(1) from None
+        except Exception as exc:  # the server is down or the URL wrong: Prefect raises httpx's errors as they are
+            transport = transport_error(exc)
+            if transport is None:
+                raise
+            typer.echo(f"error: {unreachable(transport)}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def transport_error(exc: BaseException) -> httpx.TransportError | None:
+    """The httpx connection failure behind `exc` (itself, its cause, or inside an exception group), if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, httpx.TransportError):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.append(current.__cause__)
+        if not current.__suppress_context__:
+            todo.append(current.__context__)
+    return None
+
+
+def api_url() -> str:
+    """The Prefect API URL this process uses (what Prefect read from PREFECT_API_URL or its profile)."""
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        if url:
+            return str(url)
+    return configured_api_url() or "the embedded server"
+
+
+def unreachable(exc: httpx.TransportError) -> str:
+    """One line: which server could not be reached, where we looked, and why."""
+    url = api_url()
+    try:
+        target = str(exc.request.url)
+    except RuntimeError:  # an error raised without a request
+        target = url
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    connecting = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+    if target.startswith(url.rstrip("/")) or target == url:
+        if not connecting:
+            return f"the Prefect server at {url} stopped answering ({type(exc).__name__}: {reason}); try again"
+        return (f"the Prefect server at {url} is unreachable ({type(exc).__name__}: {reason}); "
+                "start it, or point PREFECT_API_URL at one that runs")
+    return f"could not {'reach' if connecting else 'talk to'} {target} ({type(exc).__name__}: {reason})"
 
 
 def refused_login(status: int) -> str:
