@@ -96,7 +96,7 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
             with working(f"Packing and storing code folder {uri}"):
                 source = code.upload(folder, code.code_storage(code_storage, launch_home()))
         else:
-            source = CodeSource(digest=code.pack(folder)[0], storage=code.DEFAULT_STORAGE)
+            source = CodeSource(digest=code.folder_digest(folder), storage=code.DEFAULT_STORAGE)
     elif docker_image:
         source = ImageSource(image=docker_image)
 
@@ -204,10 +204,12 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
         # A git job is cloned (into the agent cache) so its image tag is exact.
         job_resolved = resolve(spec, queue, launch_home(), fetch=spec.source is not None and spec.source.type == "git",
                                resource=queue_config.resource)
-        if folder is not None:
-            job_resolved = job_resolved.model_copy(update={"workdir": folder})
         environment = _verified_environment(queue_config.resource)
-        job_resolved = _with_planned_image(job_resolved, queue, queue_config, spec, environment)
+        # The image is planned from the folder on this machine; the submission names the run's own
+        # copy of it, where the agent runs and builds the job.
+        planned = job_resolved.model_copy(update={"workdir": folder}) if folder is not None else job_resolved
+        planned = _with_planned_image(planned, queue, queue_config, spec, environment)
+        job_resolved = job_resolved.model_copy(update={"image": planned.image})
         echo_json(render(job_resolved, queue_config, spec.resource_args, environment))
         return
 

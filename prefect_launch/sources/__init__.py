@@ -4,7 +4,7 @@ Example::
 
     job = resolve(LaunchSpec(source=CodeSource(...), entry_point=["python", "train.py"]),
                   queue="gpu", home=Path(".prefect-launch"))
-    job.workdir   # .prefect-launch/code/<digest>
+    job.workdir   # .prefect-launch/runs/<run_id>/code: this run's own copy of the code
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ def resolve(
 ) -> ResolvedJob:
     """Fetch the spec's code (or name its image) and fix its run id, name and argv.
 
-    With `fetch=False` (dry runs) the code folder is named, not fetched. A job
-    for a `resource` that runs off the agent's machine gets no run folder.
+    Code and git jobs get a copy of their code of their own, `<home>/runs/<run_id>/code`
+    (unpacked from the verified archive in `<home>/code`, or copied from the checkout in
+    `<home>/git`): the run's working directory, and the build context of its image. With
+    `fetch=False` (dry runs) that folder is named, not made. A job for a `resource` that runs
+    off the agent's machine gets no run folder (`run_dir`), only the code copy its build reads.
     """
     source, entry_point = spec.source, spec.entry_point
     if spec.job:
@@ -70,22 +73,20 @@ def resolve(
     entry_point = list(spec.overrides.entry_point or entry_point or [])
     argv = entry_point + list(spec.overrides.args)
 
+    run_id = spec.run_id or new_run_id()
     workdir = image = None
-    if isinstance(source, CodeSource):
-        if fetch:
-            workdir = code.fetch(source, home / "code")
-            check_entry_point_file(argv, workdir, f"code {source.digest[:19]}")
-        else:
-            workdir = code.cache_path(source, home / "code")
-    elif isinstance(source, GitSource):
-        if fetch:
-            workdir, commit = git.fetch(source.uri, source.ref, home / "git")
-            check_entry_point_file(argv, workdir, f"{source.uri} at {commit[:12]}")
-        else:
-            workdir = home / "git" / (source.ref or "HEAD")
+    if isinstance(source, (CodeSource, GitSource)):
+        # The run's own copy, never the shared cache: what a run writes there stays its own.
+        workdir = code.work_path(home / "runs" / run_id)
+    if isinstance(source, CodeSource) and fetch:
+        code.fetch(source, home / "code", workdir)
+        check_entry_point_file(argv, workdir, f"code {source.digest[:19]}")
+    elif isinstance(source, GitSource) and fetch:
+        checkout, commit = git.fetch(source.uri, source.ref, home / "git")
+        git.working_copy(checkout, workdir)
+        check_entry_point_file(argv, workdir, f"{source.uri} at {commit[:12]}")
     elif isinstance(source, ImageSource):
         image = source.image
-    run_id = spec.run_id or new_run_id()
     return ResolvedJob(
         run_id=run_id,
         run_name=spec.run_name or run_id,

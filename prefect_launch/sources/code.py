@@ -1,15 +1,37 @@
 """Code artifacts: a folder packed deterministically and stored by its sha256.
 
 The same folder always packs to the same bytes (sorted entries, zeroed times
-and owners), so its digest names its content: storing it again is harmless,
-and agents unpack each digest once into their cache.
+and owners), so its digest (the sha256 of the uncompressed tar) names its
+content: storing it again is harmless.
+
+Archives are safe by construction:
+
+- packing takes regular files and folders only: a symbolic link, a FIFO, a
+  socket or a device in the folder is refused with one line naming it (the
+  names in `EXCLUDED_NAMES` and `*.pyc` are skipped whatever they are);
+- packing streams: the tar is hashed while it is written, gzipped into a
+  temporary file, and the storage block is written from that file;
+- an agent downloads a stored archive into a temporary file, checks its
+  digest while decompressing it in bounded chunks, and only then renames it
+  into its cache, `<home>/code/<digest>.tar.gz`, read-only;
+- every run unpacks that archive (streaming, links and special members
+  refused, tarfile's `data` filter on top, the digest checked again) into a
+  folder of its own (`<home>/runs/<run_id>/code`): runs never share, nor
+  change, each other's code, and builds take their context from a fresh unpack.
+
+Limits (module constants, each overridable by an environment variable):
+`MAX_CODE_BYTES` (1 GiB, `PREFECT_LAUNCH_MAX_CODE_BYTES`) caps the
+uncompressed archive, `MAX_CODE_FILES` (100,000, `PREFECT_LAUNCH_MAX_CODE_FILES`)
+its entries; both hold when packing and when unpacking.
 
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "train.py").write_text("print(1)")
     >>> digest, data = pack(d)
-    >>> digest == pack(d)[0] and digest.startswith("sha256:")
+    >>> digest == pack(d)[0] == folder_digest(d) and digest.startswith("sha256:")
     True
+    >>> parse_size("2G"), parse_size("512M"), parse_size("1000")
+    (2147483648, 536870912, 1000)
 """
 
 from __future__ import annotations
@@ -19,9 +41,12 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterator
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.spec import CodeSource
@@ -31,27 +56,168 @@ EXCLUDED_NAMES = {".git", "__pycache__", ".venv", "wandb", ".prefect-launch", ".
 DEFAULT_STORAGE = "local-file-system/prefect-launch-code"
 STORAGE_ENV = "PREFECT_LAUNCH_CODE_STORAGE"
 
+MAX_CODE_BYTES = 1 << 30
+MAX_CODE_BYTES_ENV = "PREFECT_LAUNCH_MAX_CODE_BYTES"
+MAX_CODE_FILES = 100_000
+MAX_CODE_FILES_ENV = "PREFECT_LAUNCH_MAX_CODE_FILES"
 
-def pack_tar(folder: Path, extra_files: dict[str, bytes] | None = None) -> bytes:
-    """An uncompressed tar of `folder` (plus `extra_files` by path), identical for identical content."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise LaunchError(f"code folder {str(folder)!r} does not exist or is not a folder")
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in _walk(folder):
-            info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
-            _normalize(info)
-            if info.isfile():
-                with path.open("rb") as handle:
-                    tar.addfile(info, handle)
-            else:
-                tar.addfile(info)
-        for name, data in sorted((extra_files or {}).items()):
-            info = _normalize(tarfile.TarInfo(name))
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
+_CHUNK = 1 << 20
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_WHAT = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def parse_size(text: str) -> int:
+    """`1073741824`, `512M`, `2G` (powers of 1024; a trailing `B`/`iB` is allowed)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS and value[-1:] else ""
+    number = value[: len(value) - len(unit)].strip()
+    if not number.isdigit() or int(number) <= 0:
+        raise LaunchError(f"{text!r} is not a size: give bytes, or a number with K, M, G or T")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def max_code_bytes() -> int:
+    """The cap on a code archive's uncompressed size: $PREFECT_LAUNCH_MAX_CODE_BYTES, else `MAX_CODE_BYTES`."""
+    raw = os.environ.get(MAX_CODE_BYTES_ENV)
+    if not raw:
+        return MAX_CODE_BYTES
+    try:
+        return parse_size(raw)
+    except LaunchError as exc:
+        raise LaunchError(f"${MAX_CODE_BYTES_ENV}: {exc}") from None
+
+
+def max_code_files() -> int:
+    """The cap on a code archive's entries: $PREFECT_LAUNCH_MAX_CODE_FILES, else `MAX_CODE_FILES`."""
+    raw = os.environ.get(MAX_CODE_FILES_ENV, "").strip()
+    if not raw:
+        return MAX_CODE_FILES
+    if not raw.isdigit() or int(raw) <= 0:
+        raise LaunchError(f"${MAX_CODE_FILES_ENV}: {raw!r} is not a positive number")
+    return int(raw)
+
+
+def _human(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]} {unit}iB"
+    return f"{size} bytes"
+
+
+def _too_large(what: str, limit: int) -> LaunchError:
+    return LaunchError(f"{what} is larger than the {_human(limit)} limit on code "
+                       f"(set ${MAX_CODE_BYTES_ENV} to raise it)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+
+
+class _HashingWriter(io.RawIOBase):
+    """Hashes and counts what tarfile writes, refuses to go past `limit`, forwards to `out` (if any)."""
+
+    def __init__(self, out: BinaryIO | None, limit: int, what: str) -> None:
+        self.out, self.limit, self.what = out, limit, what
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _too_large(self.what, self.limit)
+        self.hash.update(data)
+        if self.out is not None:
+            self.out.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def _refuse_entry(folder: Path, path: Path, mode: int, links: bool = False) -> LaunchError:
+    relative = path.relative_to(folder).as_posix()
+    if links and stat.S_ISLNK(mode):
+        return LaunchError(f"build context {str(folder)!r}: {relative!r} is a symbolic link to "
+                           f"{os.readlink(path)!r}, outside the folder; refused")
+    what = _WHAT.get(stat.S_IFMT(mode), "not a regular file or folder")
+    detail = ""
+    if stat.S_ISLNK(mode):
+        try:
+            detail = f" (to {os.readlink(path)!r})"
+        except OSError:
+            pass
+    return LaunchError(f"code folder {str(folder)!r}: {relative!r} is {what}{detail}; code archives hold only "
+                       "regular files and folders: replace it with the file it stands for, or remove it")
+
+
+def _walk(folder: Path, links: bool = False) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every entry to pack, in the order the archive has always had (a folder, its files, then its folders).
+
+    With `links`, a symbolic link that stays inside `folder` is an entry too (build contexts of git
+    checkouts); any other is refused.
+    """
+
+    def visit(directory: Path) -> Iterator[tuple[Path, os.stat_result]]:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError as exc:
+            raise LaunchError(f"code folder {str(folder)!r}: cannot read {_relative(folder, directory)!r}: "
+                              f"{exc.strerror or exc}") from None
+        files, dirs = [], []
+        for name in names:
+            path = directory / name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise LaunchError(f"code folder {str(folder)!r}: {_relative(folder, path)!r} has a name that is "
+                                  "not UTF-8; rename it") from None
+            try:
+                info = os.lstat(path)
+            except OSError as exc:
+                raise LaunchError(f"code folder {str(folder)!r}: cannot read {_relative(folder, path)!r}: "
+                                  f"{exc.strerror or exc}") from None
+            if stat.S_ISDIR(info.st_mode):
+                if name not in EXCLUDED_NAMES:
+                    dirs.append((path, info))
+                continue
+            # A submodule's `.git` is a file; a `.venv` may be a link to a shared one.
+            if name.endswith(".pyc") or name in EXCLUDED_NAMES:
+                continue
+            if links and stat.S_ISLNK(info.st_mode) and _link_inside(folder, path):
+                files.append((path, info))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                raise _refuse_entry(folder, path, info.st_mode, links)
+            files.append((path, info))
+        yield from files
+        for path, info in dirs:
+            yield path, info
+            yield from visit(path)
+
+    yield from visit(folder)
+
+
+def _link_inside(folder: Path, path: Path) -> bool:
+    target = os.readlink(path)
+    inside = os.path.normpath(os.path.join(os.path.dirname(_relative(folder, path)), target))
+    return not os.path.isabs(target) and inside != ".." and not inside.startswith("../")
+
+
+def _relative(folder: Path, path: Path) -> str:
+    return path.relative_to(folder).as_posix() or "."
 
 
 def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -60,23 +226,91 @@ def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def pack(folder: Path) -> tuple[str, bytes]:
-    """Return (digest, gzipped tar) for `folder`, identical for identical content."""
-    raw = pack_tar(folder)
-    return "sha256:" + hashlib.sha256(raw).hexdigest(), gzip.compress(raw, mtime=0)
+def _check_extra_name(name: str) -> None:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
+        raise LaunchError(f"build context file {name!r}: a relative path inside the context is needed")
 
 
-def _walk(folder: Path):
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_NAMES)
-        root_path = Path(root)
-        if root_path != folder:
-            yield root_path
-        for name in sorted(files):
-            # A submodule's `.git` is a file.
-            if name.endswith(".pyc") or name in EXCLUDED_NAMES:
+def write_tar(folder: Path, out: BinaryIO | None, extra_files: dict[str, bytes] | None = None,
+              links: bool = False) -> tuple[str, int]:
+    """Write the deterministic uncompressed tar of `folder` (plus `extra_files`) to `out`; return (digest, size).
+
+    With `out=None` the tar is only hashed. Streams: memory does not grow with the folder.
+    `links` keeps symbolic links that stay inside the folder (build contexts only: code
+    archives hold regular files and folders).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LaunchError(f"code folder {str(folder)!r} does not exist or is not a folder")
+    limit, max_files = max_code_bytes(), max_code_files()
+    writer = _HashingWriter(out, limit, f"code folder {str(folder)!r}")
+    count = 0
+    with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, status in _walk(folder, links):
+            count += 1
+            if count > max_files:
+                raise LaunchError(f"code folder {str(folder)!r} has more than {max_files} entries "
+                                  f"(set ${MAX_CODE_FILES_ENV} to raise the limit)")
+            # Built by hand, not by `gettarinfo`: a file with several hard links is packed as a file.
+            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
+            info.mode = status.st_mode & 0o7777
+            if stat.S_ISDIR(status.st_mode) or stat.S_ISLNK(status.st_mode):
+                if stat.S_ISLNK(status.st_mode):
+                    info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                else:
+                    info.type = tarfile.DIRTYPE
+                tar.addfile(_normalize(info))
                 continue
-            yield root_path / name
+            info.type, info.size = tarfile.REGTYPE, status.st_size
+            if writer.size + info.size > limit:
+                raise _too_large(f"code folder {str(folder)!r} (at {info.name!r})", limit)
+            try:
+                with path.open("rb") as handle:
+                    tar.addfile(_normalize(info), handle)
+            except LaunchError:
+                raise
+            except OSError as exc:
+                # tarfile says "unexpected end of data" for a file that shrank while it was read.
+                raise LaunchError(f"code folder {str(folder)!r}: cannot pack {info.name!r}: "
+                                  f"{getattr(exc, 'strerror', None) or exc} (did it change while packing?)") from None
+        for name, data in sorted((extra_files or {}).items()):
+            _check_extra_name(name)
+            info = _normalize(tarfile.TarInfo(name))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return writer.digest, writer.size
+
+
+def pack_tar(folder: Path, extra_files: dict[str, bytes] | None = None) -> bytes:
+    """An image build context: the uncompressed tar of `folder` (plus `extra_files` by path), identical
+    for identical content. Symbolic links that stay inside the folder (a git checkout's) are kept."""
+    raw = io.BytesIO()
+    write_tar(folder, raw, extra_files, links=True)
+    return raw.getvalue()
+
+
+def folder_digest(folder: Path) -> str:
+    """The digest `folder` packs to, computed without keeping the archive."""
+    return write_tar(folder, None)[0]
+
+
+def pack_to_file(folder: Path, out: BinaryIO) -> str:
+    """Write the gzipped tar of `folder` to the binary file `out`, streaming; return its digest."""
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as compressed:
+        digest, _ = write_tar(folder, compressed)
+    return digest
+
+
+def pack(folder: Path) -> tuple[str, bytes]:
+    """Return (digest, gzipped tar) for `folder`, identical for identical content (in memory: small folders)."""
+    out = io.BytesIO()
+    digest = pack_to_file(folder, out)
+    return digest, out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
 
 
 def _load_storage(name: str):
@@ -126,39 +360,244 @@ def ensure_default_storage(home: Path) -> str:
     return DEFAULT_STORAGE
 
 
+def _write_from_file(block, key: str, path: Path) -> None:
+    """Write the file at `path` to `key` in a storage block without reading it into memory where the block allows."""
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    if isinstance(block, LocalFileSystem):
+        target = Path(block._resolve_path(key))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out, path.open("rb") as source:
+                shutil.copyfileobj(source, out, _CHUNK)
+            os.replace(staging, target)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+    elif hasattr(block, "upload_from_path"):  # S3Bucket, GcsBucket, AzureBlobStorageContainer
+        block.upload_from_path(str(path), key, _sync=True)
+    elif isinstance(block, RemoteFileSystem):
+        with block.filesystem.open(block._resolve_path(key), "wb") as out, path.open("rb") as source:
+            shutil.copyfileobj(source, out, _CHUNK)
+    else:
+        block.write_path(key, path.read_bytes(), _sync=True)
+
+
+class _CappedFile(io.RawIOBase):
+    """A file that takes sequential writes up to `limit` bytes (a download's size cap), then refuses."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self.out, self.limit, self.size, self.over = out, limit, 0, False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.over = True
+            raise OSError("the stored archive is larger than the code size limit")
+        self.out.write(data)
+        return len(data)
+
+
+def _read_to_file(block, key: str, out: _CappedFile) -> None:
+    """Copy `key` from a storage block into `out`, streaming where the block allows."""
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    if isinstance(block, LocalFileSystem):
+        path = Path(block._resolve_path(key))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        with path.open("rb") as source:
+            shutil.copyfileobj(source, out, _CHUNK)
+    elif hasattr(block, "download_object_to_file_object"):  # S3Bucket, GcsBucket, AzureBlobStorageContainer
+        block.download_object_to_file_object(key, out, _sync=True)
+    elif isinstance(block, RemoteFileSystem):
+        with block.filesystem.open(block._resolve_path(key), "rb") as source:
+            shutil.copyfileobj(source, out, _CHUNK)
+    else:
+        out.write(block.read_path(key, _sync=True))
+
+
 def upload(folder: Path, storage: str) -> CodeSource:
-    """Store the folder's packed content under its digest and return the source."""
-    digest, data = pack(folder)
-    # Content-addressed: rewriting the same name writes the same bytes, so no
-    # existence check (which read the whole archive back) is needed.
-    _load_storage(storage).write_path(f"{digest.removeprefix('sha256:')}.tar.gz", data, _sync=True)
+    """Store the folder's packed content under its digest and return the source.
+
+    The archive is spooled to a temporary file (hashed while it is written), then the
+    storage block is written from that file.
+    """
+    with tempfile.TemporaryDirectory(prefix="prefect-launch-pack-") as spool:
+        archive = Path(spool) / "code.tar.gz"
+        with archive.open("wb") as out:
+            digest = pack_to_file(folder, out)
+        # Content-addressed: rewriting the same name writes the same content, so no
+        # existence check (which read the whole archive back) is needed.
+        try:
+            _write_from_file(_load_storage(storage), f"{digest.removeprefix('sha256:')}.tar.gz", archive)
+        except LaunchError:
+            raise
+        except Exception as exc:
+            raise LaunchError(f"could not store code in {storage!r}: {exc.__class__.__name__}: {exc}") from None
     return CodeSource(digest=digest, storage=storage)
 
 
+# ---------------------------------------------------------------------------------------------
+# Fetching and unpacking
+
+
 def cache_path(source: CodeSource, cache_root: Path) -> Path:
-    return cache_root / source.digest.removeprefix("sha256:")
+    """The verified archive of `source` in an agent's cache (read-only; runs unpack copies of it)."""
+    return cache_root / f"{source.digest.removeprefix('sha256:')}.tar.gz"
 
 
-def fetch(source: CodeSource, cache_root: Path) -> Path:
-    """Unpack the stored code into `cache_root/<digest>` (once) and return that folder."""
+def _verify(archive: Path, hexdigest: str, what: str) -> None:
+    """Check a gzipped tar's digest, decompressing in bounded chunks and stopping at the size cap."""
+    limit, digest, size = max_code_bytes(), hashlib.sha256(), 0
+    try:
+        with gzip.open(archive, "rb") as raw:
+            while chunk := raw.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(f"{what} unpacked", limit)
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LaunchError(f"{what} is not a readable gzipped tar: {exc}") from None
+    if digest.hexdigest() != hexdigest:
+        raise LaunchError(f"{what} does not match its digest")
+
+
+def fetch_archive(source: CodeSource, cache_root: Path) -> Path:
+    """The verified archive of `source` in `cache_root`, downloaded (and checked) once per agent."""
     target = cache_path(source, cache_root)
-    if target.is_dir():
+    if target.is_file():
         return target
     hexdigest = source.digest.removeprefix("sha256:")
-    try:
-        data = _load_storage(source.storage).read_path(f"{hexdigest}.tar.gz", _sync=True)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        raise LaunchError(f"code {source.digest} not found in storage {source.storage!r}: {exc}") from None
-    raw = gzip.decompress(data)
-    if hashlib.sha256(raw).hexdigest() != hexdigest:
-        raise LaunchError(f"code {source.digest} in storage {source.storage!r} does not match its digest")
+    what = f"code {source.digest} in storage {source.storage!r}"
     cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".unpack-"))
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        tar.extractall(staging, filter="data")
+    fd, staging_name = tempfile.mkstemp(dir=cache_root, prefix=".download-")
+    staging = Path(staging_name)
     try:
-        staging.rename(target)
-    except OSError:
-        # Another run unpacked the same digest first; theirs is identical.
-        shutil.rmtree(staging, ignore_errors=True)
+        limit = max_code_bytes()
+        # gzip never makes a tar much bigger than it is: 1% and 64 KiB of headroom.
+        with os.fdopen(fd, "wb") as handle:
+            capped = _CappedFile(handle, limit + limit // 100 + (64 << 10))
+            try:
+                _read_to_file(_load_storage(source.storage), f"{hexdigest}.tar.gz", capped)
+            except LaunchError:
+                raise
+            except Exception as exc:
+                if capped.over:
+                    raise _too_large(what, limit) from None
+                raise LaunchError(f"code {source.digest} not found in storage {source.storage!r}: "
+                                  f"{exc.__class__.__name__}: {exc}") from None
+        _verify(staging, hexdigest, what)
+        staging.chmod(0o444)
+        # Another run may have stored the same digest meanwhile: theirs is identical.
+        os.replace(staging, target)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
     return target
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes and counts what is read through it; refuses to read past `limit` bytes."""
+
+    def __init__(self, source: BinaryIO, limit: int, what: str) -> None:
+        self.source, self.limit, self.what = source, limit, what
+        self.hash, self.size = hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.source.read(_CHUNK if n is None or n < 0 else n)
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _too_large(f"{self.what} unpacked", self.limit)
+        self.hash.update(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+def _check_member(member: tarfile.TarInfo, regular: set[str], what: str) -> None:
+    name = member.name
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name or "\0" in name:
+        raise LaunchError(f"{what}: entry {name!r} is outside the code folder; refused")
+    if member.isdir() or member.isreg():
+        return
+    if member.islnk() and member.linkname in regular:
+        return  # a hard link to a file of the same archive (older agents packed hard links so)
+    kind = "a symbolic link" if member.issym() else "a hard link" if member.islnk() else "a special file"
+    raise LaunchError(f"{what}: entry {name!r} is {kind}; code archives hold only regular files and folders")
+
+
+def unpack(archive: Path, hexdigest: str, target: Path, what: str) -> Path:
+    """Unpack a cached archive into `target` (a new folder), streaming, checking members, size and digest.
+
+    The archive is unpacked into a staging folder beside `target` and renamed into place only
+    once its digest matched; on any failure the staging folder is removed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+    try:
+        limit, max_files = max_code_bytes(), max_code_files()
+        with gzip.open(archive, "rb") as compressed:
+            reader = _HashingReader(compressed, limit, what)
+            regular: set[str] = set()
+            count = 0
+            try:
+                with tarfile.open(fileobj=reader, mode="r|") as tar:
+                    for member in tar:
+                        count += 1
+                        if count > max_files:
+                            raise LaunchError(f"{what} has more than {max_files} entries "
+                                              f"(set ${MAX_CODE_FILES_ENV} to raise the limit)")
+                        _check_member(member, regular, what)
+                        # A folder keeps the default mode: a read-only one would stop its files.
+                        tar.extract(member, staging, set_attrs=not member.isdir(), filter="data")
+                        tar.members.clear()  # a stream's members need not be kept
+                        if member.isreg():
+                            regular.add(member.name)
+                reader.drain()  # the tar's end blocks count in its digest
+            except LaunchError:
+                raise
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                raise LaunchError(f"{what} cannot be unpacked: {exc}") from None
+        if reader.hash.hexdigest() != hexdigest:
+            archive.unlink(missing_ok=True)  # a changed cache entry: fetched again next time
+            raise LaunchError(f"{what} does not match its digest")
+        if target.exists():  # a run started again (requeued, adopted) gets fresh code
+            try:
+                shutil.rmtree(target)
+            except OSError as exc:
+                raise LaunchError(f"cannot replace the run's code folder {str(target)!r}: {exc.strerror or exc}") from None
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def work_path(run_dir: Path) -> Path:
+    """Where a run's own copy of its code goes."""
+    return run_dir / "code"
+
+
+def fetch(source: CodeSource, cache_root: Path, workdir: Path) -> Path:
+    """A fresh copy of the stored code in `workdir` (the run's own), from the verified cached archive."""
+    archive = fetch_archive(source, cache_root)
+    return unpack(archive, source.digest.removeprefix("sha256:"), workdir, f"code {source.digest}")

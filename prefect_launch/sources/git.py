@@ -8,7 +8,8 @@ format, one `https://user:token@host` per line) named by
 `PREFECT_LAUNCH_GIT_CREDENTIALS`. A URI with a password in it is refused.
 
 Checkouts are cached per commit under `<home>/git/<commit>`; a ref that is a
-full commit hash is served from that cache without touching the remote.
+full commit hash is served from that cache without touching the remote. No run
+works in the cache: each gets a copy of the checkout (`working_copy`) of its own.
 
 Example:
     >>> check_remote("https://github.com/org/repo.git")
@@ -134,3 +135,23 @@ def _resolves(repo: Path, ref: str) -> bool:
         return True
     except LaunchError:
         return False
+
+
+def working_copy(checkout: Path, workdir: Path) -> Path:
+    """A fresh copy of a cached checkout (its `.git` and submodules included) in `workdir`, the run's own.
+
+    Copied into a staging folder beside `workdir`, renamed into place, removed on failure.
+    """
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=workdir.parent, prefix=".copy-"))
+    try:
+        try:
+            shutil.copytree(checkout, staging / "tree", symlinks=True)
+            if workdir.exists():  # a run started again (requeued, adopted) gets a fresh copy
+                shutil.rmtree(workdir)
+        except OSError as exc:
+            raise LaunchError(f"cannot copy the checkout {str(checkout)!r} for the run: {exc}") from None
+        (staging / "tree").rename(workdir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return workdir
