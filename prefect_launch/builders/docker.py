@@ -7,6 +7,11 @@ Docker SDK runs the classic builder. Either way the context is the plan's tar,
 builds use the host network (engines here run without a bridge), and every
 line of build output goes to the build task's log.
 
+A build is stoppable: with `cancel` set (the run's cancel event), a cancel
+kills the CLI (whose BuildKit session ends with it) or cuts the SDK's
+connection (the engine stops a classic build whose client is gone), and
+`build` raises `BuildStopped`.
+
 Example::
 
     builder = DockerBuilder()
@@ -16,13 +21,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 from typing import Callable
 
 from prefect_launch.builders.base import Builder, BuildLog, Log
@@ -30,6 +39,11 @@ from prefect_launch.builders.plan import BuildPlan
 from prefect_launch.errors import LaunchError
 
 BUILDKIT_ENV = "PREFECT_LAUNCH_BUILDKIT"
+STOP_GRACE_SECONDS = 10.0
+
+
+class BuildStopped(LaunchError):
+    """The build was stopped because its run was cancelled."""
 
 
 @functools.cache
@@ -101,8 +115,26 @@ def _output(argv: list[str]) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _on_cancel(cancel: threading.Event | None, stop: Callable[[], None]) -> threading.Event:
+    """Call `stop` once if `cancel` is set before the returned event is."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while cancel is not None and not done.is_set():
+            if cancel.wait(0.25):
+                if not done.is_set():
+                    stop()
+                return
+
+    if cancel is not None:
+        threading.Thread(target=watch, name="build-cancel", daemon=True).start()
+    return done
+
+
 class DockerBuilder(Builder):
     name = "docker"
+    # The run's cancel event (set by the launch flow's build task): a cancel stops the build.
+    cancel: threading.Event | None = None
 
     @property
     def cache_mounts(self) -> bool:
@@ -118,12 +150,14 @@ class DockerBuilder(Builder):
 
         cli = buildkit_cli()
         log.info("Building %s with %s", plan.image, "BuildKit" if cli else "the classic builder")
-        error = self._build_cli(plan, cli, emit) if cli else self._build_sdk(plan, emit)
+        error = self._build_cli(plan, cli, emit, self.cancel) if cli else self._build_sdk(plan, emit, self.cancel)
+        if self.cancel is not None and self.cancel.is_set():
+            raise BuildStopped(f"the build of {plan.image} was stopped: the run was cancelled")
         if error is not None:
             raise build_log.failure(error)
 
     @staticmethod
-    def _build_cli(plan: BuildPlan, cli: tuple[str, dict[str, str]], emit) -> str | None:
+    def _build_cli(plan: BuildPlan, cli: tuple[str, dict[str, str]], emit, cancel: threading.Event | None = None) -> str | None:
         path, extra_env = cli
         # The CLI's BuildKit path refuses a stdin context with -f, so the context goes to a folder.
         with tempfile.TemporaryDirectory(prefix="prefect-launch-build-") as context:
@@ -139,16 +173,56 @@ class DockerBuilder(Builder):
                 stderr=subprocess.STDOUT,
                 text=True,
                 errors="replace",
+                start_new_session=True,
             )
-            for line in proc.stdout:  # type: ignore[union-attr]
-                emit(line)
-            code = proc.wait()
+
+            def stop() -> None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)  # the CLI cancels its build session on SIGINT
+                try:
+                    proc.wait(timeout=STOP_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+
+            done = _on_cancel(cancel, stop)
+            try:
+                for line in proc.stdout:  # type: ignore[union-attr]
+                    emit(line)
+                code = proc.wait()
+            finally:
+                done.set()
         return None if code == 0 else f"docker build exited with {code}"
 
     @staticmethod
-    def _build_sdk(plan: BuildPlan, emit) -> str | None:
+    def _build_sdk(plan: BuildPlan, emit, cancel: threading.Event | None = None) -> str | None:
+        api = docker_client().api
+        responses: list = []
+        if cancel is not None:
+            # A client of its own, whose build response can be cut from the cancel thread.
+            import docker
+
+            api = docker.from_env(timeout=600).api
+            helper = api._stream_helper
+
+            def capture(response, decode=False):
+                responses.append(response)
+                return helper(response, decode=decode)
+
+            api._stream_helper = capture
+
+        def stop() -> None:
+            emit("Stopping the build: the run was cancelled")
+            while not responses and not done.wait(0.1):
+                pass  # the context is still uploading: the response comes once the engine starts the build
+            for response in responses:
+                with contextlib.suppress(Exception):
+                    raw = response.raw._fp.fp.raw
+                    getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
+
+        done = _on_cancel(cancel, stop)
         try:
-            stream = docker_client().api.build(
+            stream = api.build(
                 fileobj=io.BytesIO(plan.context),
                 custom_context=True,
                 dockerfile=plan.dockerfile,
@@ -165,8 +239,14 @@ class DockerBuilder(Builder):
                     emit(record["error"])
                     return record["error"].strip().splitlines()[-1] if record["error"].strip() else "build error"
         except Exception as exc:
+            if cancel is not None and cancel.is_set():
+                return "stopped on cancel"
             if http_status(exc) is None:
                 raise
             emit(str(exc))
             return getattr(exc, "explanation", None) or str(exc)
+        finally:
+            done.set()
+            if cancel is not None:
+                api.close()
         return None

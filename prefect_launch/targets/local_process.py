@@ -2,8 +2,14 @@
 
 The submission is `{"argv": [...], "env": {...}, "cwd": "..."}`: an argv list,
 never a shell string; `env` is what the job gets on top of the agent's own
-environment. The process gets its own process group so cancelling a run ends
-everything it started.
+environment.
+
+A run's processes end with it (`process_tree`): every process the job starts
+carries the run's cookie (its launch flow run id), and whatever is left when
+its main process exits, when it is cancelled or when its agent dies (the
+agent's death watch) is stopped. An agent that adopts the run of a dead agent
+stops what is left of its job on this machine before it settles the run, so a
+run is never Crashed while its job still runs.
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
@@ -19,12 +25,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import uuid
 from typing import Any
 
-from prefect_launch.errors import LaunchError
+from prefect_launch.errors import AdoptionFailed, LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
-from prefect_launch.targets import process
+from prefect_launch.targets import process, process_tree
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
 
@@ -44,6 +51,14 @@ def _env_entries(value: Any) -> dict[str, str]:
             env[name] = val
         return env
     raise LaunchError("local-process queue config: env must be a mapping or a list of KEY=value")
+
+
+def _run_cookie() -> str | None:
+    """The cookie of the launch run being followed (its flow run id); None outside a flow run."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
 
 
 class LocalProcessTarget(Target):
@@ -71,7 +86,19 @@ class LocalProcessTarget(Target):
         # Jobs run with the agent's Python first on PATH, so `python train.py`
         # means the interpreter (and packages) the agent was installed with.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        return process.start(submission["argv"], env, submission["cwd"], log)
+        return process.start(submission["argv"], env, submission["cwd"], log, cookie=_run_cookie() or str(uuid.uuid4()))
+
+    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+        """A dead agent's job is not followed (its output went to the dead agent): what is left of it on
+        this machine is stopped first, then the run ends Crashed."""
+        cookie = _run_cookie()
+        stopped = process_tree.kill_tree(cookie, process_tree.STOP_GRACE_SECONDS) if cookie else []
+        if stopped:
+            log.warning("Stopped %d process(es) of the dead agent's job: %s", len(stopped), ", ".join(stopped))
+        raise AdoptionFailed(
+            "local-process jobs cannot be adopted by another agent: its job dies with its agent"
+            + (f" ({len(stopped)} process(es) still running on this machine were stopped)" if stopped else "")
+        )
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         progress.started()  # the process runs from its submission on

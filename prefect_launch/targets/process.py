@@ -3,28 +3,53 @@
 Both local targets start an argv list in its own process group, stream its
 output line by line into the run's log, and map its exit to an outcome;
 they differ only in how a cancelled job is stopped.
+
+Given a run cookie (local-process, see `process_tree`), every process the job
+starts carries it: whatever is left when its main process exits or is stopped
+on cancel is stopped too, and the agent's death watch stops the whole job if
+the agent dies. The run ends when the job's main process exits, not when its
+output closes: a daemon that keeps stdout open does not hold the run (or its
+job slot).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import subprocess
 import threading
+import time
 from typing import Callable
 
 from prefect_launch.errors import LaunchError
+from prefect_launch.redact import redact
+from prefect_launch.targets import process_tree
 from prefect_launch.targets.base import Handle, Outcome
 
 Log = logging.Logger | logging.LoggerAdapter
 
-STOP_GRACE_SECONDS = 10.0
+STOP_GRACE_SECONDS = process_tree.STOP_GRACE_SECONDS
+# A longer line of the job's output goes to its log in pieces of this many characters.
+MAX_LOG_LINE = 65_536
+# After the main process exits, output still arriving is read this long (a process outside the run may hold it).
+DRAIN_SECONDS = 5.0
 
 
-def start(argv: list[str], env: dict[str, str], cwd: str | None, log: Log) -> Handle:
+class Job(subprocess.Popen):
+    """The started process, with the run cookie every process of the job carries (None: not tracked)."""
+
+    cookie: str | None = None
+
+
+def start(argv: list[str], env: dict[str, str], cwd: str | None, log: Log, cookie: str | None = None) -> Handle:
+    """Start `argv` in a new session; with a `cookie`, in its environment and on this agent's death watch."""
+    if cookie is not None:
+        env = {**env, process_tree.COOKIE_ENV: cookie}
+        process_tree.DeathWatch.register(cookie)  # before the job exists: an agent dying at once still stops it
     try:
-        proc = subprocess.Popen(
+        proc = Job(
             argv,
             cwd=cwd,
             env=env,
@@ -37,8 +62,11 @@ def start(argv: list[str], env: dict[str, str], cwd: str | None, log: Log) -> Ha
             bufsize=1,
         )
     except OSError as exc:
+        if cookie is not None:
+            process_tree.DeathWatch.unregister(cookie)
         raise LaunchError(f"entry point {argv[0]!r} could not start: {exc.strerror or exc}") from None
-    log.info("Started process %s: %s", proc.pid, " ".join(argv))
+    proc.cookie = cookie
+    log.info("Started process %s: %s", proc.pid, " ".join(redact(argv)))
     return Handle(id=str(proc.pid), detail=proc)
 
 
@@ -49,7 +77,7 @@ def follow(
     stop: Callable[[subprocess.Popen[str]], None],
     describe_exit: Callable[[int], str] = lambda code: f"process exited with code {code}",
 ) -> Outcome:
-    """Stream the process's output until it ends; call `stop` once if `cancel` is set first."""
+    """Stream the process's output until it exits; call `stop` once if `cancel` is set first."""
     proc: subprocess.Popen[str] = handle.detail
     finished = threading.Event()
     stopped = threading.Event()
@@ -57,16 +85,61 @@ def follow(
     def stop_on_cancel() -> None:
         while not finished.is_set():
             if cancel.wait(0.25):
+                if finished.is_set():
+                    return
                 stopped.set()
                 stop(proc)
                 return
 
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        try:
+            # Bounded reads: a job printing megabytes without a newline costs the agent one piece at a time.
+            while line := proc.stdout.readline(MAX_LOG_LINE):
+                lines.put(line)
+        except (OSError, ValueError):
+            pass
+        lines.put(None)
+
     threading.Thread(target=stop_on_cancel, name=f"cancel-{proc.pid}", daemon=True).start()
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        log.info(line.rstrip("\n"))
+    threading.Thread(target=read, name=f"output-{proc.pid}", daemon=True).start()
+    eof = False
+    while not eof:
+        try:
+            line = lines.get(timeout=0.25)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        if line is None:
+            eof = True
+        else:
+            log.info(line.rstrip("\n"))
     code = proc.wait()
     finished.set()
+    cookie = getattr(proc, "cookie", None)
+    try:
+        if cookie is not None:
+            # The run ends with its main process: what it left running (daemons included) is stopped.
+            left = process_tree.kill_tree(cookie, process_tree.LEFTOVER_GRACE_SECONDS)
+            if left:
+                log.warning("Stopped %d process(es) the job left running: %s", len(left), ", ".join(left))
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while not eof:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                log.warning("The job's output is still held open by a process outside the run; not read further")
+                break
+            if line is None:
+                eof = True
+            else:
+                log.info(line.rstrip("\n"))
+    finally:
+        if cookie is not None:
+            process_tree.DeathWatch.unregister(cookie)
     if stopped.is_set():
         return Outcome(state="cancelled", message="stopped on cancel", exit_code=code)
     return exit_outcome(code, describe_exit)
@@ -82,16 +155,21 @@ def exit_outcome(code: int, describe_exit: Callable[[int], str] = lambda code: f
 
 
 def stop_group(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
-    for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        if grace is None:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM the process group, then SIGKILL what is left after a grace period (by run cookie, if any:
+    processes that left the group too)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=STOP_GRACE_SECONDS)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    cookie = getattr(proc, "cookie", None)
+    if cookie is not None:
+        process_tree.kill_tree(cookie, grace=0.0)
