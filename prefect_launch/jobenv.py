@@ -2,8 +2,6 @@
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
-
-RUN_FILE_FLUSH_SECONDS = 1
     >>> env = wandb_env(ResolvedJob(run_id="r1", run_name="n", project="p", argv=["x"],
     ...                             run_config={"lr": 0.1}))
     >>> env["WANDB_RUN_ID"], env["WANDB_CONFIG"]
@@ -17,6 +15,8 @@ import json
 from prefect_launch.spec import ResolvedJob
 
 RUN_FILE_FLUSH_SECONDS = 1
+# Linux takes at most 131,072 bytes per environment string; a longer run config goes in pieces.
+MAX_ENV_VALUE = 100_000
 
 
 def wandb_env(job: ResolvedJob) -> dict[str, str]:
@@ -49,7 +49,7 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
         env["PREFECT__FLOW_RUN_ID"] = str(job.flow_run)
         if job.prefect_api_url:
             env["PREFECT_API_URL"] = job.prefect_api_url
-    return env
+    return split_long_config(env, MAX_ENV_VALUE)
 
 
 def split_long_config(env: dict[str, str], max_length: int) -> dict[str, str]:

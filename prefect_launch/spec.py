@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 import uuid
@@ -23,8 +24,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+
+# What one job's submitter may send, checked before anything is done with it (so masking, templating
+# and logging stay cheap for every other job on the agent). An argument must also fit Linux's
+# 131,072 bytes per argument or environment string; a longer run config reaches the job split
+# into WANDB_CONFIG_0, _1, ... (jobenv.py).
+MAX_ARGUMENT = 65_536  # characters in one entry-point word or argument
+MAX_ARGUMENTS = 4_096  # entry point and arguments together
+MAX_RUN_CONFIG = 1_000_000  # characters of the run config as JSON
+MAX_RESOURCE_ARGS = 1_000_000  # characters of the resource args as JSON
 
 # W&B's spellings of our resources.
 RESOURCE_ALIASES = {"gcp-vertex": "vertex", "local": "local-container"}
@@ -163,6 +173,25 @@ class LaunchSpec(BaseModel):
     @classmethod
     def _split_string(cls, value: Any) -> Any:
         return value.split() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _within_size_limits(self) -> "LaunchSpec":
+        words = [("entry_point", self.entry_point or []), ("overrides.entry_point", self.overrides.entry_point or []),
+                 ("overrides.args", self.overrides.args)]
+        count = sum(len(values) for _, values in words)
+        if count > MAX_ARGUMENTS:
+            raise ValueError(f"{count:,} entry-point words and arguments; a job may have at most {MAX_ARGUMENTS:,}")
+        for where, values in words:
+            for n, value in enumerate(values):
+                if len(value) > MAX_ARGUMENT:
+                    raise ValueError(f"{where}[{n}] holds {len(value):,} characters; "
+                                     f"an argument may hold at most {MAX_ARGUMENT:,}")
+        for where, value, limit in (("overrides.run_config", self.overrides.run_config, MAX_RUN_CONFIG),
+                                    ("resource_args", self.resource_args, MAX_RESOURCE_ARGS)):
+            size = len(json.dumps(value, default=str))
+            if size > limit:
+                raise ValueError(f"{where} is {size:,} characters as JSON; at most {limit:,} are accepted")
+        return self
 
 
 class QueueConfig(BaseModel):

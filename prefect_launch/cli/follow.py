@@ -18,13 +18,13 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Awaitable, Callable, Iterator
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, Log
 from prefect.client.schemas.sorting import LogSort
 from rich.console import Console
 from rich.status import Status
@@ -32,6 +32,8 @@ from rich.status import Status
 from prefect_launch.status import RunStatus, human_seconds, render_run, run_status
 
 POLL_SECONDS = 0.5
+PAGE = 200  # log lines per request: the Prefect API's default limit
+REREAD_WINDOW = timedelta(seconds=10)
 # Progress needs a few reads per look (run, queue, timeline): look this often, not at every log poll.
 PROGRESS_SECONDS = 2.0
 # Logs reach the server in batches: after the run's end, read until this many polls brought nothing new
@@ -62,34 +64,37 @@ async def stream_logs(
     flow_run_id: UUID,
     until_final: bool,
     on_poll: Callable[[FlowRun], Awaitable[None]] | None = None,
+    tail: int | None = None,
 ) -> FlowRun:
-    """Print the run's log lines; with `until_final`, follow them until the run ends. Returns the run as last read."""
+    """Print the run's log lines (every one, page by page; with `tail`, the last `tail` only); with
+    `until_final`, follow them until the run ends. Returns the run as last read."""
     import anyio
 
-    seen: set[UUID] = set()
-    since = None
+    seen: dict[UUID, datetime] = {}  # what was printed within the re-read window
+    since: datetime | None = None
     quiet_polls_after_end = 0
     ended_at: float | None = None
     last_line_seen = False
+    first = True
     while True:
         flow_run = await client.read_flow_run(flow_run_id)
         if on_poll is not None:
             await on_poll(flow_run)
-        # Batches can land out of order: re-read a short window and skip what was printed.
-        logs = await client.read_logs(
-            LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
-                timestamp=LogFilterTimestamp(after_=since - timedelta(seconds=10)) if since else None,
-            ),
-            sort=LogSort.TIMESTAMP_ASC,
-        )
-        logs = [log for log in logs if log.id not in seen]
+        if first and tail is not None:
+            logs = await _last_lines(client, flow_run_id, tail)
+        else:
+            # Batches can land out of order: re-read a short window and skip what was printed.
+            logs = [log for log in await _lines_after(client, flow_run_id, since and since - REREAD_WINDOW)
+                    if log.id not in seen]
+        first = False
         for log in logs:
-            seen.add(log.id)
+            seen[log.id] = log.timestamp
             since = max(since or log.timestamp, log.timestamp)
             last_line_seen = last_line_seen or (log.task_run_id is None and log.message.startswith("Finished in state"))
             print(log.message, flush=True)
-        if not until_final and not logs:
+        if since is not None:
+            seen = {log_id: at for log_id, at in seen.items() if at >= since - REREAD_WINDOW}
+        if not until_final:
             return flow_run
         if flow_run.state and flow_run.state.is_final():
             ended_at = ended_at or time.monotonic()
@@ -98,6 +103,32 @@ async def stream_logs(
                     last_line_seen or time.monotonic() - ended_at > LAST_LINE_SECONDS):
                 return flow_run
         await anyio.sleep(POLL_SECONDS)
+
+
+async def _lines_after(client: PrefectClient, flow_run_id: UUID, after: datetime | None) -> list[Log]:
+    """Every log line of the run from `after` on, oldest first, read page by page (the API gives at most a page)."""
+    lines: list[Log] = []
+    while True:
+        page = await client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+                      timestamp=LogFilterTimestamp(after_=after) if after else None),
+            sort=LogSort.TIMESTAMP_ASC, limit=PAGE, offset=len(lines))
+        lines += page
+        if len(page) < PAGE:
+            return lines
+
+
+async def _last_lines(client: PrefectClient, flow_run_id: UUID, count: int) -> list[Log]:
+    """The run's last `count` log lines, oldest first."""
+    lines: list[Log] = []
+    while len(lines) < count:
+        page = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                      sort=LogSort.TIMESTAMP_DESC, limit=min(PAGE, count - len(lines)),
+                                      offset=len(lines))
+        lines += page
+        if len(page) < PAGE:
+            break
+    return lines[::-1]
 
 
 class RunProgress:

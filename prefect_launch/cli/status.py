@@ -18,6 +18,7 @@ import typer
 from prefect_launch.cli.common import clear_errors, connect, run
 
 T = TypeVar("T")
+DEFAULT_TAIL = 20  # as `prefect flow-run logs --tail`
 
 
 def _known_run(fn: Callable[..., T]) -> Callable[..., T]:
@@ -60,12 +61,14 @@ def _status(run_id: str | None) -> None:
 def logs_command(
     run_id: str = typer.Argument(..., metavar="RUN", help="W&B run id or flow run id"),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the run ends"),
+    tail: bool = typer.Option(False, "--tail", "-t", help="Only the last lines (see --num-logs), as `prefect flow-run logs --tail`"),
+    num_logs: int = typer.Option(DEFAULT_TAIL, "--num-logs", "-n", min=1, help="How many lines --tail shows"),
 ) -> None:
-    """A run's log lines: the agent's stages and the job's own output."""
-    _known_run(_logs)(run_id, follow)
+    """A run's log lines, every one: the agent's stages and the job's own output."""
+    _known_run(_logs)(run_id, follow, num_logs if tail else None)
 
 
-def _logs(run_id: str, follow: bool) -> None:
+def _logs(run_id: str, follow: bool, tail: int | None) -> None:
     connect()
     from prefect.client.orchestration import get_client
 
@@ -75,6 +78,6 @@ def _logs(run_id: str, follow: bool) -> None:
     async def _stream() -> None:
         async with get_client() as client:
             flow_run = await find_run(client, run_id)
-            await stream_logs(client, flow_run.id, until_final=follow)
+            await stream_logs(client, flow_run.id, until_final=follow, tail=tail)
 
     run(_stream)

@@ -22,10 +22,16 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
     WorkPoolFilter,
     WorkPoolFilterType,
 )
-from prefect.client.schemas.objects import FlowRun, WorkPool
+from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, ConfigDict, Field
@@ -152,6 +158,25 @@ async def delete_queue(client: PrefectClient, name: str) -> None:
     await client.delete_work_pool(name)
 
 
+_FINAL_STATES = [StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED]
+
+
+def holders_of(run_id: str) -> dict[str, Any]:
+    """Filters for the launch runs holding `run_id`: named after it and not ended, on any queue.
+
+    A run id names one W&B run and one container, folder or Kubernetes object at a time, so a
+    second run may take it only once the first has ended (a resumed W&B run, for example).
+    """
+    return {"flow_filter": FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            "flow_run_filter": FlowRunFilter(name=FlowRunFilterName(any_=[run_id]),
+                                             state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=_FINAL_STATES)))}
+
+
+def run_id_in_use(run_id: str, holder: FlowRun) -> LaunchError:
+    return LaunchError(f"run id {run_id!r} is in use by flow run {holder.id}, which has not ended "
+                       f"({holder.state_name}); give another --run-id, or wait for that run to end")
+
+
 async def enqueue(
     client: PrefectClient,
     queue: str,
@@ -173,6 +198,10 @@ async def enqueue(
         if priority not in await queue_priorities(client, queue):
             raise LaunchError(f"queue {queue!r} was created without --prioritization; -P/--priority needs it")
         work_queue = priority
+    if spec.run_id:
+        holders = await client.read_flow_runs(**holders_of(spec.run_id), limit=1)
+        if holders:
+            raise run_id_in_use(spec.run_id, holders[0])
     try:
         return await client.create_flow_run_from_deployment(
             deployment.id,

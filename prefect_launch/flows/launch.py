@@ -33,6 +33,7 @@ from prefect.states import Cancelled, Crashed, Failed, State
 
 from prefect_launch import sources
 from prefect_launch.builders import BuildSettings, builder_for, plan_for
+from prefect_launch.deployments.queues import holders_of, run_id_in_use
 from prefect_launch.environments import Environment
 from prefect_launch.registries import Registry
 from prefect_launch.registries.local import LocalImages
@@ -81,6 +82,15 @@ class LaunchContext:
         return get_target(self.queue.resource, self.environment, self.registry)
 
 
+class CancelledBeforeStart(LaunchError):
+    """The run was cancelled before its job was submitted: the job is never started."""
+
+
+def _not_cancelled(context: LaunchContext, when: str) -> None:
+    if context.cancel.is_set():
+        raise CancelledBeforeStart(f"cancelled {when}: the job was never started")
+
+
 # A preempted run goes back to its queue at most this many times (W&B's limit); the next preemption fails it.
 MAX_REQUEUES = 5
 
@@ -121,7 +131,11 @@ def build(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -
     if registry.exists(plan.image):
         log.info("Image %s already exists: build skipped", plan.image)
         return Image(ref=plan.image)
+    _not_cancelled(context, "before the build")
+    if hasattr(builder, "cancel"):
+        builder.cancel = context.cancel  # a cancel stops the build (docker)
     builder.build(plan, log)
+    _not_cancelled(context, "during the build")
     log.info("Built %s", plan.image)
     return Image(ref=plan.image, built=not builder.pushes)
 
@@ -167,6 +181,7 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
         # job missing from the target was submitted once and must not be submitted again.
         run_context = FlowRunContext.get()
         run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
+    _not_cancelled(context, "before the submit")
     log.info("Submitting to %s: %s", queue.resource.value, json.dumps(redact(rendered["submission"])))
     handle = context.target.submit(rendered["submission"], log)
     return rendered, handle
@@ -235,6 +250,7 @@ def launch(spec: LaunchSpec) -> State | None:
                     "following its job" if context.adoption.submitted
                     else "its submit is not on record: following its job if it exists, else submitting it")
     try:
+        _check_run_id_free(spec, flow_run)
         timeline.begin("resolve")
         job = resolve_source(spec, context.queue_name, context.home, context.queue.resource)
         timeline.begin("build")
@@ -250,8 +266,12 @@ def launch(spec: LaunchSpec) -> State | None:
         log.error("%s", exc)
         return Crashed(message=str(exc))
     except LaunchError as exc:
-        log.error("%s", exc)
-        outcome = Outcome(state="failed", message=str(exc))
+        if handle is None and context.cancel.is_set():  # stopped before its job started (a build stopped on cancel)
+            log.info("%s", exc)
+            outcome = Outcome(state="cancelled", message=str(exc))
+        else:
+            log.error("%s", exc)
+            outcome = Outcome(state="failed", message=str(exc))
     finally:
         timeline.end()
         if job is not None:
@@ -264,6 +284,19 @@ def launch(spec: LaunchSpec) -> State | None:
         return Cancelled(message=outcome.message)
     log.info("Run %s completed", job.run_id if job else "")
     return None
+
+
+def _check_run_id_free(spec: LaunchSpec, flow_run) -> None:
+    """Refuse the run, before it touches anything, if an earlier run that has not ended holds its run id.
+
+    `enqueue` refuses a taken id already; this covers two enqueued at once and runs created
+    another way (the Prefect UI, the API). Of two such runs the later one yields; a requeued run
+    does not wait for the run that requeued it (one preemption fewer), which ends as it requeues.
+    """
+    for holder in FlowRunContext.get().client.read_flow_runs(**holders_of(spec.run_id), limit=20):
+        predecessor = (holder.parameters.get("spec") or {}).get("preemptions", 0) == spec.preemptions - 1
+        if holder.id != flow_run.id and holder.created < flow_run.created and not predecessor:
+            raise run_id_in_use(spec.run_id, holder)
 
 
 class _TimelineArtifact:
