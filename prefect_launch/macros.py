@@ -17,7 +17,8 @@ from typing import Any
 
 from prefect_launch.errors import LaunchError
 
-MACRO_PATTERN = re.compile(r"\$\{([^}]*)\}")
+# A name stops at the next `$` too: "${${${..." with no `}` is then scanned once, not once per `${`.
+MACRO_PATTERN = re.compile(r"\$\{([^}$]*)\}")
 KNOWN_MACROS = ("project_name", "entity_name", "run_id", "run_name", "image_uri")
 
 

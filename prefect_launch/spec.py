@@ -33,6 +33,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 # into WANDB_CONFIG_0, _1, ... (jobenv.py).
 MAX_ARGUMENT = 65_536  # characters in one entry-point word or argument
 MAX_ARGUMENTS = 4_096  # entry point and arguments together
+MAX_ARGV = 1_000_000  # characters in the entry point and arguments together (Linux: 2 MB with the environment)
 MAX_RUN_CONFIG = 1_000_000  # characters of the run config as JSON
 MAX_RESOURCE_ARGS = 1_000_000  # characters of the resource args as JSON
 
@@ -186,6 +187,9 @@ class LaunchSpec(BaseModel):
                 if len(value) > MAX_ARGUMENT:
                     raise ValueError(f"{where}[{n}] holds {len(value):,} characters; "
                                      f"an argument may hold at most {MAX_ARGUMENT:,}")
+        total = sum(len(value) for _, values in words for value in values)
+        if total > MAX_ARGV:
+            raise ValueError(f"the entry point and arguments hold {total:,} characters; at most {MAX_ARGV:,} are accepted")
         for where, value, limit in (("overrides.run_config", self.overrides.run_config, MAX_RUN_CONFIG),
                                     ("resource_args", self.resource_args, MAX_RESOURCE_ARGS)):
             size = len(json.dumps(value, default=str))
