@@ -2,8 +2,7 @@
 
 Errors name the file, line and column, in one line. Leading TABs, which YAML
 forbids but which the W&B docs use in some examples, are read as two spaces. A
-config may hold at most 2 MB of text (room for a launch spec's 1 MB run config)
-and 100,000 values once YAML's anchors and aliases are expanded: a "billion
+config may hold at most 1 MB of text and 100,000 values once YAML's anchors and aliases are expanded: a "billion
 laughs" document is refused instead of being expanded by the first JSON dump of it. Also refused: a key given twice in one
 mapping (YAML would silently keep the last), an alias inside the node it names
 (`env: &a [*a]`, a list that contains itself), bytes that are not UTF-8, and a
@@ -39,8 +38,8 @@ class ConfigFileError(LaunchError):
 
 
 _LEADING_TABS = re.compile(r"^\t+", re.M)
-MAX_TEXT = 2_000_000
-MAX_FILE_BYTES = 2_000_000
+MAX_TEXT = 1_000_000
+MAX_FILE_BYTES = 1_000_000
 MAX_VALUES = 100_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 

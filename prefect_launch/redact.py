@@ -57,3 +57,27 @@ def _mask_assignments(text: str) -> str:
             pieces += [text[done:position], MASK]
             done = position = end  # the masked value is not searched for names
     return "".join(pieces) + text[done:] if pieces else text
+
+
+SHOWN_CHARACTERS = 1_000
+
+
+def for_display(value: Any) -> Any:
+    """`redact(value)` with every string over SHOWN_CHARACTERS cut to its start and its length, for
+    log lines and artifacts: a 400,000-character run config is no use to a reader there, and each
+    copy costs the server a write (the dry run shows the submission whole).
+
+    >>> for_display({"WANDB_CONFIG": "x" * 5000, "TOKEN": "abc"})["WANDB_CONFIG"][-30:]
+    '... (5,000 characters in all)'
+    """
+    return _shortened(redact(value))
+
+
+def _shortened(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shortened(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shortened(v) for v in value]
+    if isinstance(value, str) and len(value) > SHOWN_CHARACTERS:
+        return f"{value[:SHOWN_CHARACTERS]}... ({len(value):,} characters in all)"
+    return value

@@ -30,12 +30,12 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 # What one job's submitter may send, checked before anything is done with it (so masking, templating
 # and logging stay cheap for every other job on the agent). An argument must also fit Linux's
 # 131,072 bytes per argument or environment string; a longer run config reaches the job split
-# into WANDB_CONFIG_0, _1, ... (jobenv.py).
+# into WANDB_CONFIG_0, _1, ... (jobenv.py). The whole spec is the launch flow's parameter, and a
+# Prefect server refuses parameters over 524,288 bytes by default (PREFECT_SERVER_API_MAX_PARAMETER_SIZE).
 MAX_ARGUMENT = 65_536  # characters in one entry-point word or argument
 MAX_ARGUMENTS = 4_096  # entry point and arguments together
-MAX_ARGV = 1_000_000  # characters in the entry point and arguments together (Linux: 2 MB with the environment)
-MAX_RUN_CONFIG = 1_000_000  # characters of the run config as JSON
-MAX_RESOURCE_ARGS = 1_000_000  # characters of the resource args as JSON
+MAX_RUN_CONFIG = 400_000  # characters of the run config as JSON
+MAX_SPEC = 500_000  # bytes of the whole spec as JSON
 
 # W&B's spellings of our resources.
 RESOURCE_ALIASES = {"gcp-vertex": "vertex", "local": "local-container"}
@@ -187,14 +187,14 @@ class LaunchSpec(BaseModel):
                 if len(value) > MAX_ARGUMENT:
                     raise ValueError(f"{where}[{n}] holds {len(value):,} characters; "
                                      f"an argument may hold at most {MAX_ARGUMENT:,}")
-        total = sum(len(value) for _, values in words for value in values)
-        if total > MAX_ARGV:
-            raise ValueError(f"the entry point and arguments hold {total:,} characters; at most {MAX_ARGV:,} are accepted")
-        for where, value, limit in (("overrides.run_config", self.overrides.run_config, MAX_RUN_CONFIG),
-                                    ("resource_args", self.resource_args, MAX_RESOURCE_ARGS)):
-            size = len(json.dumps(value, default=str))
-            if size > limit:
-                raise ValueError(f"{where} is {size:,} characters as JSON; at most {limit:,} are accepted")
+        run_config = len(json.dumps(self.overrides.run_config, default=str))
+        if run_config > MAX_RUN_CONFIG:
+            raise ValueError(f"overrides.run_config is {run_config:,} characters as JSON; "
+                             f"at most {MAX_RUN_CONFIG:,} are accepted")
+        spec = len(self.model_dump_json(exclude_none=True).encode())
+        if spec > MAX_SPEC:
+            raise ValueError(f"the job spec is {spec:,} bytes as JSON; at most {MAX_SPEC:,} are accepted "
+                             "(it is the launch flow's parameter)")
         return self
 
 

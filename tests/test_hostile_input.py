@@ -19,13 +19,13 @@ def _spec(tmp_path: Path, spec: dict) -> str:
 
 
 def test_sizes_over_the_limits_are_refused_in_one_line_naming_the_limit(tmp_path: Path, make_queue) -> None:
-    from prefect_launch.spec import MAX_ARGUMENT, MAX_ARGV, MAX_RUN_CONFIG
+    from prefect_launch.spec import MAX_ARGUMENT, MAX_RUN_CONFIG, MAX_SPEC
 
     queue = make_queue("--resource", "local-process")
     cases = {
         "overrides.args[1]": {"overrides": {"args": ["ok", "x" * (MAX_ARGUMENT + 1)]}},
         "overrides.run_config": {"overrides": {"run_config": {"blob": "x" * MAX_RUN_CONFIG}}},
-        "the entry point and arguments": {"overrides": {"args": ["x" * MAX_ARGUMENT] * (MAX_ARGV // MAX_ARGUMENT + 1)}},
+        "the job spec": {"resource_args": {"env": {"BLOB": "x" * MAX_SPEC}}},
     }
     for named, spec in cases.items():
         result = launch("-q", queue, "-u", str(JOBS), "-E", "python report.py", "-c", _spec(tmp_path, spec),

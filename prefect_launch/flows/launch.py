@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Crashed, Failed, State
+from prefect.utilities.annotations import quote
 
 from prefect_launch import sources
 from prefect_launch.builders import BuildSettings, builder_for, plan_for
@@ -38,7 +39,7 @@ from prefect_launch.environments import Environment
 from prefect_launch.registries import Registry
 from prefect_launch.registries.local import LocalImages
 from prefect_launch.errors import AdoptionFailed, LaunchError
-from prefect_launch.redact import redact
+from prefect_launch.redact import for_display
 from prefect_launch.render import render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob, run_id_for
 from prefect_launch.targets import Handle, Outcome, Progress, Target, get_target
@@ -182,7 +183,7 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
         run_context = FlowRunContext.get()
         run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
     _not_cancelled(context, "before the submit")
-    log.info("Submitting to %s: %s", queue.resource.value, json.dumps(redact(rendered["submission"])))
+    log.info("Submitting to %s: %s", queue.resource.value, json.dumps(for_display(rendered["submission"])))
     handle = context.target.submit(rendered["submission"], log)
     return rendered, handle
 
@@ -252,16 +253,18 @@ def launch(spec: LaunchSpec) -> State | None:
     try:
         _check_run_id_free(spec, flow_run)
         timeline.begin("resolve")
-        job = resolve_source(spec, context.queue_name, context.home, context.queue.resource)
+        # quote(): Prefect would walk every value of each task's arguments (a 400,000-character run
+        # config is thousands of them, once per stage); these tasks take no futures to resolve.
+        job = resolve_source(quote(spec), context.queue_name, context.home, context.queue.resource)
         timeline.begin("build")
-        image = build(job, context, spec.resource_args)
+        image = build(quote(job), quote(context), quote(spec.resource_args))
         timeline.begin("push")
-        job = push(image, job, context)
+        job = push(quote(image), quote(job), quote(context))
         timeline.begin("submit")
-        rendered, handle = submit(job, context, spec.resource_args)
+        rendered, handle = submit(quote(job), quote(context), quote(spec.resource_args))
         context.handle = handle
         timeline.begin("start")  # until the target reports the job running (`timeline.started`), then "run"
-        outcome = monitor(job, context, handle, timeline)
+        outcome = monitor(quote(job), quote(context), quote(handle), quote(timeline))
     except AdoptionFailed as exc:
         log.error("%s", exc)
         return Crashed(message=str(exc))
@@ -352,7 +355,7 @@ def _record(
     handle: Handle | None,
     timeline: Timeline,
 ) -> None:
-    config = json.dumps(redact(rendered.get("submission", {})), indent=2, sort_keys=True)
+    config = json.dumps(for_display(rendered.get("submission", {})), indent=2, sort_keys=True)
     markdown = "\n".join(
         [
             f"# Launch run `{job.run_id}` ({job.run_name})",
