@@ -655,7 +655,17 @@ def main() -> int:
     # SIGTERM cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
 
-    began = time.monotonic()
+    began, load_before = time.monotonic(), os.getloadavg()[0]
+    results = on_embedded_server(run_benchmark, sizes, args.keep)
+    if results is None:
+        return 130
+    print_table(report(results), load_before, began)
+    return 0
+
+
+def on_embedded_server(bench: Callable[[Path, Processes, Any], Awaitable[Any]], sizes: Any, keep: bool) -> Any:
+    """Run `bench(home, processes, sizes)` against an embedded Prefect server in a temporary home,
+    stopping everything it started at the end; None if interrupted."""
     load_before = os.getloadavg()[0]
     if load_before > 0.5:
         progress(f"warning: load average {load_before:.1f} before starting; results will be slower than on an idle machine")
@@ -676,18 +686,18 @@ def main() -> int:
         processes = Processes(env, home)
         import anyio
 
-        results = anyio.run(run_benchmark, home, processes, sizes)
+        return anyio.run(bench, home, processes, sizes)
     except KeyboardInterrupt:
         progress("interrupted; cleaning up")
-        return 130
+        return None
     finally:
         if processes:
             processes.stop_all()
         stop_server(home)
-        if not args.keep:
+        if keep:
+            progress(f"kept {home} (agent.log, the server's log)")
+        else:
             shutil.rmtree(home, ignore_errors=True)
-    print_table(report(results), load_before, began)
-    return 0
 
 
 def print_table(table: str, load_before: float, began: float) -> None:

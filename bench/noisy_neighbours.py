@@ -50,11 +50,9 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,16 +70,15 @@ from dispatch import (  # noqa: E402
     Processes,
     _interrupt,
     check_completed,
-    child_env,
     create_launch_queue,
     launch_submitter,
     measure_latency,
+    on_embedded_server,
     p95,
     print_table,
     progress,
     rss_mb,
     running,
-    start_server,
     verdict,
     wait_for_runs,
     wait_for_stamp,
@@ -458,38 +455,10 @@ def main() -> int:
     )
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C does
 
-    began = time.monotonic()
-    load_before = os.getloadavg()[0]
-    if load_before > 0.5:
-        progress(f"warning: load average {load_before:.1f} before starting; results will be slower than on an idle machine")
-    home = Path(tempfile.mkdtemp(prefix="bench-home-"))
-    progress(f"temporary home {home}; starting the embedded Prefect server")
-    from prefect_launch.server import stop_server
-
-    processes: Processes | None = None
-    try:
-        url = start_server(home)
-        env = child_env(home, url)
-        # Before prefect is imported: it reads its settings once.
-        for name in [name for name in os.environ if name.startswith("PREFECT_")]:
-            del os.environ[name]
-        os.environ.update(env)
-        progress(f"server at {url}")
-        processes = Processes(env, home)
-        import anyio
-
-        conditions = anyio.run(run_benchmark, home, processes, sizes)
-    except KeyboardInterrupt:
-        progress("interrupted; cleaning up")
+    began, load_before = time.monotonic(), os.getloadavg()[0]
+    conditions = on_embedded_server(run_benchmark, sizes, args.keep)
+    if conditions is None:
         return 130
-    finally:
-        if processes:
-            processes.stop_all()
-        stop_server(home)
-        if args.keep:
-            progress(f"kept {home} (agent.log, the server's log)")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
     print_table(report(conditions, sizes), load_before, began)
     return 0
 
