@@ -18,7 +18,7 @@ from typing import Any
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.macros import resolve_macros
-from prefect_launch.spec import RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
+from prefect_launch.spec import LAUNCH_KEYS, RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
 from prefect_launch.targets import get_target
 
 
@@ -85,8 +85,11 @@ def render(
     target = get_target(queue.resource, environment)
     target.check_overrides(unwrap_resource_key(overrides or {}, queue.resource))
     resource_args = resolve_macros(merged_resource_args(queue, overrides), macro_values(job))
+    # The launch keys W&B lets any queue config carry (`builder`, `scheduler`) configure the build and
+    # sweeps, not the target: every target renders the rest.
+    payload = {key: value for key, value in resource_args.items() if key not in LAUNCH_KEYS}
     try:
-        submission = target.render(job, resource_args)
+        submission = target.render(job, payload)
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
         # A value of the wrong shape the target did not check by name (a list where a mapping goes, ...).
         raise LaunchError(

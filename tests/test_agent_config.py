@@ -66,3 +66,19 @@ def test_bad_agent_config_names_file_and_field(tmp_path, text, expected):
 def test_agent_refuses_to_start_with_placeholders():
     result = cli("agent", "--config", str(SEEDS / "003_launch_config_1.yaml"), check=False, timeout=60)
     assert result.returncode == 1 and "placeholders" in result.stderr and "queues[0]" in result.stderr
+
+
+@pytest.mark.parametrize("key, yaml_text, named", [
+    ("builder.destination", "builder:\n  type: docker\n  destination: 127.0.0.1:5000/launch:v1\n", "a tag (:v1)"),
+    ("builder.uri", "builder:\n  uri: us-docker.pkg.dev/p/r/launch:latest\n", "a tag (:latest)"),
+    ("registry.uri", "registry:\n  uri: 127.0.0.1:5000/launch@sha256:0123\n", "a digest (@sha256:0123)"),
+])
+def test_a_registry_destination_with_a_tag_is_refused_naming_the_key(tmp_path, key, yaml_text, named):
+    """Images are tagged by content: `repo:v1` would become `repo:v1:<hash>`, no valid reference."""
+    path = tmp_path / "launch-config.yaml"
+    path.write_text("queues: [q]\n" + yaml_text)
+    result = check(path, ok=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"error: {key} ") and named in errors[0], errors
+    assert "Traceback" not in result.stderr

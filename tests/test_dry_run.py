@@ -101,6 +101,18 @@ def test_local_process_refuses_unknown_resource_args():
     assert result.returncode == 1 and "gpus" in result.stderr
 
 
+def test_launch_keys_of_any_queue_config_are_taken_on_local_process(tmp_path, make_queue):
+    """W&B's docs put `scheduler` and `builder` into the queue config of any resource: they configure
+    sweeps and builds, and the target renders the rest."""
+    config = tmp_path / "queue.yaml"
+    config.write_text("env:\n  TAG: seen\nscheduler:\n  num_workers: 4\nbuilder:\n  accelerator:\n"
+                      "    base_image: nvidia/cuda:12.1.0-runtime-ubuntu22.04\n")
+    queue = make_queue("--resource", "local-process", "--config", str(config))
+    out = json.loads(launch("--dry-run", "-q", queue, "-u", str(JOBS), "-E", "python report.py").stdout)
+    assert out["submission"]["env"]["TAG"] == "seen"
+    assert not {"scheduler", "builder"} & set(out["submission"])
+
+
 def test_launch_without_queue_or_dry_run_is_refused():
     result = launch("-u", str(JOBS), "-E", "python report.py", check=False)
     assert result.returncode == 1 and "-q/--queue" in result.stderr

@@ -53,10 +53,12 @@ class BuildSettings(BaseModel):
     def from_agent_config(cls, config) -> "BuildSettings":
         """`builder.destination` (or `builder.uri`, or the older `registry.uri`), `builder.type`, `registry.type`."""
         builder, registry = config.builder, config.registry
-        destination = (builder and (builder.destination or builder.uri)) or (registry and registry.uri) or None
+        keys = [("builder.destination", builder and builder.destination), ("builder.uri", builder and builder.uri),
+                ("registry.uri", registry and registry.uri)]
+        key, destination = next(((key, value) for key, value in keys if value), (None, None))
         return cls(
             builder=builder.type if builder else None,
-            destination=normalize_destination(destination) if destination else None,
+            destination=repository_only(normalize_destination(destination), key) if destination else None,
             registry_type=registry.type if registry else None,
             base_image=(builder and builder.base_image) or DEFAULT_BASE_IMAGE,
             **(builder.model_dump(include=set(_KANIKO_KEYS), exclude_none=True) if builder else {}),
@@ -79,6 +81,27 @@ def normalize_destination(destination: str) -> str:
     if arn:
         return f"{arn['account']}.dkr.ecr.{arn['region']}.amazonaws.com/{arn['name']}"
     return re.sub(r"^https?://", "", destination).rstrip("/")
+
+
+def repository_only(destination: str, key: str) -> str:
+    """`destination`, refused if it names a tag or digest: images are tagged by their content.
+
+    >>> repository_only("127.0.0.1:5000/launch", "builder.destination")
+    '127.0.0.1:5000/launch'
+    >>> repository_only("127.0.0.1:5000/launch:v1", "builder.destination")
+    Traceback (most recent call last):
+    ...
+    prefect_launch.errors.LaunchError: builder.destination '127.0.0.1:5000/launch:v1' names a tag (:v1); give the repository only (127.0.0.1:5000/launch): prefect-launch tags each image by its content
+    """
+    _, slash, path = destination.partition("/")
+    name = path.rsplit("/", 1)[-1] if slash else ""
+    for mark in ("@", ":"):
+        if mark in name:
+            repository = destination[:len(destination) - len(name)] + name.split(mark, 1)[0]
+            raise LaunchError(f"{key} {destination!r} names a {'digest' if mark == '@' else 'tag'} "
+                              f"({mark}{name.split(mark, 1)[1]}); give the repository only ({repository}): "
+                              "prefect-launch tags each image by its content")
+    return destination
 
 
 class BuildLog:

@@ -55,7 +55,7 @@ from typing import Any, Iterator
 from prefect_launch import kube
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
-from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
+from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods, stream_logs
 from prefect_launch.targets.process import Log
@@ -190,7 +190,7 @@ class KubernetesTarget(Target):
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         if not job.image:
             raise LaunchError("kubernetes runs an image: this job has none (a code job needs a builder and a registry)")
-        args = {k: copy.deepcopy(v) for k, v in resource_args.items() if k not in LAUNCH_KEYS}
+        args = copy.deepcopy(resource_args)
         secrets = secret_env(args.pop("secrets", {}))
         if isinstance(args.get("kubernetes"), dict) and "kind" in args["kubernetes"]:
             manifest = self._custom_resource(job, args)

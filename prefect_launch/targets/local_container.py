@@ -15,7 +15,7 @@ docker reads it from the agent's environment.
 Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
-    >>> argv = LocalContainerTarget().render(job, {"gpus": "all", "rm": True, "builder": {}})["argv"]
+    >>> argv = LocalContainerTarget().render(job, {"gpus": "all", "rm": True})["argv"]
     >>> argv[-6:]
     ['--gpus', 'all', '--rm', 'img:1', 'python', 't.py']
 """
@@ -30,7 +30,7 @@ from typing import Any
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
-from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
+from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets import process
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
@@ -53,7 +53,7 @@ def docker_flags(options: dict[str, Any]) -> list[str]:
     """W&B's docker queue config as `docker run` options, in the config's order."""
     flags: list[str] = []
     for key, value in options.items():
-        if key in LAUNCH_KEYS or value is None or value is False:
+        if value is None or value is False:
             continue
         flag = ("-" if len(key) == 1 else "--") + key
         if value is True:

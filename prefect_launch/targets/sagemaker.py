@@ -41,7 +41,7 @@ from typing import Any
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import split_long_config, wandb_env
-from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
+from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
@@ -102,7 +102,7 @@ class SageMakerTarget(Target):
     adoptable = True
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
-        request = {k: copy.deepcopy(v) for k, v in resource_args.items() if k not in LAUNCH_KEYS}
+        request = copy.deepcopy(resource_args)
         missing = [path for path in REQUIRED if unfilled(_lookup(request, path))]
         if missing:
             raise LaunchError(

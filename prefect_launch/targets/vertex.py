@@ -39,7 +39,7 @@ from typing import Any
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
-from prefect_launch.spec import LAUNCH_KEYS, Resource, ResolvedJob
+from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
@@ -98,7 +98,7 @@ class VertexTarget(Target):
     resource = Resource.vertex
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
-        args = {k: v for k, v in resource_args.items() if k not in LAUNCH_KEYS}
+        args = resource_args
         camel = _camel_keys(args, "vertex queue config")
         if camel:
             raise LaunchError("keys must be snake_case, as the Vertex AI SDK names them: " + "; ".join(camel))
