@@ -15,3 +15,23 @@ class LaunchError(Exception):
 
 class AdoptionFailed(LaunchError):
     """A job its dead agent submitted cannot be followed again (gone, or its target cannot attach): the run ends Crashed, never resubmitted."""
+
+
+# The extra that installs each optional library (pyproject.toml's optional-dependencies).
+_EXTRA_OF_MODULE = {
+    "boto3": "aws", "botocore": "aws", "prefect_aws": "aws",
+    "google": "gcp", "vertexai": "gcp", "prefect_gcp": "gcp",
+    "azure": "azure",
+    "kubernetes": "kubernetes",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> LaunchError | None:
+    """The one-line error for an optional library that is not installed; None for any other module.
+
+    >>> str(missing_extra(ModuleNotFoundError("No module named 'boto3'", name="boto3")))
+    "boto3 is not installed: pip install 'prefect-launch[aws]'"
+    """
+    package = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(package)
+    return LaunchError(f"{package} is not installed: pip install 'prefect-launch[{extra}]'") if extra else None

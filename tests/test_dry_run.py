@@ -1,6 +1,10 @@
 """The --dry-run contract: one JSON object, exactly what the target receives, no server needed."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 from conftest import EXAMPLES, JOBS, cli, launch
 
@@ -116,3 +120,26 @@ def test_launch_keys_of_any_queue_config_are_taken_on_local_process(tmp_path, ma
 def test_launch_without_queue_or_dry_run_is_refused():
     result = launch("-u", str(JOBS), "-E", "python report.py", check=False)
     assert result.returncode == 1 and "-q/--queue" in result.stderr
+
+
+SAGEMAKER_QUEUE = {"RoleArn": "arn:aws:iam::123456789012:role/launch", "OutputDataConfig": {"S3OutputPath": "s3://b/out"},
+                   "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1},
+                   "StoppingCondition": {"MaxRuntimeInSeconds": 60}}
+WITHOUT_THE_AWS_EXTRA = """
+import sys
+for name in ("boto3", "botocore", "prefect_aws"):
+    sys.modules[name] = None  # importing them fails as it does where `pip install prefect-launch` left them out
+from prefect_launch.cli.main import app
+sys.argv = ["prefect-launch", *sys.argv[1:]]
+app()
+"""
+
+
+def test_a_missing_extra_is_named_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_THE_AWS_EXTRA, "launch", "--dry-run", "-r", "sagemaker", "-R", json.dumps(SAGEMAKER_QUEUE),
+         "-d", "img:1", "-E", "python train.py"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **NO_SERVER})
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"error: (boto3|botocore|prefect_aws) is not installed: pip install 'prefect-launch\[aws\]'", line), line

@@ -56,12 +56,18 @@ def clear_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         from pydantic import ValidationError
 
-        from prefect_launch.errors import LaunchError
+        from prefect_launch.errors import LaunchError, missing_extra
 
         try:
             return fn(*args, **kwargs)
         except LaunchError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ModuleNotFoundError as exc:
+            missing = missing_extra(exc)
+            if missing is None:
+                raise
+            typer.echo(f"error: {missing}", err=True)
             raise typer.Exit(1) from None
         except ValidationError as exc:
             for error in exc.errors():

@@ -38,7 +38,7 @@ from prefect_launch.deployments.queues import holders_of, run_id_in_use
 from prefect_launch.environments import Environment
 from prefect_launch.registries import Registry
 from prefect_launch.registries.local import LocalImages
-from prefect_launch.errors import AdoptionFailed, LaunchError
+from prefect_launch.errors import AdoptionFailed, LaunchError, missing_extra
 from prefect_launch.redact import for_display
 from prefect_launch.render import render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob, run_id_for
@@ -268,6 +268,11 @@ def launch(spec: LaunchSpec) -> State | None:
     except AdoptionFailed as exc:
         log.error("%s", exc)
         return Crashed(message=str(exc))
+    except ModuleNotFoundError as exc:
+        if (missing := missing_extra(exc)) is None:
+            raise
+        log.error("%s", missing)
+        outcome = Outcome(state="failed", message=str(missing))
     except LaunchError as exc:
         if handle is None and context.cancel.is_set():  # stopped before its job started (a build stopped on cancel)
             log.info("%s", exc)
