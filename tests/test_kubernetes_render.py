@@ -120,11 +120,28 @@ def test_custom_resource_seed_renders_every_replica(tmp_path):
         assert container["imagePullPolicy"] == "Always"
         assert container["securityContext"] == SECURITY
         names = [e["name"] for e in container["env"]]
-        assert "WANDB_RUN_ID" in names and "WANDB_API_KEY" in names, role  # every container of every replica
+        assert "WANDB_PROJECT" in names and "WANDB_API_KEY" in names, role  # every container of every replica
+        # W&B's rule: the entry point everywhere, the run id in the first container only.
+        assert container["command"] == ["python", "train.py", "--epochs", "2"], role
+        assert ("WANDB_RUN_ID" in names) == (role == "Master"), role
         validate_strict({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()},
                    "template": replica["template"]}, tmp_path)
-    master = replicas["Master"]["template"]["spec"]["containers"][0]
-    assert master["command"] == ["python", "train.py", "--epochs", "2"]
+
+
+def test_a_custom_resource_or_cronjob_pasted_without_the_kubernetes_wrapper_keeps_its_kind(tmp_path):
+    """W&B's App takes a PyTorchJob as the whole queue config, without `kubernetes:`; any kind but a
+    batch/v1 Job stays what it names."""
+    seed = yaml.safe_load((SEEDS / "000_k8s_custom_resource_1.yaml").read_text())["kubernetes"]
+    manifest = json.loads(_dry_run(seed).stdout)["submission"]
+    assert (manifest["apiVersion"], manifest["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    assert set(manifest["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
+    cron = {"apiVersion": "batch/v1", "kind": "CronJob", "spec": {"schedule": "0 * * * *", "jobTemplate": {
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"image": "${image_uri}"}]}}}}}}
+    manifest = json.loads(_dry_run(cron).stdout)["submission"]
+    assert manifest["kind"] == "CronJob" and manifest["spec"]["schedule"] == "0 * * * *"
+    (container,) = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "train.py", "--epochs", "2"]
+    validate_strict(manifest, tmp_path)
 
 
 def test_security_defaults_seed_is_what_the_renderer_injects():

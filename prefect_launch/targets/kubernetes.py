@@ -134,10 +134,14 @@ def _fill_pod(pod: dict[str, Any], job: ResolvedJob, first: bool, secrets: list[
         container.setdefault("name", "launch" if index == 0 else f"launch-{index}")
         if unfilled(container.get("image")):
             container["image"] = job.image
-        if first and index == 0 and job.argv:
+        # As W&B's Kubernetes runner does: every container of every replica runs the entry point and
+        # gets the W&B environment; only the first gets the run id, so the replicas do not all write
+        # into one W&B run.
+        if job.argv:
             container["command"] = list(job.argv)
             container.pop("args", None)
-        container["env"] = [e for e in container.get("env", []) if e.get("name") not in ours] + copy.deepcopy(env)
+        own = [e for e in env if first and index == 0 or e["name"] != "WANDB_RUN_ID"]
+        container["env"] = [e for e in container.get("env", []) if e.get("name") not in ours] + copy.deepcopy(own)
         security = container.setdefault("securityContext", {})
         for key, value in CONTAINER_SECURITY.items():
             security.setdefault(key, copy.deepcopy(value))
@@ -192,6 +196,9 @@ class KubernetesTarget(Target):
             raise LaunchError("kubernetes runs an image: this job has none (a code job needs a builder and a registry)")
         args = copy.deepcopy(resource_args)
         secrets = secret_env(args.pop("secrets", {}))
+        if args.get("kind") and not (args["kind"] == "Job" and args.get("apiVersion", "batch/v1") == "batch/v1"):
+            # A custom resource or another kind pasted whole, as W&B's App takes it (no `kubernetes:` wrapper).
+            args = {"kubernetes": {k: v for k, v in args.items() if k != "namespace"}, "namespace": args.get("namespace")}
         if isinstance(args.get("kubernetes"), dict) and "kind" in args["kubernetes"]:
             manifest = self._custom_resource(job, args)
         else:
