@@ -30,7 +30,7 @@ Example:
     >>> digest, data = pack(d)
     >>> digest == pack(d)[0] == folder_digest(d) and digest.startswith("sha256:")
     True
-    >>> parse_size("2G"), parse_size("512M"), parse_size("1000")
+    >>> parse_size("2GiB"), parse_size("512MiB"), parse_size("1000")
     (2147483648, 536870912, 1000)
 """
 
@@ -62,7 +62,7 @@ MAX_CODE_FILES = 100_000
 MAX_CODE_FILES_ENV = "PREFECT_LAUNCH_MAX_CODE_FILES"
 
 _CHUNK = 1 << 20
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}  # for messages
 _WHAT = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFIFO: "a FIFO",
@@ -73,13 +73,16 @@ _WHAT = {
 
 
 def parse_size(text: str) -> int:
-    """`1073741824`, `512M`, `2G` (powers of 1024; a trailing `B`/`iB` is allowed)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = value[-1:] if value[-1:] in _SIZE_UNITS and value[-1:] else ""
-    number = value[: len(value) - len(unit)].strip()
-    if not number.isdigit() or int(number) <= 0:
-        raise LaunchError(f"{text!r} is not a size: give bytes, or a number with K, M, G or T")
-    return int(number) * _SIZE_UNITS[unit]
+    """A size as pydantic's `ByteSize` reads it: `1073741824`, `512MiB`, `2GiB` (or `2GB`, powers of 1000)."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        size = TypeAdapter(ByteSize).validate_python(text.strip())
+    except ValidationError:
+        raise LaunchError(f"{text!r} is not a size: give bytes, or a number with KiB, MiB, GiB or TiB") from None
+    if size <= 0:
+        raise LaunchError(f"{text!r} is not a size: it must be more than 0")
+    return int(size)
 
 
 def max_code_bytes() -> int:
@@ -110,8 +113,12 @@ def _human(size: int) -> str:
     return f"{size} bytes"
 
 
+class _TooLarge(LaunchError):
+    """Code over the size cap."""
+
+
 def _too_large(what: str, limit: int) -> LaunchError:
-    return LaunchError(f"{what} is larger than the {_human(limit)} limit on code "
+    return _TooLarge(f"{what} is larger than the {_human(limit)} limit on code "
                        f"(set ${MAX_CODE_BYTES_ENV} to raise it)")
 
 
@@ -454,24 +461,9 @@ def cache_path(source: CodeSource, cache_root: Path) -> Path:
     return cache_root / f"{source.digest.removeprefix('sha256:')}.tar.gz"
 
 
-def _verify(archive: Path, hexdigest: str, what: str) -> None:
-    """Check a gzipped tar's digest, decompressing in bounded chunks and stopping at the size cap."""
-    limit, digest, size = max_code_bytes(), hashlib.sha256(), 0
-    try:
-        with gzip.open(archive, "rb") as raw:
-            while chunk := raw.read(_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(f"{what} unpacked", limit)
-                digest.update(chunk)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise LaunchError(f"{what} is not a readable gzipped tar: {exc}") from None
-    if digest.hexdigest() != hexdigest:
-        raise LaunchError(f"{what} does not match its digest")
-
-
 def fetch_archive(source: CodeSource, cache_root: Path) -> Path:
-    """The verified archive of `source` in `cache_root`, downloaded (and checked) once per agent."""
+    """The archive of `source` in `cache_root`, downloaded once per agent (size-capped; `unpack` checks
+    its digest on every use and drops it from the cache if it does not match or is too large)."""
     target = cache_path(source, cache_root)
     if target.is_file():
         return target
@@ -494,7 +486,6 @@ def fetch_archive(source: CodeSource, cache_root: Path) -> Path:
                     raise _too_large(what, limit) from None
                 raise LaunchError(f"code {source.digest} not found in storage {source.storage!r}: "
                                   f"{exc.__class__.__name__}: {exc}") from None
-        _verify(staging, hexdigest, what)
         staging.chmod(0o444)
         # Another run may have stored the same digest meanwhile: theirs is identical.
         os.replace(staging, target)
@@ -573,12 +564,16 @@ def unpack(archive: Path, hexdigest: str, target: Path, what: str) -> Path:
                         if member.isreg():
                             regular.add(member.name)
                 reader.drain()  # the tar's end blocks count in its digest
+            except _TooLarge:
+                archive.unlink(missing_ok=True)  # never trusted: not kept in the cache
+                raise
             except LaunchError:
                 raise
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                archive.unlink(missing_ok=True)
                 raise LaunchError(f"{what} cannot be unpacked: {exc}") from None
         if reader.hash.hexdigest() != hexdigest:
-            archive.unlink(missing_ok=True)  # a changed cache entry: fetched again next time
+            archive.unlink(missing_ok=True)  # a changed or forged cache entry: fetched again next time
             raise LaunchError(f"{what} does not match its digest")
         if target.exists():  # a run started again (requeued, adopted) gets fresh code
             try:
