@@ -15,6 +15,7 @@ import abc
 import collections
 import logging
 import re
+import threading
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -142,5 +143,8 @@ class Builder(abc.ABC):
         return False
 
     @abc.abstractmethod
-    def build(self, plan: BuildPlan, log: Log) -> None:
-        """Build `plan.image`, streaming progress to `log`; raise LaunchError with the log's tail on failure."""
+    def build(self, plan: BuildPlan, log: Log, cancel: threading.Event | None = None) -> None:
+        """Build `plan.image`, streaming progress to `log`; raise LaunchError with the log's tail on failure.
+
+        `cancel` is the run's cancel event: a builder that can stop its build does so once it is set.
+        """

@@ -7,7 +7,7 @@ Docker SDK runs the classic builder. Either way the context is the plan's tar,
 builds use the host network (engines here run without a bridge), and every
 line of build output goes to the build task's log.
 
-A build is stoppable: with `cancel` set (the run's cancel event), a cancel
+A build is stoppable: given the run's cancel event, a cancel
 kills the CLI (whose BuildKit session ends with it) or cuts the SDK's
 connection (the engine stops a classic build whose client is gone), and
 `build` raises `BuildStopped`.
@@ -133,14 +133,12 @@ def _on_cancel(cancel: threading.Event | None, stop: Callable[[], None]) -> thre
 
 class DockerBuilder(Builder):
     name = "docker"
-    # The run's cancel event (set by the launch flow's build task): a cancel stops the build.
-    cancel: threading.Event | None = None
 
     @property
     def cache_mounts(self) -> bool:
         return buildkit_cli() is not None
 
-    def build(self, plan: BuildPlan, log: Log) -> None:
+    def build(self, plan: BuildPlan, log: Log, cancel: threading.Event | None = None) -> None:
         build_log = BuildLog(log)
 
         def emit(line: str) -> None:
@@ -150,8 +148,8 @@ class DockerBuilder(Builder):
 
         cli = buildkit_cli()
         log.info("Building %s with %s", plan.image, "BuildKit" if cli else "the classic builder")
-        error = self._build_cli(plan, cli, emit, self.cancel) if cli else self._build_sdk(plan, emit, self.cancel)
-        if self.cancel is not None and self.cancel.is_set():
+        error = self._build_cli(plan, cli, emit, cancel) if cli else self._build_sdk(plan, emit, cancel)
+        if cancel is not None and cancel.is_set():
             raise BuildStopped(f"the build of {plan.image} was stopped: the run was cancelled")
         if error is not None:
             raise build_log.failure(error)

@@ -166,7 +166,8 @@ class KanikoBuilder(Builder):
     def _api(self):
         return kube.api_client()
 
-    def build(self, plan: BuildPlan, log: Log) -> None:
+    def build(self, plan: BuildPlan, log: Log, cancel: threading.Event | None = None) -> None:
+        # `cancel` is not watched: the launch flow checks it before its job is submitted.
         from kubernetes import client
 
         namespace = kube.agent_namespace()

@@ -133,9 +133,7 @@ def build(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -
         log.info("Image %s already exists: build skipped", plan.image)
         return Image(ref=plan.image)
     _not_cancelled(context, "before the build")
-    if hasattr(builder, "cancel"):
-        builder.cancel = context.cancel  # a cancel stops the build (docker)
-    builder.build(plan, log)
+    builder.build(plan, log, context.cancel)
     _not_cancelled(context, "during the build")
     log.info("Built %s", plan.image)
     return Image(ref=plan.image, built=not builder.pushes)
