@@ -74,27 +74,22 @@ def clear_errors(fn: Callable[..., T]) -> Callable[..., T]:
                 where = ".".join(str(p) for p in error["loc"])
                 typer.echo(f"error: {where}: {error['msg']}", err=True)
             raise typer.Exit(1) from None
-        except RuntimeError as exc:
-            if isinstance(exc, (typer.Exit, typer.Abort)):  # click's are RuntimeErrors
-                raise
-            transport = transport_error(exc)
-            if transport is not None:
-                typer.echo(f"error: {unreachable(transport)}", err=True)
-            elif "Prefect server" in str(exc):
-                typer.echo(f"error: {exc}", err=True)
-            else:
-                raise
-            raise typer.Exit(1) from None
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code not in (401, 403):
                 raise
             typer.echo(f"error: {refused_login(exc.response.status_code)}", err=True)
             raise typer.Exit(1) from None
-        except Exception as exc:  # the server is down or the URL wrong: Prefect raises httpx's errors as they are
-            transport = transport_error(exc)
-            if transport is None:
+        except Exception as exc:
+            if isinstance(exc, (typer.Exit, typer.Abort)):  # click's are RuntimeErrors
                 raise
-            typer.echo(f"error: {unreachable(transport)}", err=True)
+            # The server is down or the URL wrong: Prefect raises httpx's errors as they are, or wrapped.
+            transport = transport_error(exc)
+            if transport is not None:
+                typer.echo(f"error: {unreachable(transport)}", err=True)
+            elif isinstance(exc, RuntimeError) and "Prefect server" in str(exc):
+                typer.echo(f"error: {exc}", err=True)
+            else:
+                raise
             raise typer.Exit(1) from None
 
     return wrapper
