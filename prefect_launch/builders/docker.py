@@ -35,6 +35,7 @@ import threading
 from typing import Callable
 
 from prefect_launch.builders.base import Builder, BuildLog, Log
+from prefect_launch.cancel import CancelWatch
 from prefect_launch.builders.plan import BuildPlan
 from prefect_launch.errors import LaunchError
 
@@ -115,22 +116,6 @@ def _output(argv: list[str]) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _on_cancel(cancel: threading.Event | None, stop: Callable[[], None]) -> threading.Event:
-    """Call `stop` once if `cancel` is set before the returned event is."""
-    done = threading.Event()
-
-    def watch() -> None:
-        while cancel is not None and not done.is_set():
-            if cancel.wait(0.25):
-                if not done.is_set():
-                    stop()
-                return
-
-    if cancel is not None:
-        threading.Thread(target=watch, name="build-cancel", daemon=True).start()
-    return done
-
-
 class DockerBuilder(Builder):
     name = "docker"
 
@@ -183,13 +168,13 @@ class DockerBuilder(Builder):
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
 
-            done = _on_cancel(cancel, stop)
+            watch = CancelWatch(cancel, stop, name="build-cancel")
             try:
                 for line in proc.stdout:  # type: ignore[union-attr]
                     emit(line)
                 code = proc.wait()
             finally:
-                done.set()
+                watch.done()
         return None if code == 0 else f"docker build exited with {code}"
 
     @staticmethod
@@ -211,14 +196,14 @@ class DockerBuilder(Builder):
 
         def stop() -> None:
             emit("Stopping the build: the run was cancelled")
-            while not responses and not done.wait(0.1):
+            while not responses and not watch.ended(0.1):
                 pass  # the context is still uploading: the response comes once the engine starts the build
             for response in responses:
                 with contextlib.suppress(Exception):
                     raw = response.raw._fp.fp.raw
                     getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
 
-        done = _on_cancel(cancel, stop)
+        watch = CancelWatch(cancel, stop, name="build-cancel")
         try:
             stream = api.build(
                 fileobj=io.BytesIO(plan.context),
@@ -244,7 +229,7 @@ class DockerBuilder(Builder):
             emit(str(exc))
             return getattr(exc, "explanation", None) or str(exc)
         finally:
-            done.set()
+            watch.done()
             if cancel is not None:
                 api.close()
         return None

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Callable
 
+from prefect_launch.cancel import CancelWatch
 from prefect_launch.errors import LaunchError
 from prefect_launch.redact import redact
 from prefect_launch.targets import process_tree
@@ -79,18 +80,6 @@ def follow(
 ) -> Outcome:
     """Stream the process's output until it exits; call `stop` once if `cancel` is set first."""
     proc: subprocess.Popen[str] = handle.detail
-    finished = threading.Event()
-    stopped = threading.Event()
-
-    def stop_on_cancel() -> None:
-        while not finished.is_set():
-            if cancel.wait(0.25):
-                if finished.is_set():
-                    return
-                stopped.set()
-                stop(proc)
-                return
-
     lines: queue.Queue[str | None] = queue.Queue()
 
     def read() -> None:
@@ -103,7 +92,7 @@ def follow(
             pass
         lines.put(None)
 
-    threading.Thread(target=stop_on_cancel, name=f"cancel-{proc.pid}", daemon=True).start()
+    watch = CancelWatch(cancel, lambda: stop(proc), name=f"cancel-{proc.pid}")
     threading.Thread(target=read, name=f"output-{proc.pid}", daemon=True).start()
     eof = False
     while not eof:
@@ -118,7 +107,7 @@ def follow(
         else:
             log.info(line.rstrip("\n"))
     code = proc.wait()
-    finished.set()
+    watch.done()
     cookie = getattr(proc, "cookie", None)
     try:
         if cookie is not None:
@@ -140,7 +129,7 @@ def follow(
     finally:
         if cookie is not None:
             process_tree.DeathWatch.unregister(cookie)
-    if stopped.is_set():
+    if watch.stopped:
         return Outcome(state="cancelled", message="stopped on cancel", exit_code=code)
     return exit_outcome(code, describe_exit)
 
