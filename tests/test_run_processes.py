@@ -68,12 +68,17 @@ def local_queue(make_queue):
     return make_queue("--resource", "local-process", "--no-require-wandb-run", prefix="procs")
 
 
-def test_daemons_a_completed_job_started_are_stopped(local_queue, start_agent, tmp_path):
+def _daemon_job(local_queue, start_agent, tmp_path, *job_args: str):
+    """An agent on the queue and a DAEMON_JOB run on it: the agent, the run id and its daemons' pids."""
     code = _code(tmp_path, DAEMON_JOB)
     pids_file = tmp_path / "pids"
-    start_agent("-q", local_queue)
-    run_id = run_id_of(launch("-q", local_queue, "-u", str(code), "-E", f"python job.py {pids_file}"))
-    pids = _pids(pids_file)
+    agent = start_agent("-q", local_queue)
+    run_id = run_id_of(launch("-q", local_queue, "-u", str(code), "-E", " ".join(["python job.py", str(pids_file), *job_args])))
+    return agent, run_id, _pids(pids_file)
+
+
+def test_daemons_a_completed_job_started_are_stopped(local_queue, start_agent, tmp_path):
+    _, run_id, pids = _daemon_job(local_queue, start_agent, tmp_path)
     # The daemon holding stdout does not hold the run: it completes when the job's main process exits.
     flow_run = wait_for_final(run_id, timeout=60)
     assert flow_run.state.is_completed(), flow_run.state
@@ -83,11 +88,7 @@ def test_daemons_a_completed_job_started_are_stopped(local_queue, start_agent, t
 
 
 def test_cancel_stops_a_job_whose_daemon_holds_its_output(local_queue, start_agent, tmp_path):
-    code = _code(tmp_path, DAEMON_JOB)
-    pids_file = tmp_path / "pids"
-    start_agent("-q", local_queue)
-    run_id = run_id_of(launch("-q", local_queue, "-u", str(code), "-E", f"python job.py {pids_file} 300"))
-    pids = _pids(pids_file)
+    _, run_id, pids = _daemon_job(local_queue, start_agent, tmp_path, "300")
     wait_for_log(run_id, lambda line: line == "daemons-up")
     started = time.monotonic()
     cancel_run(run_id)
@@ -102,11 +103,7 @@ def test_a_local_job_dies_with_its_agent_and_its_run_is_not_crashed_while_it_run
                                                                                    start_agent, tmp_path):
     """The agent's death watch stops the job when the agent is killed; with the watch killed too, the
     agent that adopts the run stops the job before it settles the run."""
-    code = _code(tmp_path, DAEMON_JOB)
-    pids_file = tmp_path / "pids"
-    agent = start_agent("-q", local_queue)
-    run_id = run_id_of(launch("-q", local_queue, "-u", str(code), "-E", f"python job.py {pids_file} 300"))
-    pids = _pids(pids_file)
+    agent, run_id, pids = _daemon_job(local_queue, start_agent, tmp_path, "300")
     wait_for_log(run_id, lambda line: line == "daemons-up")
     # Every process of the job (its main process and the daemons), found by the run's cookie as the agents do.
     cookie = f"PREFECT_LAUNCH_RUN_COOKIE={flow_run_of(run_id).id}".encode()
