@@ -18,13 +18,15 @@ from conftest import cancel_run, flow_run_of, launch, run_id_of, run_logs, uniqu
 
 # Starts a daemon that leaves the job's session and process group and one that also keeps the job's
 # stdout open, writes their pids, then runs for as many seconds as its second argument says.
-# (`setsid` execs in place: it is not a process group leader, so it does not fork.)
+# (`setsid` execs in place: it is not a process group leader, so it does not fork.) The holder writes
+# nothing: the job runs with PYTHONUNBUFFERED, so print's text and newline are two writes, and a line
+# from the holder could land between them.
 DAEMON_JOB = """\
 import subprocess, sys, time
 pids = sys.argv[1]
 daemon = subprocess.Popen(["setsid", "sleep", "300"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-holder = subprocess.Popen(["setsid", "sh", "-c", "echo holder-up; exec sleep 300"])
+holder = subprocess.Popen(["setsid", "sleep", "300"])
 with open(pids, "w") as f:
     f.write(f"{daemon.pid} {holder.pid}")
 print("daemons-up", flush=True)
