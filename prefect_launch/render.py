@@ -4,7 +4,7 @@ No network and no file access happen here, so `--dry-run` shows exactly what a
 target will receive and tests can check every target's payload without it.
 
 Example:
-    >>> from prefect_launch.spec import RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
+    >>> from prefect_launch.spec import QueueConfig, ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], workdir="/code")
     >>> render(job, QueueConfig(resource="local-process"))["submission"]["argv"]
     ['python', 't.py']
@@ -12,42 +12,13 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.macros import resolve_macros
-from prefect_launch.spec import LAUNCH_KEYS, RESOURCE_ALIASES, QueueConfig, Resource, ResolvedJob
+from prefect_launch.spec import LAUNCH_KEYS, QueueConfig, ResolvedJob, merged_resource_args, unwrap_resource_key
 from prefect_launch.targets import get_target
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` merged into a copy of `base`; dicts merge, everything else replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def unwrap_resource_key(resource_args: dict[str, Any], resource: Resource) -> dict[str, Any]:
-    """W&B launch specs key resource args by resource (`{"local-container": {...}}`); accept both forms.
-
-    A Kubernetes custom resource is itself written under `kubernetes:` with a
-    `kind`, so that form is kept as is.
-    """
-    if len(resource_args) == 1:
-        (key, inner), = resource_args.items()
-        if isinstance(inner, dict) and key in _resource_names(resource) and "kind" not in inner:
-            return inner
-    return resource_args
-
-
-def _resource_names(resource: Resource) -> set[str]:
-    return {resource.value} | {alias for alias, name in RESOURCE_ALIASES.items() if name == resource.value}
 
 
 def macro_values(job: ResolvedJob) -> dict[str, str | None]:
@@ -58,14 +29,6 @@ def macro_values(job: ResolvedJob) -> dict[str, str | None]:
         "run_name": job.run_name,
         "image_uri": job.image,
     }
-
-
-def merged_resource_args(queue: QueueConfig, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The queue's resource args with the job's own merged over them (macros not yet resolved)."""
-    return deep_merge(
-        unwrap_resource_key(queue.resource_args, queue.resource),
-        unwrap_resource_key(overrides or {}, queue.resource),
-    )
 
 
 def render(

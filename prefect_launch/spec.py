@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import string
@@ -210,6 +211,42 @@ class QueueConfig(BaseModel):
     @classmethod
     def _parse_resource(cls, value: Any) -> Any:
         return Resource.parse(value) if isinstance(value, str) else value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into a copy of `base`; dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def unwrap_resource_key(resource_args: dict[str, Any], resource: Resource) -> dict[str, Any]:
+    """W&B launch specs key resource args by resource (`{"local-container": {...}}`); accept both forms.
+
+    A Kubernetes custom resource is itself written under `kubernetes:` with a
+    `kind`, so that form is kept as is.
+    """
+    if len(resource_args) == 1:
+        (key, inner), = resource_args.items()
+        if isinstance(inner, dict) and key in _resource_names(resource) and "kind" not in inner:
+            return inner
+    return resource_args
+
+
+def _resource_names(resource: Resource) -> set[str]:
+    return {resource.value} | {alias for alias, name in RESOURCE_ALIASES.items() if name == resource.value}
+
+
+def merged_resource_args(queue: QueueConfig, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The queue's resource args with the job's own merged over them (macros not yet resolved)."""
+    return deep_merge(
+        unwrap_resource_key(queue.resource_args, queue.resource),
+        unwrap_resource_key(overrides or {}, queue.resource),
+    )
 
 
 class ResolvedJob(BaseModel):

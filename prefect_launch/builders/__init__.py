@@ -15,7 +15,7 @@ from prefect_launch.builders.plan import BuildPlan, plan_build
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.registries import Registry
-from prefect_launch.render import merged_resource_args
+from prefect_launch.spec import merged_resource_args
 from prefect_launch.spec import QueueConfig, ResolvedJob
 
 

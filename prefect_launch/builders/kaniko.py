@@ -91,7 +91,7 @@ def render_build_job(
     `environment` gives the cloud and region (read, never called); `registry_login`
     is the name of the dockerconfigjson Secret to push with, if any.
     """
-    from prefect_launch.render import deep_merge
+    from prefect_launch.spec import deep_merge
 
     repository = plan.image.rsplit(":", 1)[0]
     defaults = [f"--context={context}", f"--dockerfile={plan.dockerfile}", f"--destination={plan.image}",
