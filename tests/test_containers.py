@@ -28,10 +28,14 @@ import json, sys
 import launch_util
 import wandb
 
+def report(line):  # one write per line: wandb's own output cannot land between a line and its newline
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+
 run = wandb.init(config={"lr": 0.01, "epochs": 1})
-print("CONFIG " + json.dumps(dict(run.config), sort_keys=True), flush=True)
-print("GREETING " + json.dumps(launch_util.GREETING), flush=True)
-print("ARGS " + json.dumps(sys.argv[1:]), flush=True)
+report("CONFIG " + json.dumps(dict(run.config), sort_keys=True))
+report("GREETING " + json.dumps(launch_util.GREETING))
+report("ARGS " + json.dumps(sys.argv[1:]))
 run.finish()
 """
 

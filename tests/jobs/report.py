@@ -9,7 +9,15 @@ launch variables) and `ARGS {json}`.
 import argparse
 import json
 import os
+import sys
 import time
+
+
+def report(line: str) -> None:
+    """One write per line: wandb's own output cannot land between a line and its newline."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--no-wandb", action="store_true")
@@ -27,10 +35,10 @@ if not args.no_wandb:
     import wandb
 
     run = wandb.init(config={"lr": 0.01, "epochs": 1})
-    print("CONFIG " + json.dumps(dict(run.config), sort_keys=True), flush=True)
+    report("CONFIG " + json.dumps(dict(run.config), sort_keys=True))
 names = [n for n in os.environ if n.startswith(("WANDB_", "JOB_", "TEMPLATE_"))]
-print("ENV " + json.dumps({n: os.environ[n] for n in sorted(names)}), flush=True)
-print("ARGS " + json.dumps(rest), flush=True)
+report("ENV " + json.dumps({n: os.environ[n] for n in sorted(names)}))
+report("ARGS " + json.dumps(rest))
 time.sleep(args.sleep)
 if not args.no_wandb:
     run.finish()
