@@ -50,22 +50,19 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import Abort
 from prefect.states import Cancelled, Cancelling, Crashed, Failed, Pending, Running, Scheduled
 from prefect.utilities.engine import propose_state
-from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
-from pydantic import Field, TypeAdapter, ValidationError
+from prefect.workers.base import BaseWorker, BaseWorkerResult
+from pydantic import TypeAdapter, ValidationError
 
 from prefect_launch.agent_config import AgentConfig, load_agent_config
-from prefect_launch.builders.base import BuildSettings
 from prefect_launch.deployments.flows import HANDED_OVER, hand_over, handed_over, job_of
 from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT
 from prefect_launch.errors import LaunchError
-from prefect_launch.environments import environment_for
-from prefect_launch.registries import registry_for
 from prefect_launch.flows.launch import Adoption, LaunchContext, current_launch, launch
 from prefect_launch.ownership import Owner
+from prefect_launch.prepare import LaunchJobConfiguration, LaunchWorkerVariables, agent_setup, job_configuration
 from prefect_launch.home import launch_home
-from prefect_launch.spec import QueueConfig, Resource, run_id_for
+from prefect_launch.spec import run_id_for
 from prefect_launch.status import UnknownRun, find_run
-from prefect_launch.templates import defaulted_nulls
 
 
 DEPLOYMENT_CACHE_SECONDS = 30.0
@@ -74,29 +71,6 @@ DEPLOYMENT_CACHE_SECONDS = 30.0
 DEFAULT_PENDING_TIMEOUT = 300.0
 POLL_LIMIT = 100
 ADOPTION_NAMESPACE = UUID("5b0c2f0e-6f5a-4d1e-9a57-3c1f0d7e2a10")
-
-
-class LaunchJobConfiguration(BaseJobConfiguration):
-    """A queue config: the target resource and its arguments, templates filled in."""
-
-    resource: str = Field(default=Resource.local_process.value, description="Target resource")
-    resource_args: dict[str, Any] = Field(default_factory=dict, description="The target's own config")
-    require_wandb_run: bool = Field(
-        default=True, description="Fail jobs that exit 0 without having created their W&B run"
-    )
-
-    def queue_config(self) -> QueueConfig:
-        return QueueConfig(
-            resource=self.resource,
-            resource_args=self.resource_args,
-            require_wandb_run=self.require_wandb_run,
-        )
-
-
-class LaunchWorkerVariables(BaseVariables):
-    resource: Resource = Field(default=Resource.local_process, description="Target resource")
-    resource_args: dict[str, Any] = Field(default_factory=dict, description="The target's own config")
-    require_wandb_run: bool = Field(default=True, description="Require every job to create its W&B run")
 
 
 class LaunchWorkerResult(BaseWorkerResult):
@@ -200,9 +174,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         super().__init__(*args, **kwargs)
         # `prefect worker start --type launch` has no agent: read W&B's default launch-config.yaml.
         agent_config = agent_config or load_agent_config(None)
-        self._build_settings = BuildSettings.from_agent_config(agent_config)
-        self._environment = environment_for(agent_config.environment)
-        self._registry = registry_for(self._build_settings, self._environment)
+        self._build_settings, self._environment, self._registry = agent_setup(agent_config)
         self._shared_limiter = shared_limiter
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
@@ -252,7 +224,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             queue_name=self._work_pool_name,
             queue=queue,
             home=launch_home(),
-            build=self._build_settings,
+            build_settings=self._build_settings,
             environment=self._environment,
             registry=self._registry,
             owner=self._owner.tag(),
@@ -448,10 +420,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
 
     async def _job_configuration(self, flow_run: FlowRun, deployment: DeploymentResponse | None) -> LaunchJobConfiguration:
         """The queue config for this run: pool template <- deployment <- run job variables."""
-        values = defaulted_nulls(self.work_pool.base_job_template.get("variables", {}), _job_variables(flow_run, deployment))
-        return await self.job_configuration.from_template_and_values(
-            base_job_template=self.work_pool.base_job_template, values=values, client=self.client
-        )
+        return await job_configuration(self.work_pool.base_job_template, _job_variables(flow_run, deployment), self.client)
 
     async def _deployment(self, deployment_id: UUID | None) -> DeploymentResponse | None:
         """Prefect's `resolve_for_flow_run` reads the deployment and the flow for

@@ -312,6 +312,16 @@ def job_report(lines: list[str], marker: str) -> dict:
     raise AssertionError(f"no {marker} line in the run's logs:\n" + "\n".join(lines[-40:]))
 
 
+def dry_run_submission(*launch_args: str, home_dir: Path, agent_config: Path | None = None) -> dict:
+    """The submission `launch ARGS --dry-run` shows on this machine, with `agent_config` as its
+    `~/.config/wandb/launch-config.yaml` (the file an agent is given with --config)."""
+    config = home_dir / ".config" / "wandb" / "launch-config.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if agent_config is not None:
+        config.write_text(agent_config.read_text())
+    return json.loads(cli("launch", *launch_args, "--dry-run", env={"HOME": str(home_dir)}).stdout)["submission"]
+
+
 def write_json(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path

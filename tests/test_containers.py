@@ -17,7 +17,7 @@ import anyio
 import pytest
 from prefect.client.orchestration import get_client
 
-from conftest import JOBS, cancel_run, cli, flow_run_of, job_report, launch, run_id_of, run_logs, wait_for_final
+from conftest import JOBS, cancel_run, cli, dry_run_submission, flow_run_of, job_report, launch, run_id_of, run_logs, wait_for_final
 from services import BASE_IMAGE, GitServer, PackageIndex, Registry, docker_engine, git
 
 GIT_PASSWORD = "gitpass-7d1f0c"
@@ -284,14 +284,30 @@ def test_noop_builder_refuses_code_jobs_at_once_and_runs_images(engine, make_que
     assert flow_run_of(run_id_of(image)).state.is_completed()
 
 
+def _docker_run_of(run_id: str) -> list[str] | None:
+    """The command line of the agent's `docker run` for a run, as the kernel holds it."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode().split("\0")[:-1]
+        except OSError:  # the process has ended
+            continue
+        if argv[:2] == ["docker", "run"] and f"prefect-launch-{run_id}" in argv:
+            return argv
+    return None
+
+
 def test_cancelling_stops_and_removes_the_container(engine, make_queue, start_agent, tmp_path):
     queue = _container_queue(make_queue, tmp_path)
     start_agent("-q", queue)
-    run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", "python -c 'import time; print(\"up\", flush=True); time.sleep(300)'"))
+    job = ("-d", BASE_IMAGE, "-E", "python -c 'import time; print(\"up\", flush=True); time.sleep(300)'")
+    run_id = run_id_of(launch("-q", queue, *job))
     deadline = time.monotonic() + 120
     while not _containers_of(run_id):
         assert time.monotonic() < deadline, "container never started"
         time.sleep(0.3)
+    # The dry run of the same job and run id shows exactly the `docker run` the agent started.
+    assert _docker_run_of(run_id) == dry_run_submission("-q", queue, *job, "--run-id", run_id,
+                                                        home_dir=tmp_path / "home")["argv"]
     cancel_run(run_id)
     assert wait_for_final(run_id, timeout=90).state.is_cancelled()
     _assert_removed(run_id)

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import SEEDS, cancel_run, cli, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
 from helm_chart import render, unauthorized
 from kube_standin import KubeStandIn
 
@@ -64,11 +64,14 @@ def _secret(kube: KubeStandIn, namespace: str, run_id: str):
     return kube.objects("v1/secrets").get((namespace, f"prefect-launch-{run_id}"))
 
 
-def test_job_runs_with_a_secret_pending_reasons_logs_and_a_resumed_watch(kube, kube_agent):
+def test_job_runs_with_a_secret_pending_reasons_logs_and_a_resumed_watch(kube, kube_agent, tmp_path):
     queue = kube_agent(yaml.safe_load((SEEDS / "000_k8s_job_1.yaml").read_text()))
     run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
     job = _job(kube, "wandb", run_id)
     body = _sent(job)
+    # The dry run of the same job and run id shows exactly what the agent sent the API server.
+    assert dry_run_submission("-q", queue, "-d", IMAGE, "-E", "python train.py", "--run-id", run_id,
+                              home_dir=tmp_path / "home") == body
     (container,) = body["spec"]["template"]["spec"]["containers"]
     assert container["image"] == IMAGE and container["securityContext"]["allowPrivilegeEscalation"] is False
     assert API_KEY not in json.dumps(body)  # the key is only in the run's Secret

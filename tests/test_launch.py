@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 from prefect.client.orchestration import get_client
 
-from conftest import EXAMPLES, JOBS, cancel_run, cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
+from conftest import EXAMPLES, JOBS, cancel_run, cli, dry_run_submission, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
 
 STAGES = ["resolve-source", "build", "push", "submit", "monitor"]
 
@@ -45,6 +45,12 @@ def test_job_runs_with_overrides_stages_and_artifact(make_queue, start_agent, tm
     assert env["JOB_RUN"] == f"{run_id}@proj"
     assert job_report(logs, "ARGS") == ["--extra", "1"]
     assert "CONFIG {" in result.stdout  # --wait streamed the job's output
+    # The dry run of the same job and run id shows exactly what the agent started.
+    shown = dry_run_submission("-q", queue, "-u", str(JOBS), "-E", "python report.py", "-c", str(spec), "-p", "proj",
+                               "--name", "nice-name", "--run-id", run_id, home_dir=tmp_path / "home")
+    assert job_report(logs, "PROCESS") == {"argv": shown["argv"], "cwd": shown["cwd"]}
+    launch_variables = {k: v for k, v in shown["env"].items() if k.startswith(("WANDB_", "JOB_"))}
+    assert launch_variables and {k: env.get(k) for k in launch_variables} == launch_variables
 
     tasks, artifacts = anyio.run(_task_runs_and_artifacts, flow_run.id)
     assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == sorted(STAGES)

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from aws_standin import ACCOUNT, SageMakerStandIn
-from conftest import SEEDS, cancel_run, cli, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 
 REPOSITORY = "launch-sm"
@@ -72,6 +72,9 @@ def test_code_job_is_built_pushed_to_ecr_and_trained_on_sagemaker(aws, ecr_regis
     name = aws.wait_for_job(created + 1, timeout=600)
     request = aws.requests[created]
     assert name == run_id
+    # The dry run of the same job and run id, with the agent's config, shows exactly what the agent sent.
+    assert dry_run_submission("-q", aws_agent, "-u", str(code), "-E", "python train.py", "-c", str(overrides),
+                              "--run-id", run_id, home_dir=tmp_path / "home", agent_config=tmp_path / "launch-config.yaml") == request
     assert request["RoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/SageMakerExecution"
     assert request["ResourceConfig"] == {"InstanceType": "ml.m4.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 2}
     assert request["OutputDataConfig"] == {"S3OutputPath": "s3://launch-out/models"}

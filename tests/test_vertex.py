@@ -19,7 +19,9 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from conftest import SEEDS, cancel_run, cli, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
+from google.cloud.aiplatform_v1.types import WorkerPoolSpec
+
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 from vertex_standin import VertexStandIn
 
@@ -118,6 +120,15 @@ def test_code_job_is_pushed_to_artifact_registry_and_run_as_a_custom_job(vertex,
     repository, tag = container["imageUri"].rsplit(":", 1)  # ${image_uri}: the pushed image
     assert repository == f"{artifact_registry.host}/{REPOSITORY}"
     assert artifact_registry.manifest_digest(REPOSITORY, tag), "not pushed with the oauth2accesstoken login"
+    # The dry run of the same job and run id, with the agent's config, shows what the agent created: its
+    # worker pools as the SDK sends them (the REST body's proto JSON), its name, labels and service account.
+    shown = dry_run_submission("-q", vertex_agent, "-u", str(code), "-E", "python train.py", "-c", str(overrides),
+                               "--run-id", run_id, home_dir=tmp_path / "home", agent_config=tmp_path / "launch-config.yaml")
+    assert [json.loads(WorkerPoolSpec.to_json(WorkerPoolSpec(pool), use_integers_for_enums=False,
+                                               always_print_fields_with_no_presence=False))
+            for pool in shown["spec"]["worker_pool_specs"]] == spec["workerPoolSpecs"]
+    assert (shown["spec"]["display_name"], shown["spec"]["labels"], shown["run"]["service_account"]) == (
+        body["displayName"], body["labels"], spec["serviceAccount"])
 
     vertex.set_state(name, "JOB_STATE_RUNNING")
     wait_for_log(run_id, lambda line: line.endswith("JOB_STATE_RUNNING"))  # the run follows the job's state

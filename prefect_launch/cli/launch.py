@@ -115,38 +115,44 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
     return spec, folder
 
 
-def _inline_queue(resource: str, resource_args: str | None, templates: Path | None, values: dict[str, str]):
-    from prefect_launch.config_files import load_config_file, parse_inline
-    from prefect_launch.spec import QueueConfig
-    from prefect_launch.templates import (
-        apply_template,
-        check_placeholders_declared,
-        check_values,
-        coerce_values,
-        parse_templates,
-        variables_schema,
-    )
+class _NoServer:
+    """The Prefect client of a server-less dry run: nothing in its queue config may need one."""
 
-    args = parse_inline(resource_args, "-R/--resource-args") if resource_args else {}
-    fields = parse_templates(load_config_file(templates, "templates")) if templates else {}
-    check_placeholders_declared(args, fields)
-    schema = variables_schema(fields)
-    filled = check_values(schema, coerce_values(schema, values))
-    return QueueConfig(resource=parse_resource(resource), resource_args=apply_template(args, filled))
+    def __getattr__(self, name: str) -> Any:
+        from prefect_launch.errors import LaunchError
+
+        raise LaunchError("a dry run with -r/--resource has no Prefect server to read {{ prefect.blocks.* }} or "
+                          "{{ prefect.variables.* }} from: dry-run against a queue (-q) instead")
 
 
-async def _queue_from_server(queue: str, values: dict[str, str]):
+async def _dry_run_queue(queue: str | None, resource: str | None, resource_args: str | None,
+                         templates: Path | None, raw_values: dict[str, str]):
+    """The queue config a run with these template values gets, filled by the agent's own call: from the
+    queue's pool on the server, or from -r/-R/--templates with no server at all."""
+    from prefect_launch.prepare import job_configuration
+    from prefect_launch.templates import check_values, coerce_values
+
+    if resource:
+        from prefect_launch.config_files import load_config_file, parse_inline
+        from prefect_launch.deployments.queues import QueueDefinition
+        from prefect_launch.templates import check_placeholders_declared, parse_templates
+
+        args = parse_inline(resource_args, "-R/--resource-args") if resource_args else {}
+        fields = parse_templates(load_config_file(templates, "templates")) if templates else {}
+        check_placeholders_declared(args, fields)
+        template = QueueDefinition(name="dry-run", resource=parse_resource(resource), resource_args=args,
+                                   templates=fields).base_job_template()
+        values = check_values(template["variables"], coerce_values(template["variables"], raw_values))
+        return (await job_configuration(template, values, _NoServer())).queue_config()
+
     from prefect.client.orchestration import get_client
 
     from prefect_launch.deployments.queues import read_queue
-    from prefect_launch.spec import QueueConfig
-    from prefect_launch.templates import apply_template, check_values, coerce_values
 
     async with get_client() as client:
-        pool = await read_queue(client, queue)
-    template = pool.base_job_template
-    filled = check_values(template["variables"], coerce_values(template["variables"], values))
-    return QueueConfig.model_validate(apply_template(template["job_configuration"], filled))
+        template = (await read_queue(client, queue)).base_job_template
+        values = check_values(template["variables"], coerce_values(template["variables"], raw_values))
+        return (await job_configuration(template, values, client)).queue_config()
 
 
 def launch_command(
@@ -192,25 +198,14 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
             connect()
         spec, folder = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id,
                                    store=False, git_ref=git_ref, base_image=base_image, dockerfile=dockerfile)
-        queue_config = (
-            _inline_queue(resource, resource_args, templates, values)
-            if resource
-            else run(_queue_from_server, queue, values)
-        )
-        from prefect_launch.home import launch_home
-        from prefect_launch.render import render
-        from prefect_launch.sources import resolve
-
+        preparation = _dry_run_preparation(queue, run(_dry_run_queue, queue, resource, resource_args, templates, values))
         # A git job is cloned (into the agent cache) so its image tag is exact.
-        job_resolved = resolve(spec, queue, launch_home(), fetch=spec.source is not None and spec.source.type == "git",
-                               resource=queue_config.resource)
-        environment = _verified_environment(queue_config.resource)
+        job_resolved = preparation.resolve(spec, fetch=spec.source is not None and spec.source.type == "git")
         # The image is planned from the folder on this machine; the submission names the run's own
         # copy of it, where the agent runs and builds the job.
         planned = job_resolved.model_copy(update={"workdir": folder}) if folder is not None else job_resolved
-        planned = _with_planned_image(planned, queue, queue_config, spec, environment)
-        job_resolved = job_resolved.model_copy(update={"image": planned.image})
-        echo_json(render(job_resolved, queue_config, spec.resource_args, environment))
+        image = preparation.plan_image(planned, spec.resource_args).ref
+        echo_json(preparation.render(_with_image(preparation, job_resolved, image), spec.resource_args))
         return
 
     if resource or resource_args or templates:
@@ -235,39 +230,36 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
             raise typer.Exit(1)
 
 
-def _verified_environment(resource):
-    """This machine's agent-config environment, verified for a remote target when its cloud answers.
+def _dry_run_preparation(queue_name, queue_config):
+    """The agent's preparation of a job, with this machine's agent config (`~/.config/wandb/launch-config.yaml`).
 
-    A dry run needs no cloud: when it cannot be reached, what depends on it
-    (the account of a bare SageMaker role name) fails with its own message.
+    Its environment is verified for a remote target when its cloud answers; a dry run needs no
+    cloud: when it cannot be reached, what depends on it (the account of a bare SageMaker role
+    name) fails with its own message.
     """
     from prefect_launch.agent_config import load_agent_config
-    from prefect_launch.environments import environment_for
     from prefect_launch.errors import LaunchError
+    from prefect_launch.home import launch_home
+    from prefect_launch.prepare import Preparation, agent_setup
 
-    environment = environment_for(load_agent_config(None).environment)
-    if environment is not None and resource.remote:
+    settings, environment, registry = agent_setup(load_agent_config(None))
+    if environment is not None and queue_config.resource.remote:
         try:
             environment.verify()
         except LaunchError as exc:
             stderr(f"note: {exc}")
-    return environment
+    return Preparation(queue_name or "(dry run)", queue_config, launch_home(), settings, environment, registry)
 
 
-def _with_planned_image(job, queue_name, queue_config, spec, environment):
-    """The image tag the agent will build for a code or git job, with this machine's agent config."""
-    from prefect_launch.agent_config import load_agent_config
-    from prefect_launch.builders import BuildSettings, builder_for, plan_for
-    from prefect_launch.registries import registry_for
-    from prefect_launch.spec import Resource
+def _with_image(preparation, job, image):
+    """The job with its image, and the registry's pull login where the agent would hand it over (noted when unreachable)."""
+    from prefect_launch.errors import LaunchError
 
-    if job.image or job.workdir is None or queue_config.resource is Resource.local_process:
-        return job
-    settings = BuildSettings.from_agent_config(load_agent_config(None))
-    registry = registry_for(settings, environment)
-    builder = builder_for(settings, queue_name or "(dry run)", job.source_kind, registry, environment)
-    plan = plan_for(job, queue_config, spec.resource_args, settings, builder, registry)
-    return job.model_copy(update={"image": plan.image})
+    try:
+        return preparation.with_image(job, image)
+    except LaunchError as exc:
+        stderr(f"note: no pull secret shown: {exc}")
+        return job.model_copy(update={"image": image})
 
 
 async def _enqueue(queue, spec, priority, raw_values):

@@ -1,7 +1,8 @@
 """The `launch` flow: one flow run per launch job, one task per stage.
 
 resolve source -> build -> push -> submit -> monitor, each a Prefect task with
-its own logs, then a markdown artifact with the resolved config (secrets
+its own logs (each stage prepares the job through `prefect_launch.prepare`, as
+`launch --dry-run` does), then a markdown artifact with the resolved config (secrets
 masked), the image, the target's handle and the stage timeline. The timeline
 (`prefect_launch.timeline`: queue wait, resolve, build, push, submit, start,
 run, and why the job waits) is also published live, as it changes, in the
@@ -15,12 +16,10 @@ configured (or any secret in it) shows up as a parameter.
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -32,17 +31,12 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Crashed, Failed, State
 from prefect.utilities.annotations import quote
 
-from prefect_launch import sources
-from prefect_launch.builders import BuildSettings, builder_for, plan_for
 from prefect_launch.deployments.queues import holders_of, run_id_in_use
-from prefect_launch.environments import Environment
-from prefect_launch.registries import Registry
-from prefect_launch.registries.local import LocalImages
 from prefect_launch.errors import AdoptionFailed, LaunchError, missing_extra
+from prefect_launch.prepare import Preparation
 from prefect_launch.redact import for_display
-from prefect_launch.render import render
-from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob, run_id_for
-from prefect_launch.targets import Handle, Outcome, Progress, Target, get_target
+from prefect_launch.spec import LaunchSpec, ResolvedJob, run_id_for
+from prefect_launch.targets import Handle, Outcome, Progress
 from prefect_launch.timeline import Rows, Timeline, timeline_key
 
 
@@ -59,16 +53,9 @@ class Adoption:
 
 
 @dataclass
-class LaunchContext:
-    """What the agent hands the flow: the queue's config and a way to cancel."""
+class LaunchContext(Preparation):
+    """What the agent hands the flow: how its queue's jobs are prepared, and a way to cancel."""
 
-    queue_name: str
-    queue: QueueConfig
-    home: Path
-    build: BuildSettings = field(default_factory=BuildSettings)
-    environment: Environment | None = None
-    # The agent's one registry object, so its login is reused across runs.
-    registry: Registry = field(default_factory=LocalImages)
     cancel: threading.Event = field(default_factory=threading.Event)
     # Which agent process runs this flow (`ownership.Owner.tag()`), written into the run's Running state.
     owner: str = ""
@@ -76,11 +63,6 @@ class LaunchContext:
     adoption: Adoption | None = None
     # The submitted job, for the agent to release once the run's final state is on record.
     handle: Handle | None = None
-
-    @functools.cached_property
-    def target(self) -> Target:
-        """One target object per run: its cloud client serves both submit and monitor."""
-        return get_target(self.queue.resource, self.environment, self.registry)
 
 
 class CancelledBeforeStart(LaunchError):
@@ -102,8 +84,8 @@ _task_options: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False
 
 
 @task(name="resolve-source", **_task_options)
-def resolve_source(spec: LaunchSpec, queue_name: str, home: Path, resource: Resource) -> ResolvedJob:
-    job = sources.resolve(spec, queue_name, home, resource=resource)
+def resolve_source(spec: LaunchSpec, context: LaunchContext) -> ResolvedJob:
+    job = context.resolve(spec)
     where = job.image or f"code {job.workdir}"
     get_run_logger().info("Run %s (%s) in project %s from %s", job.run_id, job.run_name, job.project, where)
     return job
@@ -120,23 +102,18 @@ class Image:
 @task(name="build", **_task_options)
 def build(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -> Image:
     log = get_run_logger()
-    if context.queue.resource is Resource.local_process:
-        log.info("local-process runs the code folder in the agent's environment: nothing to build")
-        return Image(ref=None)
-    if job.image:
-        log.info("The job names its image %s: nothing to build", job.image)
-        return Image(ref=job.image)
-    registry = context.registry
-    builder = builder_for(context.build, context.queue_name, job.source_kind, registry, context.environment)
-    plan = plan_for(job, context.queue, overrides, context.build, builder, registry)
-    if registry.exists(plan.image):
-        log.info("Image %s already exists: build skipped", plan.image)
-        return Image(ref=plan.image)
+    planned = context.plan_image(job, overrides)
+    if planned.build is None:
+        log.info("%s", planned.reason)
+        return Image(ref=planned.ref)
+    if context.registry.exists(planned.ref):
+        log.info("Image %s already exists: build skipped", planned.ref)
+        return Image(ref=planned.ref)
     _not_cancelled(context, "before the build")
-    builder.build(plan, log, context.cancel)
+    planned.builder.build(planned.build, log, context.cancel)
     _not_cancelled(context, "during the build")
-    log.info("Built %s", plan.image)
-    return Image(ref=plan.image, built=not builder.pushes)
+    log.info("Built %s", planned.ref)
+    return Image(ref=planned.ref, built=not planned.builder.pushes)
 
 
 @task(name="push", **_task_options)
@@ -147,10 +124,10 @@ def push(image: Image, job: ResolvedJob, context: LaunchContext) -> ResolvedJob:
         log.info("Nothing to push: %s", f"{image.ref} is where it runs from" if image.ref else "nothing was built")
     else:
         context.registry.push(image.ref, log)
-    pull_secret = bool(image.ref and context.target.pulls_with_login and context.registry.pull_credentials(image.ref))
-    if pull_secret:
+    job = context.with_image(job, image.ref)
+    if job.pull_secret:
         log.info("The run's pods pull %s with the registry's login", image.ref)
-    return job.model_copy(update={"image": image.ref, "pull_secret": pull_secret})
+    return job
 
 
 @task(name="submit", **_task_options)
@@ -159,7 +136,7 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
     queue, environment = context.queue, context.environment
     if environment is not None and queue.resource.remote:
         log.info("Using %s", environment.verify())
-    rendered = render(job, queue, overrides, environment)
+    rendered = context.render(job, overrides)
     adoption = context.adoption
     if adoption is not None:
         # Attach first even when the dead agent's submit task is not on record yet (task states reach the
@@ -253,7 +230,7 @@ def launch(spec: LaunchSpec) -> State | None:
         timeline.begin("resolve")
         # quote(): Prefect would walk every value of each task's arguments (a 400,000-character run
         # config is thousands of them, once per stage); these tasks take no futures to resolve.
-        job = resolve_source(quote(spec), context.queue_name, context.home, context.queue.resource)
+        job = resolve_source(quote(spec), quote(context))
         timeline.begin("build")
         image = build(quote(job), quote(context), quote(spec.resource_args))
         timeline.begin("push")

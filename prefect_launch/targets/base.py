@@ -64,6 +64,8 @@ class Target(abc.ABC):
     pulls_with_login: ClassVar[bool] = False
     # Its jobs outlive the agent and `attach` finds them by name: another agent can adopt them.
     adoptable: ClassVar[bool] = False
+    # It runs an image, which the agent builds from a code job's folder (local-process runs the folder itself).
+    builds_image: ClassVar[bool] = True
 
     def __init__(self, environment: Environment | None = None, registry: Registry | None = None) -> None:
         # The agent's cloud credentials and region; only the cloud targets use them.

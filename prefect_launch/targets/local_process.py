@@ -63,6 +63,7 @@ def _run_cookie() -> str | None:
 
 class LocalProcessTarget(Target):
     resource = Resource.local_process
+    builds_image = False
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(resource_args) - {"env"})

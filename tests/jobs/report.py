@@ -3,7 +3,8 @@
     python report.py [--no-wandb] [--exit N] [--sleep S] [--pid-file F] [ARGS...]
 
 Prints `CONFIG {json}` (wandb.config after wandb.init), `ENV {json}` (the
-launch variables) and `ARGS {json}`.
+launch variables), `ARGS {json}` and `PROCESS {json}` (its command line as
+the kernel holds it, and its working directory).
 """
 
 import argparse
@@ -39,6 +40,8 @@ if not args.no_wandb:
 names = [n for n in os.environ if n.startswith(("WANDB_", "JOB_", "TEMPLATE_"))]
 report("ENV " + json.dumps({n: os.environ[n] for n in sorted(names)}))
 report("ARGS " + json.dumps(rest))
+with open("/proc/self/cmdline", "rb") as cmdline:
+    report("PROCESS " + json.dumps({"argv": cmdline.read().decode().split("\0")[:-1], "cwd": os.getcwd()}))
 time.sleep(args.sleep)
 if not args.no_wandb:
     run.finish()

@@ -1,0 +1,148 @@
+"""Preparing a job, one path: fill the queue config -> resolve the source -> plan the image -> render.
+
+The launch flow's tasks (inside an agent) and `launch --dry-run` (with this
+machine's agent config) call the same functions in the same order, so the dry
+run shows exactly what the agent sends its target:
+
+- `job_configuration`: the queue config of a run, filled by Prefect's own
+  template machinery (`BaseJobConfiguration.from_template_and_values`, the
+  worker's call), so block references and Prefect variables resolve the same way;
+- `Preparation.resolve`: the job's source fetched (or, in a dry run, named);
+- `Preparation.plan_image`: the image it runs, and the build that makes it;
+- `Preparation.with_image`: the job with that image, and whether its target
+  pulls it with the registry's login;
+- `Preparation.render`: the submission (`render.render`, pure).
+
+Example, an image job on a local-container queue::
+
+    >>> from pathlib import Path
+    >>> from prefect_launch.spec import ImageSource, LaunchSpec
+    >>> preparation = Preparation("q", QueueConfig(resource="local-container"), Path("/tmp/home"))
+    >>> spec = LaunchSpec(source=ImageSource(image="img:1"), entry_point=["python", "t.py"], run_id="r1")
+    >>> job = preparation.resolve(spec, fetch=False)
+    >>> image = preparation.plan_image(job, spec.resource_args)
+    >>> image.ref, image.build is None
+    ('img:1', True)
+    >>> preparation.render(preparation.with_image(job, image.ref), spec.resource_args)["image"]
+    'img:1'
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect.workers.base import BaseJobConfiguration, BaseVariables
+from pydantic import Field
+
+from prefect_launch import sources
+from prefect_launch.agent_config import AgentConfig
+from prefect_launch.builders import Builder, BuildPlan, BuildSettings, builder_for, plan_for
+from prefect_launch.environments import Environment, environment_for
+from prefect_launch.registries import Registry, registry_for
+from prefect_launch.registries.local import LocalImages
+from prefect_launch.render import render
+from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
+from prefect_launch.targets import Target, get_target
+from prefect_launch.templates import defaulted_nulls
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
+
+class LaunchJobConfiguration(BaseJobConfiguration):
+    """A queue config: the target resource and its arguments, templates filled in."""
+
+    resource: str = Field(default=Resource.local_process.value, description="Target resource")
+    resource_args: dict[str, Any] = Field(default_factory=dict, description="The target's own config")
+    require_wandb_run: bool = Field(
+        default=True, description="Fail jobs that exit 0 without having created their W&B run"
+    )
+
+    def queue_config(self) -> QueueConfig:
+        return QueueConfig(
+            resource=self.resource,
+            resource_args=self.resource_args,
+            require_wandb_run=self.require_wandb_run,
+        )
+
+
+class LaunchWorkerVariables(BaseVariables):
+    resource: Resource = Field(default=Resource.local_process, description="Target resource")
+    resource_args: dict[str, Any] = Field(default_factory=dict, description="The target's own config")
+    require_wandb_run: bool = Field(default=True, description="Require every job to create its W&B run")
+
+
+async def job_configuration(
+    base_job_template: dict[str, Any], values: dict[str, Any], client: PrefectClient
+) -> LaunchJobConfiguration:
+    """A run's queue config: the pool's job template filled with the run's template values.
+
+    A null value of a field with a default takes the default, as the server
+    does (a field cleared in the Prefect UI sends one). `client` resolves
+    `{{ prefect.blocks.* }}` and `{{ prefect.variables.* }}` references.
+    """
+    values = defaulted_nulls(base_job_template.get("variables", {}), values)
+    return await LaunchJobConfiguration.from_template_and_values(
+        base_job_template=base_job_template, values=values, client=client
+    )
+
+
+def agent_setup(config: AgentConfig) -> tuple[BuildSettings, Environment | None, Registry]:
+    """What an agent config gives every job it prepares: build settings, cloud environment, registry."""
+    settings = BuildSettings.from_agent_config(config)
+    environment = environment_for(config.environment)
+    return settings, environment, registry_for(settings, environment)
+
+
+@dataclass
+class ImagePlan:
+    """The image a job runs; `build` when it must be built first (`builder` makes it), else `reason` says why not."""
+
+    ref: str | None
+    reason: str = ""
+    builder: Builder | None = None
+    build: BuildPlan | None = None
+
+
+@dataclass
+class Preparation:
+    """How one queue's jobs are prepared with one agent config: its builder, registry and cloud environment."""
+
+    queue_name: str
+    queue: QueueConfig
+    home: Path
+    build_settings: BuildSettings = field(default_factory=BuildSettings)
+    environment: Environment | None = None
+    # The agent's one registry object, so its login is reused across runs.
+    registry: Registry = field(default_factory=LocalImages)
+
+    @functools.cached_property
+    def target(self) -> Target:
+        """One target object per run: its cloud client serves both submit and monitor."""
+        return get_target(self.queue.resource, self.environment, self.registry)
+
+    def resolve(self, spec: LaunchSpec, fetch: bool = True) -> ResolvedJob:
+        """The job with its source fetched; with `fetch=False` (a dry run) its run's code folder is named, not made."""
+        return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, resource=self.queue.resource)
+
+    def plan_image(self, job: ResolvedJob, overrides: dict[str, Any]) -> ImagePlan:
+        """The image `job` runs: its own, or the content-hash tag of the image built from its code."""
+        if not self.target.builds_image:
+            return ImagePlan(None, f"{self.queue.resource.value} runs the code folder in the agent's environment: nothing to build")
+        if job.image:
+            return ImagePlan(job.image, f"The job names its image {job.image}: nothing to build")
+        builder = builder_for(self.build_settings, self.queue_name, job.source_kind, self.registry, self.environment)
+        plan = plan_for(job, self.queue, overrides, self.build_settings, builder, self.registry)
+        return ImagePlan(plan.image, builder=builder, build=plan)
+
+    def with_image(self, job: ResolvedJob, image: str | None) -> ResolvedJob:
+        """The job running `image`, with a pull secret where its target pulls with the registry's login."""
+        pull_secret = bool(image and self.target.pulls_with_login and self.registry.pull_credentials(image))
+        return job.model_copy(update={"image": image, "pull_secret": pull_secret})
+
+    def render(self, job: ResolvedJob, overrides: dict[str, Any]) -> dict[str, Any]:
+        """`{"resource", "image", "submission"}`: exactly what the target receives (pure)."""
+        return render(job, self.queue, overrides, self.environment)
