@@ -6,19 +6,23 @@ random moments (so jobs are caught queued, claimed, resolving, submitting,
 running or finishing) and starts a new one each time. The last agent serves
 until every run is final. Then it checks, for every job:
 
-- its flow run ended Completed (none lost, none Crashed or Failed);
+- its flow run ended Completed: every job exits 0, so a job that ran and whose run ended
+  Failed or Crashed is a false failure, and one that never ran is lost;
 - its container started exactly once: each job appends a line to a file in
   its own run folder (mounted from the agent's home) when it starts, so a
   second submission would show as a second line (and as a name conflict).
 
 It prints a table per round and in total (jobs, kills, runs adopted, runs put
-back on the queue, lost, started twice, wall time) and exits 1 if any job was
-lost or started twice.
+back on the queue, lost, false failures, started twice, wall time) and exits 1
+if any job was lost, falsely failed or started twice. `--rm` runs the queues
+with `"rm": true`, as the seed's docker queue config does: an adopted container
+then removes itself the moment it exits.
 
 Run it from the repository root with Docker up (`./dev services`):
 
     .venv/bin/python drills/restart.py                     # 20 jobs x 5 rounds, 3 kills each
     .venv/bin/python drills/restart.py --jobs 6 --rounds 1 --kills 2
+    .venv/bin/python drills/restart.py --rm                # queues with `docker run --rm`
 
 It starts its own Prefect server (SQLite) in a temporary home on 127.0.0.1
 and stops it at the end. `tests/test_recovery.py` runs a smaller round
@@ -61,14 +65,15 @@ class RoundResult:
     kills: int
     adopted: int = 0
     requeued: int = 0
-    lost: list[str] = field(default_factory=list)  # run ids whose flow run did not complete
+    lost: list[str] = field(default_factory=list)  # run ids whose job never ran or whose run never ended
+    false_failures: list[str] = field(default_factory=list)  # run ids whose job ran (exit 0) but whose run did not complete
     twice: list[str] = field(default_factory=list)  # run ids whose container started more than once
     seconds: float = 0.0
     caught: list[str] = field(default_factory=list)  # the runs' states at each kill
 
     @property
     def ok(self) -> bool:
-        return not self.lost and not self.twice
+        return not self.lost and not self.false_failures and not self.twice
 
 
 def _agent(queue: str, logs: Path) -> AgentProcess:
@@ -126,10 +131,12 @@ def run_round(queue: str, home: Path, jobs: int, kills: int, logs: Path, rng: ra
     result.adopted = _counted(r"Adopted (\d+) running job", output)
     result.requeued = _counted(r"Put (\d+) orphaned run", output)
     for run_id, state in final.items():
-        if not state.is_completed():
-            result.lost.append(f"{run_id} ({state.name}: {state.message})")
         starts = home / "runs" / run_id / "starts"
-        if starts.exists() and len(starts.read_text().splitlines()) > 1:
+        ran = len(starts.read_text().splitlines()) if starts.exists() else 0
+        if not state.is_completed():
+            (result.false_failures if ran and state.is_final() else result.lost).append(
+                f"{run_id} ({state.name}: {state.message})")
+        if ran > 1:
             result.twice.append(run_id)
     return result
 
@@ -143,13 +150,16 @@ def create_queue(name: str, folder: Path, **docker_options: object) -> None:
 
 
 def table(results: list[RoundResult]) -> str:
-    rows = ["| round | jobs | kills | adopted | put back | lost | started twice | seconds |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| round | jobs | kills | adopted | put back | lost | false failures | started twice | seconds |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for number, r in enumerate(results, 1):
-        rows.append(f"| {number} | {r.jobs} | {r.kills} | {r.adopted} | {r.requeued} | {len(r.lost)} | {len(r.twice)} | {r.seconds:.0f} |")
+        rows.append(f"| {number} | {r.jobs} | {r.kills} | {r.adopted} | {r.requeued} | {len(r.lost)} "
+                    f"| {len(r.false_failures)} | {len(r.twice)} | {r.seconds:.0f} |")
     rows.append(
         f"| all | {sum(r.jobs for r in results)} | {sum(r.kills for r in results)} | {sum(r.adopted for r in results)} "
         f"| {sum(r.requeued for r in results)} | {sum(len(r.lost) for r in results)} "
-        f"| {sum(len(r.twice) for r in results)} | {sum(r.seconds for r in results):.0f} |"
+        f"| {sum(len(r.false_failures) for r in results)} | {sum(len(r.twice) for r in results)} "
+        f"| {sum(r.seconds for r in results):.0f} |"
     )
     return "\n".join(rows)
 
@@ -161,6 +171,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=3, help="agent kills per round")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary home (server and agent logs)")
+    parser.add_argument("--rm", action="store_true", help='queues with "rm": true (docker run --rm)')
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     rng = random.Random(seed)
@@ -177,14 +188,16 @@ def main() -> int:
     try:
         for number in range(1, args.rounds + 1):
             queue = f"restart-drill-{number}"
-            create_queue(queue, home)
+            create_queue(queue, home, **({"rm": True} if args.rm else {}))
             logs = home / f"round-{number}"
             logs.mkdir()
             print(f"Round {number}: {args.jobs} jobs, {args.kills} kills ...", file=sys.stderr)
             results.append(run_round(queue, home, args.jobs, args.kills, logs, rng))
             for kill, caught in enumerate(results[-1].caught, 1):
                 print(f"  kill {kill} caught: {caught}", file=sys.stderr)
-            for problem in results[-1].lost + [f"{r} started twice" for r in results[-1].twice]:
+            problems = (results[-1].lost + [f"{r} failed falsely" for r in results[-1].false_failures]
+                        + [f"{r} started twice" for r in results[-1].twice])
+            for problem in problems:
                 print(f"  {problem}", file=sys.stderr)
     finally:
         stop_server(home)

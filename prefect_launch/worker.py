@@ -554,6 +554,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             previous_owner=previous.label,
             submitted=bool(flow_run.infrastructure_pid),
             transition_id=transition_id,
+            started=flow_run.start_time,
         )
         self._claimed.add(flow_run.id)
         self._runs_task_group.start_soon(self._claim_and_run, flow_run, adoption)

@@ -20,6 +20,7 @@ import json
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -50,6 +51,8 @@ class Adoption:
     submitted: bool
     # The adopting claim's transition id; the flow engine's own Running proposal repeats it (see worker).
     transition_id: UUID
+    # When the run first went Running: its job cannot have been created before.
+    started: datetime | None = None
 
 
 @dataclass
@@ -144,14 +147,16 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
         handle = context.target.attach(rendered["submission"], log)
         if handle is not None:
             return rendered, handle
-        if adoption.submitted and context.target.may_vanish(rendered["submission"]):
-            raise AdoptionFailed(
-                f"the job was submitted by agent {adoption.previous_owner}, which died, and is no longer on "
-                f"{queue.resource.value}: not submitted again (it may have ended and been removed while no agent followed it)"
-            )
         if adoption.submitted:
-            log.info("Not on %s, where a job stays once created: agent %s died before creating it",
-                     queue.resource.value, adoption.previous_owner)
+            vanishes = context.target.may_vanish(rendered["submission"])
+            if vanishes and not (adoption.started and context.target.never_created(rendered["submission"], adoption.started)):
+                raise AdoptionFailed(
+                    f"the job was submitted by agent {adoption.previous_owner}, which died, and is no longer on "
+                    f"{queue.resource.value}: not submitted again (it may have ended and been removed while no agent followed it)"
+                )
+            log.info("Not on %s, %s: agent %s died before creating it", queue.resource.value,
+                     "whose events show it was never created" if vanishes else "where a job stays once created",
+                     adoption.previous_owner)
     if context.target.adoptable:
         # On record before the job can exist, so an agent adopting this run after this one dies knows that a
         # job missing from the target was submitted once and must not be submitted again.

@@ -20,6 +20,7 @@ import abc
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from prefect_launch.environments import Environment
@@ -101,6 +102,14 @@ class Target(abc.ABC):
         submits it; where it can, the run ends Crashed rather than risk running the job twice.
         """
         return True
+
+    def never_created(self, submission: dict[str, Any], since: datetime) -> bool:
+        """Whether the target can show that this submission's job was never created after `since` (the run's start).
+
+        A job that may vanish and is not found is then known never to have run: an adopter
+        submits it instead of ending the run Crashed.
+        """
+        return False
 
     def release(self, handle: Handle, log: logging.Logger | logging.LoggerAdapter) -> None:
         """Remove what the job left on its target, once its outcome is on record (the run's final state).

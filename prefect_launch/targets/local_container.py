@@ -25,6 +25,9 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,8 @@ def docker_flags(options: dict[str, Any]) -> list[str]:
 class LocalContainerTarget(Target):
     resource = Resource.local_container
     adoptable = True
+    # `docker container wait` on an adopted container, started by `attach`.
+    _exit_waiter: subprocess.Popen[str] | None = None
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         if not job.image:
@@ -103,31 +108,70 @@ class LocalContainerTarget(Target):
     def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
         argv = submission["argv"]
         name = argv[argv.index("--name") + 1]
+        # Waiting from the moment the container is found: a `--rm` container is removed as it exits,
+        # and an exit code asked for after that is gone with it.
+        waiter = subprocess.Popen(["docker", "container", "wait", name], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         if subprocess.run(["docker", "container", "inspect", name], capture_output=True, timeout=60).returncode != 0:
-            return None
+            waiter.kill()
+            waiter.wait()
+            code = _exit_code_from_events(name)
+            if code is None:
+                return None
+            # Exited (and, with --rm, removed) while no agent followed it: the engine's events kept its exit.
+            log.info("Container %s exited with code %d while no agent followed it (its output went to the agent "
+                     "that died)", name, code)
+            return Handle(id=name, detail=_Ended(code), attached=True)
         # The dead agent's `docker run` took the output it saw; `docker logs` replays it from the start.
         log.info("Following container %s (its output from the start)", name)
         handle = process.start(["docker", "logs", "--follow", name], env=dict(os.environ), cwd=None, log=log)
         handle.id, handle.attached = name, True
+        self._exit_waiter = waiter
         return handle
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         name = handle.id
         progress.started()  # `docker run` starts the container (a pull, if any, shows in its output)
+        if isinstance(handle.detail, _Ended):
+            return process.exit_outcome(handle.detail.exit_code, _describe_exit)
 
         def stop(_proc: subprocess.Popen[str]) -> None:
             log.info("Stopping container %s", name)
             _docker("stop", "--time", str(int(process.STOP_GRACE_SECONDS)), name)
 
         outcome = process.follow(handle, cancel, log, stop=stop, describe_exit=_describe_exit)
-        if outcome.state != "cancelled" and handle.attached:
+        if handle.attached and outcome.state == "cancelled":
+            self._exit_waiter.kill()
+            self._exit_waiter.wait()
+        elif handle.attached:
             # An attached `docker logs` exits 0 whatever the job did: the container's own exit decides.
-            outcome = process.exit_outcome(_exit_code(name), _describe_exit)
+            outcome = process.exit_outcome(self._adopted_exit_code(name), _describe_exit)
         return outcome
+
+    def _adopted_exit_code(self, name: str) -> int:
+        """An adopted container's exit code: from the wait started when it was found, else from the engine's events."""
+        try:
+            out, _ = self._exit_waiter.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._exit_waiter.kill()
+            out = ""
+        if self._exit_waiter.returncode == 0 and out.strip().lstrip("-").isdigit():
+            return int(out.strip())
+        code = _exit_code_from_events(name)
+        if code is None:
+            raise LaunchError(f"container {name} vanished before its exit code was read, and the engine has no record of its exit")
+        return code
 
     def may_vanish(self, submission: dict[str, Any]) -> bool:
         # The container stays until `release`, after the run's final state, unless the queue asks `docker run --rm`.
         return "--rm" in submission["argv"]
+
+    def never_created(self, submission: dict[str, Any], since: datetime) -> bool:
+        # The engine's events reach back before `since` and none names the container.
+        argv = submission["argv"]
+        name = argv[argv.index("--name") + 1]
+        events = _container_events()
+        return bool(events) and events[0].time < since.timestamp() and all(e.container != name for e in events)
 
     def release(self, handle: Handle, log: Log) -> None:
         _docker("rm", "--force", handle.id)
@@ -137,11 +181,40 @@ def _describe_exit(code: int) -> str:
     return _DOCKER_EXIT.get(code, f"container exited with code {code}")
 
 
-def _exit_code(name: str) -> int:
-    result = subprocess.run(["docker", "container", "wait", name], capture_output=True, text=True, timeout=60)
-    if result.returncode != 0 or not result.stdout.strip().lstrip("-").isdigit():
-        raise LaunchError(f"container {name} vanished before its exit code was read: {result.stderr.strip()}")
-    return int(result.stdout.strip())
+@dataclass
+class _Ended:
+    """An adopted container that had already exited when it was found."""
+
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class _Event:
+    time: int  # seconds since the epoch
+    container: str
+    action: str
+    exit_code: str = ""
+
+
+def _container_events() -> list[_Event]:
+    """The container events the engine still holds, oldest first (it keeps its last 256 events in memory).
+
+    `--until` is a second ahead: a query that ends now leaves out the events of the current second.
+    """
+    result = subprocess.run(
+        ["docker", "events", "--since", "0", "--until", f"{time.time() + 1:.3f}", "--filter", "type=container",
+         "--format", '{{.Time}} {{.Actor.Attributes.name}} {{.Action}} {{index .Actor.Attributes "exitCode"}}'],
+        capture_output=True, text=True, timeout=60,
+    )
+    if result.returncode != 0:
+        return []
+    return [_Event(int(fields[0]), *fields[1:4]) for line in result.stdout.splitlines() if len(fields := line.split()) >= 3]
+
+
+def _exit_code_from_events(name: str) -> int | None:
+    """The exit code in the engine's `die` event of container `name`, or None if none is on record."""
+    codes = [e.exit_code for e in _container_events() if e.container == name and e.action == "die"]
+    return int(codes[-1]) if codes and codes[-1].lstrip("-").isdigit() else None
 
 
 def _run_dir_volume(argv: list[str]) -> str | None:
