@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import socket
 from contextlib import AsyncExitStack
@@ -43,7 +42,8 @@ from prefect_launch.agent_config import AgentConfig
 from prefect_launch.deployments.queues import read_queue
 from prefect_launch.environments import environment_problems
 from prefect_launch.errors import LaunchError
-from prefect_launch.worker import DEFAULT_PENDING_TIMEOUT, LaunchWorker
+from prefect_launch.settings import settings
+from prefect_launch.worker import LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
 
@@ -112,7 +112,7 @@ class Agent:
         self.poll_seconds = poll_seconds
         self.workers: list[LaunchWorker] = []
         self._wake = anyio.Event()
-        self._pending_timeout = float(os.environ.get("PREFECT_LAUNCH_PENDING_TIMEOUT", DEFAULT_PENDING_TIMEOUT))
+        self._pending_timeout = settings().pending_timeout
 
     def wake(self) -> None:
         self._wake.set()

@@ -6,10 +6,10 @@ project-local home, so a checkout's demo never touches `~/.prefect`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from prefect_launch.settings import settings
 
 
 def launch_home() -> Path:
-    home = Path(os.environ.get("PREFECT_LAUNCH_HOME") or Path.cwd() / ".prefect-launch")
-    return home.resolve()
+    return settings().home.resolve()

@@ -66,9 +66,6 @@ from prefect_launch.status import UnknownRun, find_run
 
 
 DEPLOYMENT_CACHE_SECONDS = 30.0
-# A run is Pending only between an agent's claim and the flow's start (well under a second);
-# one Pending much longer was claimed by an agent that died before starting it.
-DEFAULT_PENDING_TIMEOUT = 300.0
 POLL_LIMIT = 100
 ADOPTION_NAMESPACE = UUID("5b0c2f0e-6f5a-4d1e-9a57-3c1f0d7e2a10")
 

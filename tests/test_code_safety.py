@@ -152,11 +152,11 @@ def test_a_folder_over_the_size_cap_is_refused_when_packed(tmp_path, monkeypatch
     folder = _folder(tmp_path / "c", {"train.py": "print('hi')\n"})
     with (folder / "weights.bin").open("wb") as handle:
         handle.truncate(3 << 20)
-    monkeypatch.setenv(code.MAX_CODE_BYTES_ENV, "2MiB")
+    monkeypatch.setenv("PREFECT_LAUNCH_MAX_CODE_BYTES", "2MiB")
     result = cli("launch", "--dry-run", "-r", "local-process", "-u", str(folder), "-E", "python train.py",
                  check=False, env=NO_SERVER)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "'weights.bin'" in result.stderr and "2 MiB limit" in result.stderr and code.MAX_CODE_BYTES_ENV in result.stderr
+    assert "'weights.bin'" in result.stderr and "2 MiB limit" in result.stderr and "PREFECT_LAUNCH_MAX_CODE_BYTES" in result.stderr
 
 
 def test_packing_streams_in_bounded_memory(tmp_path):
@@ -184,7 +184,7 @@ def test_packing_streams_in_bounded_memory(tmp_path):
 
 
 def test_an_archive_bomb_is_refused_without_reading_it_into_memory(home, tmp_path, monkeypatch):
-    monkeypatch.setenv(code.MAX_CODE_BYTES_ENV, "16MiB")
+    monkeypatch.setenv("PREFECT_LAUNCH_MAX_CODE_BYTES", "16MiB")
     big = tarfile.TarInfo("big.bin")
     big.size, big.mode = 512 << 20, 0o644  # 512 MiB of zeros, about 0.5 MiB stored
     digest = _store_archive([_file("train.py", b"print(1)\n"), (big, _Zeros(big.size))])
@@ -245,7 +245,7 @@ def test_archives_from_older_agents_still_unpack_identically(home, tmp_path):
 
 
 def test_crafted_stored_archives_fail_their_runs_clearly(home, make_queue, start_agent, monkeypatch, tmp_path):
-    monkeypatch.setenv(code.MAX_CODE_BYTES_ENV, "16MiB")  # the agent inherits it
+    monkeypatch.setenv("PREFECT_LAUNCH_MAX_CODE_BYTES", "16MiB")  # the agent inherits it
     queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
     start_agent("-q", queue)
     project = unique("crafted")

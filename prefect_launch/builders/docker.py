@@ -38,8 +38,8 @@ from prefect_launch.builders.base import Builder, BuildLog, Log
 from prefect_launch.cancel import CancelWatch
 from prefect_launch.builders.plan import BuildPlan
 from prefect_launch.errors import LaunchError
+from prefect_launch.settings import settings
 
-BUILDKIT_ENV = "PREFECT_LAUNCH_BUILDKIT"
 STOP_GRACE_SECONDS = 10.0
 
 
@@ -92,7 +92,7 @@ def engine_available() -> bool:
 @functools.cache
 def buildkit_cli() -> tuple[str, dict[str, str]] | None:
     """(docker CLI path, extra env) of the first CLI on PATH that builds with BuildKit, or None."""
-    if os.environ.get(BUILDKIT_ENV, "1") == "0":
+    if not settings().buildkit:
         return None
     seen: set[str] = set()
     for folder in os.environ.get("PATH", "").split(os.pathsep):

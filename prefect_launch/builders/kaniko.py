@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import threading
 import time
 from typing import Any
@@ -51,21 +50,17 @@ from prefect_launch.builders.plan import BuildPlan
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.registries import Registry
+from prefect_launch.settings import settings as launch_settings
 
 KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
 DEFAULT_JOB_NAME = "prefect-launch-build"
 BUILD_LABEL = "prefect-launch/build"
-DEFAULT_BUILD_TIMEOUT = 3600
 POLL_SECONDS = 2
 # Where Kaniko finds cloud credentials mounted from `secret-name`/`secret-key`: (folder, file, env).
 _CLOUD_CREDENTIALS = {
     "aws": ("/root/.aws", "credentials", None),
     "gcp": ("/kaniko/.gcp", "credentials.json", "GOOGLE_APPLICATION_CREDENTIALS"),
 }
-
-
-def build_timeout() -> int:
-    return int(os.environ.get("PREFECT_LAUNCH_BUILD_TIMEOUT", DEFAULT_BUILD_TIMEOUT))
 
 
 def build_job_name(settings: BuildSettings, tag: str) -> str:
@@ -134,7 +129,7 @@ def render_build_job(
         "spec": {
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": 60,
-            "activeDeadlineSeconds": build_timeout(),
+            "activeDeadlineSeconds": launch_settings().build_timeout,
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes},
@@ -200,7 +195,8 @@ class KanikoBuilder(Builder):
         build_log = BuildLog(log)
         streams: dict[str, threading.Thread] = {}
         reasons: dict[str, str] = {}
-        deadline = time.monotonic() + build_timeout() + 60
+        timeout = launch_settings().build_timeout
+        deadline = time.monotonic() + timeout + 60
         while True:
             status = self._api.sanitize_for_serialization(batch.read_namespaced_job_status(name, namespace)).get("status") or {}
             pods = self._api.sanitize_for_serialization(
@@ -224,7 +220,7 @@ class KanikoBuilder(Builder):
                 raise build_log.failure(f"Kaniko Job {namespace}/{name}: {why}")
             if time.monotonic() > deadline:
                 raise LaunchError(f"image build failed: Kaniko Job {namespace}/{name} did not finish "
-                                  f"within {build_timeout()} s")
+                                  f"within {timeout} s")
             time.sleep(POLL_SECONDS)
 
     def _delete(self, batch, namespace: str, name: str, log: Log) -> None:

@@ -28,9 +28,11 @@ def agent_command(
 def _agent(queue, max_jobs, config, check, name, poll_seconds) -> None:
     from prefect_launch.agent_config import load_agent_config
     from prefect_launch.environments import environment_problems
+    from prefect_launch.settings import settings
 
     agent_config = load_agent_config(config).with_flags(queue, max_jobs)
     if check:
+        settings()  # a bad PREFECT_LAUNCH_* value fails the check in one line
         placeholders = agent_config.placeholders()
         if placeholders:
             stderr("note: documentation placeholders to fill in before starting: " + ", ".join(placeholders))

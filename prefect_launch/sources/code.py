@@ -19,10 +19,9 @@ Archives are safe by construction:
   folder of its own (`<home>/runs/<run_id>/code`): runs never share, nor
   change, each other's code, and builds take their context from a fresh unpack.
 
-Limits (module constants, each overridable by an environment variable):
-`MAX_CODE_BYTES` (1 GiB, `PREFECT_LAUNCH_MAX_CODE_BYTES`) caps the
-uncompressed archive, `MAX_CODE_FILES` (100,000, `PREFECT_LAUNCH_MAX_CODE_FILES`)
-its entries; both hold when packing and when unpacking.
+Limits (`prefect_launch.settings`): `PREFECT_LAUNCH_MAX_CODE_BYTES` (1 GiB) caps
+the uncompressed archive, `PREFECT_LAUNCH_MAX_CODE_FILES` (100,000) its entries;
+both hold when packing and when unpacking.
 
 Example:
     >>> import tempfile, pathlib
@@ -30,8 +29,6 @@ Example:
     >>> digest, data = pack(d)
     >>> digest == pack(d)[0] == folder_digest(d) and digest.startswith("sha256:")
     True
-    >>> parse_size("2GiB"), parse_size("512MiB"), parse_size("1000")
-    (2147483648, 536870912, 1000)
 """
 
 from __future__ import annotations
@@ -49,17 +46,12 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
 from prefect_launch.errors import LaunchError
+from prefect_launch.settings import settings
 from prefect_launch.spec import CodeSource
 
 # Folders that are never part of a job's code.
 EXCLUDED_NAMES = {".git", "__pycache__", ".venv", "wandb", ".prefect-launch", ".pytest_cache"}
 DEFAULT_STORAGE = "local-file-system/prefect-launch-code"
-STORAGE_ENV = "PREFECT_LAUNCH_CODE_STORAGE"
-
-MAX_CODE_BYTES = 1 << 30
-MAX_CODE_BYTES_ENV = "PREFECT_LAUNCH_MAX_CODE_BYTES"
-MAX_CODE_FILES = 100_000
-MAX_CODE_FILES_ENV = "PREFECT_LAUNCH_MAX_CODE_FILES"
 
 _CHUNK = 1 << 20
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}  # for messages
@@ -72,38 +64,10 @@ _WHAT = {
 }
 
 
-def parse_size(text: str) -> int:
-    """A size as pydantic's `ByteSize` reads it: `1073741824`, `512MiB`, `2GiB` (or `2GB`, powers of 1000)."""
-    from pydantic import ByteSize, TypeAdapter, ValidationError
-
-    try:
-        size = TypeAdapter(ByteSize).validate_python(text.strip())
-    except ValidationError:
-        raise LaunchError(f"{text!r} is not a size: give bytes, or a number with KiB, MiB, GiB or TiB") from None
-    if size <= 0:
-        raise LaunchError(f"{text!r} is not a size: it must be more than 0")
-    return int(size)
-
-
-def max_code_bytes() -> int:
-    """The cap on a code archive's uncompressed size: $PREFECT_LAUNCH_MAX_CODE_BYTES, else `MAX_CODE_BYTES`."""
-    raw = os.environ.get(MAX_CODE_BYTES_ENV)
-    if not raw:
-        return MAX_CODE_BYTES
-    try:
-        return parse_size(raw)
-    except LaunchError as exc:
-        raise LaunchError(f"${MAX_CODE_BYTES_ENV}: {exc}") from None
-
-
-def max_code_files() -> int:
-    """The cap on a code archive's entries: $PREFECT_LAUNCH_MAX_CODE_FILES, else `MAX_CODE_FILES`."""
-    raw = os.environ.get(MAX_CODE_FILES_ENV, "").strip()
-    if not raw:
-        return MAX_CODE_FILES
-    if not raw.isdigit() or int(raw) <= 0:
-        raise LaunchError(f"${MAX_CODE_FILES_ENV}: {raw!r} is not a positive number")
-    return int(raw)
+def _code_limits() -> tuple[int, int]:
+    """(bytes, entries) a code archive may hold, as the settings say now."""
+    current = settings()
+    return current.max_code_bytes, current.max_code_files
 
 
 def _human(size: int) -> str:
@@ -119,7 +83,11 @@ class _TooLarge(LaunchError):
 
 def _too_large(what: str, limit: int) -> LaunchError:
     return _TooLarge(f"{what} is larger than the {_human(limit)} limit on code "
-                       f"(set ${MAX_CODE_BYTES_ENV} to raise it)")
+                       f"(set $PREFECT_LAUNCH_MAX_CODE_BYTES to raise it)")
+
+
+def _too_many(what: str, max_files: int) -> LaunchError:
+    return LaunchError(f"{what} has more than {max_files} entries (set $PREFECT_LAUNCH_MAX_CODE_FILES to raise the limit)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,15 +218,14 @@ def write_tar(folder: Path, out: BinaryIO | None, extra_files: dict[str, bytes] 
     folder = Path(folder)
     if not folder.is_dir():
         raise LaunchError(f"code folder {str(folder)!r} does not exist or is not a folder")
-    limit, max_files = max_code_bytes(), max_code_files()
+    limit, max_files = _code_limits()
     writer = _HashingWriter(out, limit, f"code folder {str(folder)!r}")
     count = 0
     with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, status in _walk(folder, links):
             count += 1
             if count > max_files:
-                raise LaunchError(f"code folder {str(folder)!r} has more than {max_files} entries "
-                                  f"(set ${MAX_CODE_FILES_ENV} to raise the limit)")
+                raise _too_many(f"code folder {str(folder)!r}", max_files)
             # Built by hand, not by `gettarinfo`: a file with several hard links is packed as a file.
             info = tarfile.TarInfo(path.relative_to(folder).as_posix())
             info.mode = status.st_mode & 0o7777
@@ -343,7 +310,7 @@ def code_storage(name: str | None, home: Path) -> str:
     Any Prefect filesystem block with `read_path`/`write_path` works: `s3-bucket/NAME`
     (prefect-aws), `gcs-bucket/NAME` (prefect-gcp), `remote-file-system/NAME`.
     """
-    name = name or os.environ.get(STORAGE_ENV)
+    name = name or settings().code_storage
     if not name:
         return ensure_default_storage(home)
     if "/" not in name:
@@ -473,7 +440,7 @@ def fetch_archive(source: CodeSource, cache_root: Path) -> Path:
     fd, staging_name = tempfile.mkstemp(dir=cache_root, prefix=".download-")
     staging = Path(staging_name)
     try:
-        limit = max_code_bytes()
+        limit = settings().max_code_bytes
         # gzip never makes a tar much bigger than it is: 1% and 64 KiB of headroom.
         with os.fdopen(fd, "wb") as handle:
             capped = _CappedFile(handle, limit + limit // 100 + (64 << 10))
@@ -545,7 +512,7 @@ def unpack(archive: Path, hexdigest: str, target: Path, what: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
-        limit, max_files = max_code_bytes(), max_code_files()
+        limit, max_files = _code_limits()
         with gzip.open(archive, "rb") as compressed:
             reader = _HashingReader(compressed, limit, what)
             regular: set[str] = set()
@@ -555,8 +522,7 @@ def unpack(archive: Path, hexdigest: str, target: Path, what: str) -> Path:
                     for member in tar:
                         count += 1
                         if count > max_files:
-                            raise LaunchError(f"{what} has more than {max_files} entries "
-                                              f"(set ${MAX_CODE_FILES_ENV} to raise the limit)")
+                            raise _too_many(what, max_files)
                         _check_member(member, regular, what)
                         # A folder keeps the default mode: a read-only one would stop its files.
                         tar.extract(member, staging, set_attrs=not member.isdir(), filter="data")

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.redact import MASK
+from prefect_launch.settings import settings
 
-CREDENTIALS_ENV = "PREFECT_LAUNCH_GIT_CREDENTIALS"
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:(?!//)[^\s]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _GIT_TIMEOUT = 600
@@ -46,7 +46,7 @@ def check_remote(uri: str) -> None:
         if parts.password:
             raise LaunchError(
                 f"git remote {_mask_url(uri)!r} holds a password: put credentials in git's credential "
-                f"helper or the gitCreds file (${CREDENTIALS_ENV}), never in the URI"
+                f"helper or the gitCreds file ($PREFECT_LAUNCH_GIT_CREDENTIALS), never in the URI"
             )
         return
     if not parts.scheme and _SCP_LIKE.match(uri):
@@ -61,7 +61,7 @@ def _mask_url(uri: str) -> str:
 def _git_command(*args: str) -> list[str]:
     """`git` with the transport locked down and the agent's credential sources only."""
     options = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always", "-c", "protocol.ssh.allow=always"]
-    credentials = os.environ.get(CREDENTIALS_ENV)
+    credentials = settings().git_credentials
     if credentials:
         # An empty helper first resets helpers from the agent's git config.
         options += ["-c", "credential.helper=", "-c", f"credential.helper=store --file={credentials}"]

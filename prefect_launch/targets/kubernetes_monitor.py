@@ -20,24 +20,18 @@ Example, what a waiting pod says::
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prefect_launch.settings import settings
 from prefect_launch.targets.base import Outcome, Progress
 from prefect_launch.targets.process import Log
 
-DEFAULT_START_TIMEOUT = 15 * 60
 # DisruptionTarget reasons that mean the pod was taken away, not that the job failed.
 PREEMPTION_REASONS = {"EvictionByEvictionAPI", "PreemptionByScheduler", "TerminationByKubelet"}
 WATCH_SECONDS = 5  # a watch call ends this often, so cancellation and the start timeout are checked
-
-
-def start_timeout() -> float:
-    """Seconds a pod may take to start (`PREFECT_LAUNCH_K8S_START_TIMEOUT`, default 15 minutes)."""
-    return float(os.environ.get("PREFECT_LAUNCH_K8S_START_TIMEOUT", DEFAULT_START_TIMEOUT))
 
 
 def pending_reason(pod: dict[str, Any]) -> str | None:
@@ -126,9 +120,10 @@ class RunPods:
             return Outcome(state="failed", message=f"pod {failed[0]}: {failure_reason(self.pods[failed[0]])}")
         if phases and all(phase == "Succeeded" for phase in phases.values()):
             return Outcome(state="completed")
-        if not self.running and time.monotonic() - self.started_at > start_timeout():
+        start_timeout = settings().k8s_start_timeout
+        if not self.running and time.monotonic() - self.started_at > start_timeout:
             waiting = self.waiting_for() or "no pod was scheduled"
-            return Outcome(state="failed", message=f"no pod started within {start_timeout():.0f} s ({waiting})")
+            return Outcome(state="failed", message=f"no pod started within {start_timeout:.0f} s ({waiting})")
         return None
 
 

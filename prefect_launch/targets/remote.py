@@ -10,17 +10,12 @@ Example, a job that is done at the second look::
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Callable
 
+from prefect_launch.settings import settings
 from prefect_launch.targets.base import Outcome
-
-
-def poll_seconds() -> float:
-    """Seconds between two status calls to a cloud API (`PREFECT_LAUNCH_CLOUD_POLL_SECONDS`, default 10)."""
-    return float(os.environ.get("PREFECT_LAUNCH_CLOUD_POLL_SECONDS", "10"))
 
 
 def unfilled(value: Any) -> bool:
@@ -38,7 +33,7 @@ def follow_remote(
 
     After the stop request the job is still polled until the cloud reports it stopped.
     """
-    interval = poll_seconds() if interval is None else interval
+    interval = settings().cloud_poll_seconds if interval is None else interval
     stop_requested = False
     while True:
         outcome = poll(stop_requested)

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import re
 import threading
 from typing import Any
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
+from prefect_launch.settings import settings
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.process import Log
@@ -55,7 +55,6 @@ RUN_KEYS = frozenset({
     "persistent_resource_id", "scheduling_strategy", "max_wait_duration", "psc_interface_config",
 })
 RUN_ID_LABEL = "prefect-launch-run-id"
-ENDPOINT_VARIABLE = "PREFECT_LAUNCH_VERTEX_API_ENDPOINT"
 # Keys whose own keys are the user's names, not the SDK's.
 _FREE_FORM = {"labels", "env"}
 _CAMEL = re.compile(r"[a-z0-9][A-Z]")
@@ -149,7 +148,7 @@ class VertexTarget(Target):
             location=gcp.region,
             credentials=gcp.credentials,
             api_transport="rest",
-            api_endpoint=os.environ.get(ENDPOINT_VARIABLE) or None,
+            api_endpoint=settings().vertex_api_endpoint,
         )
         return aiplatform
 
