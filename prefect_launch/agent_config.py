@@ -1,8 +1,10 @@
 """The agent's `launch-config.yaml`, read exactly as W&B writes it.
 
-Keys: `queues`, `max_jobs` (-1 = unlimited), `max_schedulers`, `entity`,
-`builder`, `registry`, `environment`, `secure_mode`, `verbosity`,
-`stopped_run_timeout`. An unknown key is an error. The W&B docs' examples are
+Keys: `queues` (or one `queue`), `max_jobs` (-1 = unlimited), `max_schedulers`,
+`entity`, `builder`, `registry`, `environment`, `secure_mode`, `verbosity`,
+`stopped_run_timeout`. An unknown key is an error. As W&B's agent does,
+`WANDB_ENTITY` and `WANDB_LAUNCH_MAX_JOBS` in the environment win over the
+file, and the agent's flags over both. The W&B docs' examples are
 full of placeholders (`<queue-name>`, `<n concurrent jobs>`,
 `docker | kaniko | noop`): `--check` accepts them and lists them, the agent
 refuses to start until they are filled in.
@@ -15,11 +17,21 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prefect_launch.config_files import ConfigFileError, parse_config_text, read_config_text
 from prefect_launch.errors import LaunchError
@@ -48,9 +60,46 @@ class BuilderConfig(BaseModel):
 
 
 class RegistryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """`registry:`, the older way to name where images go (`builder.destination` replaced it), in each form W&B's
+    agent reads: `uri` (or the older `url`), ECR's `account_id`/`region`/`repo_name`, and Artifact Registry's
+    `repository`/`image_name`/`project`/`region`, from which `uri` is made.
+
+    >>> RegistryConfig(type="ecr", account_id="123456789012", region="us-east-1", repo_name="launch").uri
+    '123456789012.dkr.ecr.us-east-1.amazonaws.com/launch'
+    >>> RegistryConfig(type="gcr", region="us-central1", project="ml", repository="launch", image_name="train").uri
+    'us-central1-docker.pkg.dev/ml/launch/train'
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     type: Literal["ecr", "acr", "gcr", "local"] | Placeholder | None = None
     uri: str | None = None
+    url: str | None = Field(default=None, description="`uri` as older W&B configs name it")
+    account_id: str | None = None
+    region: str | None = None
+    repo_name: str | None = None
+    repository: str | None = None
+    image_name: str | None = Field(default=None, validation_alias=AliasChoices("image_name", "image-name"))
+    project: str | None = None
+
+    @model_validator(mode="after")
+    def _uri_from_parts(self) -> "RegistryConfig":
+        ecr = {"account_id": self.account_id, "region": self.region, "repo_name": self.repo_name or self.repository}
+        gcr = {"region": self.region, "project": self.project, "repository": self.repository, "image_name": self.image_name}
+        kind = self.type if self.type in ("ecr", "gcr") else "ecr" if self.account_id else "gcr" if self.image_name or self.project else None
+        parts = {"ecr": ecr, "gcr": gcr}.get(kind, {})
+        forms = [form for form, given in (("uri", self.uri), ("url", self.url), ("/".join(parts), any(parts.values())))
+                 if given]
+        if len(forms) > 1:
+            raise ValueError(f"give the registry one way, not as {' and '.join(forms)}")
+        if self.uri is None and self.url is not None:
+            self.uri = self.url
+        elif self.uri is None and any(parts.values()):
+            missing = [key for key, value in parts.items() if not value]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} missing: {kind} needs {', '.join(parts)} (or a uri)")
+            self.uri = (f"{ecr['account_id']}.dkr.ecr.{ecr['region']}.amazonaws.com/{ecr['repo_name']}" if kind == "ecr"
+                        else f"{gcr['region']}-docker.pkg.dev/{gcr['project']}/{gcr['repository']}/{gcr['image_name']}")
+        return self
 
 
 class EnvironmentConfig(BaseModel):
@@ -84,6 +133,32 @@ class AgentConfig(BaseModel):
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_queue(cls, raw: Any) -> Any:
+        """W&B's agent also reads a single `queue: NAME`, added to `queues`."""
+        if isinstance(raw, dict) and "queue" in raw:
+            raw = dict(raw)
+            queue = raw.pop("queue")
+            if not isinstance(queue, str):
+                raise ValueError("queue: one queue name; list several under queues")
+            raw["queues"] = [*(raw.get("queues") or []), queue]
+        return raw
+
+    def with_environment(self, environ: Mapping[str, str]) -> "AgentConfig":
+        """`WANDB_ENTITY` and `WANDB_LAUNCH_MAX_JOBS` over the file, as W&B's agent reads them (flags win over both)."""
+        updates: dict[str, Any] = {}
+        if environ.get("WANDB_ENTITY"):
+            updates["entity"] = environ["WANDB_ENTITY"]
+        if environ.get("WANDB_LAUNCH_MAX_JOBS"):
+            updates["max_jobs"] = environ["WANDB_LAUNCH_MAX_JOBS"]
+        if not updates:
+            return self
+        try:
+            return AgentConfig.model_validate({**self.model_dump(by_alias=True, exclude_unset=True), **updates})
+        except ValidationError as exc:
+            raise AgentConfigError(_describe(exc, "the environment (WANDB_ENTITY, WANDB_LAUNCH_MAX_JOBS)")) from None
 
     @field_validator("max_jobs", "max_schedulers", mode="after")
     @classmethod
@@ -137,15 +212,15 @@ def load_agent_config_text(text: str, source: str) -> AgentConfig:
         raise AgentConfigError(_describe(exc, source)) from None
 
 
-def load_agent_config(path: Path | None) -> AgentConfig:
-    """Read the config at `path`, or W&B's default location if it exists."""
+def load_agent_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> AgentConfig:
+    """Read the config at `path`, or W&B's default location if it exists, with W&B's variables of `environ` over it."""
     explicit = path is not None
     path = (path or DEFAULT_AGENT_CONFIG).expanduser()
     if not path.exists():
         if explicit:
             raise AgentConfigError(f"{path}: agent config file not found")
-        return AgentConfig()
-    return load_agent_config_text(read_config_text(path, "agent config"), str(path))
+        return AgentConfig().with_environment(environ)
+    return load_agent_config_text(read_config_text(path, "agent config"), str(path)).with_environment(environ)
 
 
 def _describe(exc: ValidationError, source: str) -> str:

@@ -35,3 +35,30 @@ def missing_extra(exc: ModuleNotFoundError) -> LaunchError | None:
     package = (exc.name or "").split(".")[0]
     extra = _EXTRA_OF_MODULE.get(package)
     return LaunchError(f"{package} is not installed: pip install 'prefect-launch[{extra}]'") if extra else None
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as the config's own path: `spec.containers[0].image`.
+
+    >>> field_path(("spec", "containers", 0, "image"))
+    'spec.containers[0].image'
+    """
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def invalid_config(exc, where: str) -> LaunchError:
+    """One line for a config that fails its model (a pydantic `ValidationError`): every bad field by its path.
+
+    `where` says which config (`kubernetes queue config (queue.yaml)`).
+    """
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = field_path(error["loc"])
+        message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{path}: {message}" if path else message)
+    return LaunchError(f"{where}: " + "; ".join(dict.fromkeys(problems)))

@@ -4,7 +4,9 @@
 - `create(...)`: idempotent creation, "already exists" (409) means attach;
 - `registry_secret(...)`: a `kubernetes.io/dockerconfigjson` Secret holding a
   registry login, for `imagePullSecrets` and for Kaniko's push;
-- `api_error(...)`: the API server's own message for a refusal.
+- `api_error(...)`: the API server's own message for a refusal;
+- `schema_problems(...)`: the fields of an object the API's own schema (the
+  client's models) does not have, by path, before anything is sent.
 
 Example:
     >>> secret = registry_secret("run-1-registry", "127.0.0.1:5000", {"username": "u", "password": "p"}, {})
@@ -19,7 +21,8 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+import re
+from typing import Any, Callable, Iterator
 
 from prefect_launch.errors import LaunchError
 
@@ -99,3 +102,78 @@ def api_error(exc: Exception) -> str:
     except Exception:
         message = None
     return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}: {message or exc}".strip()
+
+
+_LIST = re.compile(r"^List\[(.+)\]$")
+_DICT = re.compile(r"^Dict\[str, (.+)\]$")
+
+
+def schema_problems(value: Any, model: str, path: str) -> list[str]:
+    """Where `value` does not fit the Kubernetes API's `model` (a client model: `V1JobSpec`), by path: a field
+    the kind does not have, or a mapping, list or scalar where another is expected. Scalars are not typed
+    further (the API server coerces `cpu: 1`, and template fields hold strings until they are filled).
+
+    >>> schema_problems({"template": {"spec": {"contianers": []}}}, "V1JobSpec", "spec")
+    ['spec.template.spec.contianers: not a field of PodSpec']
+    """
+    from kubernetes import client
+
+    if value is None:
+        return []
+    if model.startswith("V") and model[1].isdigit():
+        kind = getattr(client, model)
+        if not isinstance(value, dict):
+            return [f"{path}: a mapping ({_kind_name(model)}), not {type(value).__name__}"]
+        fields = {json_name: kind.openapi_types[attribute] for attribute, json_name in kind.attribute_map.items()}
+        problems = []
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in fields:
+                problems.append(f"{where}: not a field of {_kind_name(model)}")
+            else:
+                problems += schema_problems(item, fields[key], where)
+        return problems
+    if match := _LIST.match(model):
+        if not isinstance(value, list):
+            return [f"{path}: a list, not {type(value).__name__}"]
+        return [problem for i, item in enumerate(value) for problem in schema_problems(item, match[1], f"{path}[{i}]")]
+    if match := _DICT.match(model):
+        if not isinstance(value, dict):
+            return [f"{path}: a mapping, not {type(value).__name__}"]
+        return [problem for key, item in value.items() for problem in schema_problems(item, match[1], f"{path}.{key}")]
+    if model != "object" and isinstance(value, (dict, list)):
+        return [f"{path}: a single value, not a {'mapping' if isinstance(value, dict) else 'list'}"]
+    return []
+
+
+def builtin_model(api_version: str, kind: str) -> str | None:
+    """The client model of a built-in kind (`batch/v1`, `CronJob` -> `V1CronJob`); None for a custom resource.
+
+    Built-in groups have no dot, or end in `.k8s.io`: a CRD's `PodGroup` is not `scheduling.k8s.io`'s.
+
+    >>> builtin_model("batch/v1", "CronJob"), builtin_model("kubeflow.org/v1", "PyTorchJob")
+    ('V1CronJob', None)
+    """
+    from kubernetes import client
+
+    group, _, version = api_version.rpartition("/")
+    if "." in group and not group.endswith(".k8s.io"):
+        return None
+    model = version[:1].upper() + version[1:] + kind
+    return model if hasattr(client, model) else None
+
+
+def pod_templates_at(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, template) for every pod template inside an object: each mapping whose `spec` holds a `containers` list."""
+    if isinstance(value, dict):
+        if isinstance(value.get("spec"), dict) and isinstance(value["spec"].get("containers"), list):
+            yield path, value
+        for key, item in value.items():
+            yield from pod_templates_at(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from pod_templates_at(item, f"{path}[{index}]")
+
+
+def _kind_name(model: str) -> str:
+    return re.sub(r"^V\d+(alpha\d+|beta\d+)?", "", model)

@@ -43,7 +43,7 @@ from prefect_launch.builders import Builder, BuildPlan, BuildSettings, builder_f
 from prefect_launch.environments import Environment, environment_for
 from prefect_launch.registries import Registry, registry_for
 from prefect_launch.registries.local import LocalImages
-from prefect_launch.render import render
+from prefect_launch.render import launch_keys, render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
 from prefect_launch.targets import Target, get_target
 from prefect_launch.templates import defaulted_nulls
@@ -135,7 +135,8 @@ class Preparation:
         if job.image:
             return ImagePlan(job.image, f"The job names its image {job.image}: nothing to build")
         builder = builder_for(self.build_settings, self.queue_name, job.source_kind, self.registry, self.environment)
-        plan = plan_for(job, self.queue, overrides, self.build_settings, builder, self.registry)
+        accelerator = launch_keys(job, self.queue, overrides).builder.accelerator_base_image
+        plan = plan_for(job, accelerator, self.build_settings, builder, self.registry)
         return ImagePlan(plan.image, builder=builder, build=plan)
 
     def with_image(self, job: ResolvedJob, image: str | None) -> ResolvedJob:

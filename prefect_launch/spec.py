@@ -25,7 +25,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prefect_launch.errors import invalid_config
 
 
 # What one job's submitter may send, checked before anything is done with it (so masking, templating
@@ -40,8 +42,6 @@ MAX_SPEC = 500_000  # bytes of the whole spec as JSON
 
 # W&B's spellings of our resources.
 RESOURCE_ALIASES = {"gcp-vertex": "vertex", "local": "local-container"}
-# Queue-config keys that configure prefect-launch (the build, sweeps), not the target's payload.
-LAUNCH_KEYS = frozenset({"builder", "scheduler"})
 
 
 class Resource(str, Enum):
@@ -199,6 +199,61 @@ class LaunchSpec(BaseModel):
         return self
 
 
+class AcceleratorImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_image: str | None = Field(default=None, description="Base image of accelerator jobs (CUDA, TensorFlow GPU)")
+
+
+class BuilderKeys(BaseModel):
+    """`builder:` in a queue config or a job's resource args: the accelerator base image of its build."""
+
+    model_config = ConfigDict(extra="forbid")
+    accelerator: AcceleratorImage | None = None
+    cuda: AcceleratorImage | None = Field(default=None, description="`accelerator` as wandb wrote it before 0.15.6")
+
+    @property
+    def accelerator_base_image(self) -> str | None:
+        for section in (self.accelerator, self.cuda):
+            if section is not None and section.base_image:
+                return section.base_image
+        return None
+
+
+class SchedulerKeys(BaseModel):
+    """`scheduler:` in a queue config: how many trials of a sweep on this queue run at once."""
+
+    # W&B's sweep scheduler job keys (job, resource, resource_args, ...) are accepted and unused here.
+    model_config = ConfigDict(extra="allow")
+    num_workers: int | None = Field(default=None, ge=1)
+
+
+class LaunchKeys(BaseModel):
+    """The keys W&B lets any queue config carry beside the target's own: they configure the build and
+    sweeps, never the target, and are taken off before a target parses its config.
+
+    >>> own, rest = LaunchKeys.split({"gpus": "all", "builder": {"accelerator": {"base_image": "tf:gpu"}}})
+    >>> LaunchKeys.parse(own, "queue config").builder.accelerator_base_image, rest
+    ('tf:gpu', {'gpus': 'all'})
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    builder: BuilderKeys = Field(default_factory=BuilderKeys)
+    scheduler: SchedulerKeys = Field(default_factory=SchedulerKeys)
+
+    @classmethod
+    def split(cls, resource_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the launch keys, the rest: the target's payload) of a queue config."""
+        own = {key: value for key, value in resource_args.items() if key in cls.model_fields}
+        return own, {key: value for key, value in resource_args.items() if key not in cls.model_fields}
+
+    @classmethod
+    def parse(cls, own: dict[str, Any], where: str) -> "LaunchKeys":
+        try:
+            return cls.model_validate({key: value for key, value in own.items() if value is not None})
+        except ValidationError as exc:
+            raise invalid_config(exc, where) from None
+
+
 class QueueConfig(BaseModel):
     """A queue's configuration after template fields were filled in."""
 
@@ -239,14 +294,6 @@ def unwrap_resource_key(resource_args: dict[str, Any], resource: Resource) -> di
 
 def _resource_names(resource: Resource) -> set[str]:
     return {resource.value} | {alias for alias, name in RESOURCE_ALIASES.items() if name == resource.value}
-
-
-def merged_resource_args(queue: QueueConfig, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The queue's resource args with the job's own merged over them (macros not yet resolved)."""
-    return deep_merge(
-        unwrap_resource_key(queue.resource_args, queue.resource),
-        unwrap_resource_key(overrides or {}, queue.resource),
-    )
 
 
 class ResolvedJob(BaseModel):

@@ -155,6 +155,21 @@ def defaulted_nulls(schema: dict[str, Any], values: dict[str, Any]) -> dict[str,
             if not (value is None and "default" in properties.get(name, {}))}
 
 
+def stand_in_values(fields: dict[str, TemplateField]) -> dict[str, Any]:
+    """A value of each field's declared type (its default, else its first allowed value or its bound), to check
+    a queue config before any job fills its fields.
+
+    >>> stand_in_values(parse_templates({"gpus": {"type": "integer", "minimum": 1}, "size": {"enum": ["s", "l"]}}))
+    {'gpus': 1, 'size': 's'}
+    """
+    samples = {"string": "stand-in", "integer": 0, "number": 0.0}
+    values = {}
+    for name, field in fields.items():
+        candidates = [field.default, *(field.enum or [])[:1], field.minimum, field.maximum, samples[field.type]]
+        values[name] = next(value for value in candidates if value is not None)
+    return values
+
+
 def apply_template(config: Any, values: dict[str, Any]) -> Any:
     """Fill `{{ name }}` fields; a field that is the whole string keeps the value's type."""
     return apply_values(copy.deepcopy(config), values)

@@ -82,3 +82,45 @@ def test_a_registry_destination_with_a_tag_is_refused_naming_the_key(tmp_path, k
     assert result.returncode == 1 and len(errors) == 1, result.stderr
     assert errors[0].startswith(f"error: {key} ") and named in errors[0], errors
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("registry", "uri"), [
+    ("{type: ecr, url: 123456789012.dkr.ecr.us-east-1.amazonaws.com/launch}", "123456789012.dkr.ecr.us-east-1.amazonaws.com/launch"),
+    ("{type: ecr, account_id: '123456789012', region: us-east-1, repo_name: launch}",
+     "123456789012.dkr.ecr.us-east-1.amazonaws.com/launch"),
+    ("{type: gcr, region: us-central1, project: ml, repository: launch, image-name: train}",
+     "us-central1-docker.pkg.dev/ml/launch/train"),
+    ("{type: gcr, region: us-central1, project: ml, repository: launch, image_name: train}",
+     "us-central1-docker.pkg.dev/ml/launch/train"),
+], ids=["legacy url", "ecr parts", "gar parts (W&B's image-name)", "gar parts (image_name)"])
+def test_every_registry_form_w_and_bs_agent_reads(tmp_path, registry, uri):
+    environment = "{type: aws, region: us-east-1}" if "ecr" in registry else "{type: gcp, region: us-central1, project: ml}"
+    path = tmp_path / "launch-config.yaml"
+    path.write_text(f"queues: [q]\nregistry: {registry}\nenvironment: {environment}\n")
+    assert check(path)["registry"]["uri"] == uri
+    from prefect_launch.agent_config import load_agent_config
+    from prefect_launch.builders import BuildSettings
+
+    assert BuildSettings.from_agent_config(load_agent_config(path)).destination == uri
+
+
+def test_a_registry_given_two_ways_or_with_parts_missing_is_refused(tmp_path):
+    path = tmp_path / "launch-config.yaml"
+    path.write_text("registry: {type: ecr, uri: 1.dkr.ecr.us-east-1.amazonaws.com/l, region: us-east-1}\n")
+    assert "give the registry one way, not as uri and account_id/region/repo_name" in check(path, ok=False).stderr
+    path.write_text("registry: {type: ecr, account_id: '123456789012', region: us-east-1}\n")
+    assert "repo_name missing: ecr needs account_id, region, repo_name (or a uri)" in check(path, ok=False).stderr
+
+
+def test_the_environment_wins_over_the_file_and_flags_over_both(tmp_path):
+    """As W&B's agent: WANDB_ENTITY and WANDB_LAUNCH_MAX_JOBS over launch-config.yaml; `queue:` adds one queue."""
+    path = tmp_path / "launch-config.yaml"
+    path.write_text("entity: from-file\nmax_jobs: 2\nqueue: single\nqueues: [listed]\n")
+    normalized = json.loads(cli("agent", "--config", str(path), "--check",
+                                env={"WANDB_ENTITY": "from-env", "WANDB_LAUNCH_MAX_JOBS": "7"}).stdout)
+    assert (normalized["entity"], normalized["max_jobs"], normalized["queues"]) == ("from-env", 7, ["listed", "single"])
+    flagged = json.loads(cli("agent", "--config", str(path), "--check", "--max-jobs", "3",
+                             env={"WANDB_LAUNCH_MAX_JOBS": "7"}).stdout)
+    assert flagged["max_jobs"] == 3
+    bad = cli("agent", "--config", str(path), "--check", env={"WANDB_LAUNCH_MAX_JOBS": "many"}, check=False)
+    assert bad.returncode == 1 and "WANDB_LAUNCH_MAX_JOBS" in bad.stderr and "max_jobs" in bad.stderr

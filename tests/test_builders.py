@@ -16,7 +16,7 @@ from prefect_launch.builders import BuildSettings, plan_build
 from prefect_launch.builders.docker import DockerBuilder
 from prefect_launch.builders.plan import GENERATED_DOCKERFILE, GENERATED_REQUIREMENTS, normalize_requirements
 from prefect_launch.errors import LaunchError
-from prefect_launch.spec import ResolvedJob
+from prefect_launch.spec import LaunchKeys, ResolvedJob
 
 
 def _job(folder: Path, **extra) -> ResolvedJob:
@@ -25,7 +25,8 @@ def _job(folder: Path, **extra) -> ResolvedJob:
 
 
 def _plan(folder: Path, resource_args: dict | None = None, cache_mounts: bool = False, **extra):
-    return plan_build(_job(folder, **extra), resource_args or {}, "base:1", "reg.local/launch", cache_mounts)
+    accelerator = LaunchKeys.parse(resource_args or {}, "queue config").builder.accelerator_base_image
+    return plan_build(_job(folder, **extra), accelerator, "base:1", "reg.local/launch", cache_mounts)
 
 
 def _files(plan) -> dict[str, str]:
@@ -85,11 +86,13 @@ def test_accelerator_base_image_and_the_older_cuda_key(code):
 def test_job_level_accelerator_overrides_the_queue(code):
     from prefect_launch.builders import plan_for
     from prefect_launch.registries import registry_for
+    from prefect_launch.render import launch_keys
     from prefect_launch.spec import QueueConfig
 
     queue = QueueConfig(resource="local-container", resource_args={"builder": {"accelerator": {"base_image": "queue:1"}}})
     job_level = {"builder": {"accelerator": {"base_image": "job:1"}}}
-    plan = plan_for(_job(code), queue, job_level, BuildSettings(), DockerBuilder(), registry_for(BuildSettings()))
+    accelerator = launch_keys(_job(code), queue, job_level).builder.accelerator_base_image
+    plan = plan_for(_job(code), accelerator, BuildSettings(), DockerBuilder(), registry_for(BuildSettings()))
     assert _files(plan)[GENERATED_DOCKERFILE].startswith("FROM job:1\n")
     assert plan.image.startswith("prefect-launch/p:")
 
@@ -114,7 +117,7 @@ def test_tag_depends_on_content_only(code, tmp_path):
         from prefect_launch.spec import ResolvedJob
         job = ResolvedJob(run_id="zz", run_name="other", project="p", argv=["python", "src/train.py", "--x"],
                           entry_point=["python", "src/train.py"], workdir=Path({str(other)!r}))
-        print(plan_build(job, {{}}, "base:1", "reg.local/launch", False).tag)
+        print(plan_build(job, None, "base:1", "reg.local/launch", False).tag)
     """)
     env = {**os.environ, "HOME": str(tmp_path), "USER": "someone-else", "HOSTNAME": "agent-2"}
     other_tag = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout.strip()
@@ -124,7 +127,7 @@ def test_tag_depends_on_content_only(code, tmp_path):
     changed_code = _plan(code).tag
     (code / "requirements.txt").write_text("numpy\nscipy\n")
     changed_requirements = _plan(code).tag
-    other_base = plan_build(_job(code), {}, "base:2", "reg.local/launch", False).tag
+    other_base = plan_build(_job(code), None, "base:2", "reg.local/launch", False).tag
     assert len({tag, changed_code, changed_requirements, other_base}) == 4
 
 

@@ -182,7 +182,8 @@ def test_kaniko_seed_renders_a_build_job_and_pull_secrets_thatvalidate_strict(tm
 
     job = ResolvedJob(run_id="k8srun1", run_name="r", project="p", argv=["python", "t.py"], image=plan.image,
                       pull_secret=True)
-    manifest = KubernetesTarget().render(job, yaml.safe_load((SEEDS / "000_k8s_job_1.yaml").read_text()))
+    config = KubernetesTarget.parse_config(yaml.safe_load((SEEDS / "000_k8s_job_1.yaml").read_text()), "000_k8s_job_1.yaml")
+    manifest = KubernetesTarget().render(job, config)
     assert manifest["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "prefect-launch-k8srun1-registry"}]
     validate_strict(manifest, tmp_path)
     validate_strict(registry_secret("prefect-launch-k8srun1-registry", "reg.local", {"username": "u", "password": "p"},

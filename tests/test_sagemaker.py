@@ -14,7 +14,7 @@ import os
 import pytest
 
 from aws_standin import ACCOUNT, SageMakerStandIn
-from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, on_server, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 
 REPOSITORY = "launch-sm"
@@ -153,9 +153,16 @@ def test_a_new_agent_adopts_a_training_job_whose_agent_was_killed(aws, aws_agent
 
 def test_bad_sagemaker_config_fails_the_job_before_any_call(aws, aws_agent, ecr_registry, make_queue, start_agent,
                                                             tmp_path):
+    """`queue create` refuses the seed's `<REQUIRED>` placeholders; an admin who puts them into the pool's job
+    template in the Prefect UI (no check there) gets a failed job, not a call to SageMaker."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
     created = len(aws.requests)
-    seed = json.loads((SEEDS / "001_sagemaker_queue_1.json").read_text())  # `<REQUIRED>` left in
-    queue = make_queue("--resource", "sagemaker", "--config", str(write_json(tmp_path / "q.json", seed)), prefix="smbad")
+    queue = make_queue("--resource", "sagemaker", "--config", str(write_json(tmp_path / "q.json", _seed_filled())),
+                       prefix="smbad")
+    template = on_server("read_work_pool", queue).base_job_template
+    template["job_configuration"]["resource_args"] = json.loads((SEEDS / "001_sagemaker_queue_1.json").read_text())
+    on_server("update_work_pool", queue, WorkPoolUpdate(base_job_template=template))
     start_agent.agents[0].stop()  # the fixture's agent: the run on its queue must be this test's agent's
     start_agent("-q", queue, "-q", aws_agent, "--config", str(tmp_path / "launch-config.yaml"))
     bad = run_id_of(launch("-q", queue, "-d", f"{ecr_registry.host}/{REPOSITORY}:x", "-E", "python t.py"))

@@ -171,7 +171,7 @@ def test_vertex_seeds_render_through_dry_run():
         result = cli("launch", "-r", "gcp-vertex", "-R", json.dumps(yaml.safe_load((SEEDS / seed).read_text())),
                      "-d", "img:1", "-E", "python t.py", "--dry-run", check=False)
         assert result.returncode != 0, missing
-        assert "spec.staging_bucket must be set" in result.stderr
+        assert "spec.staging_bucket: must be set" in result.stderr
 
     result = cli("launch", "-r", "gcp-vertex", "-R", json.dumps(_queue_config()), "-d", "img:1",
                  "-E", "python train.py --lr 0.1", "--run-id", "abc123", "--dry-run")
@@ -192,7 +192,7 @@ def test_vertex_seeds_render_through_dry_run():
     assert result.returncode != 0 and "spec.workerPoolSpecs (write worker_pool_specs)" in result.stderr
     empty = {"spec": {"worker_pool_specs": [], "staging_bucket": "gs://b"}}
     result = cli("launch", "-r", "vertex", "-R", json.dumps(empty), "-d", "img:1", "--dry-run", check=False)
-    assert result.returncode != 0 and "spec.worker_pool_specs must be a non-empty list" in result.stderr
+    assert result.returncode != 0 and "spec.worker_pool_specs: must be a non-empty list" in result.stderr
 
 
 def test_vertex_keys_are_the_installed_sdks():

@@ -15,8 +15,7 @@ from prefect_launch.builders.plan import BuildPlan, plan_build
 from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
 from prefect_launch.registries import Registry
-from prefect_launch.spec import merged_resource_args
-from prefect_launch.spec import QueueConfig, ResolvedJob
+from prefect_launch.spec import ResolvedJob
 
 
 def builder_for(
@@ -49,16 +48,15 @@ def builder_for(
 
 def plan_for(
     job: ResolvedJob,
-    queue: QueueConfig,
-    overrides: dict[str, Any],
+    accelerator_image: str | None,
     settings: BuildSettings,
     builder: Builder,
     registry: Registry,
 ) -> BuildPlan:
-    """The build plan of a job on a queue, with the agent's settings (the job's resource args win)."""
+    """The build plan of a job with the agent's settings (`accelerator_image`: the job's resource args over the queue's)."""
     return plan_build(
         job,
-        merged_resource_args(queue, overrides),
+        accelerator_image,
         default_base_image=settings.base_image,
         repository=registry.repository(job.project),
         cache_mounts=builder.cache_mounts,

@@ -15,7 +15,7 @@ connection (the engine stops a classic build whose client is gone), and
 Example::
 
     builder = DockerBuilder()
-    builder.build(plan_build(job, {}, "prefect-launch/python:3.11", "127.0.0.1:5000/launch",
+    builder.build(plan_build(job, None, "prefect-launch/python:3.11", "127.0.0.1:5000/launch",
                              builder.cache_mounts), log)
 """
 

@@ -91,16 +91,6 @@ def generate_dockerfile(
     return "\n".join(lines) + "\n"
 
 
-def accelerator_base_image(resource_args: dict[str, Any]) -> str | None:
-    """`builder.accelerator.base_image`, or `builder.cuda.base_image` as before wandb 0.15.6."""
-    builder = resource_args.get("builder") or {}
-    for key in ("accelerator", "cuda"):
-        section = builder.get(key) or {}
-        if section.get("base_image"):
-            return section["base_image"]
-    return None
-
-
 def _entry_point_dir(entry_point: list[str]) -> PurePosixPath:
     script = next((arg for arg in entry_point if arg.endswith(".py")), None)
     return PurePosixPath(script).parent if script else PurePosixPath(".")
@@ -118,27 +108,30 @@ def _user_dockerfile(job: ResolvedJob, folder: Path) -> str | None:
 
 def plan_build(
     job: ResolvedJob,
-    resource_args: dict[str, Any],
+    accelerator_image: str | None,
     default_base_image: str,
     repository: str,
     cache_mounts: bool,
 ) -> BuildPlan:
-    """Plan the image for a code or git job; `repository` is where its tag goes (`registry/repo`)."""
+    """Plan the image for a code or git job; `repository` is where its tag goes (`registry/repo`).
+
+    `accelerator_image` is the queue's (or job's) `builder.accelerator.base_image`: it is the base, with
+    Python installed by apt, unless the job names its own base image.
+    """
     if job.workdir is None:
         raise LaunchError("the job has no code folder to build")
     folder = Path(job.workdir)
     dockerfile = _user_dockerfile(job, folder)
     extra: dict[str, bytes] = {}
     if dockerfile is None:
-        accelerator = accelerator_base_image(resource_args)
         requirements = folder / "requirements.txt"
         if requirements.is_file():
             extra[GENERATED_REQUIREMENTS] = normalize_requirements(requirements.read_text()).encode()
         text = generate_dockerfile(
-            base_image=job.base_image or accelerator or default_base_image,
+            base_image=job.base_image or accelerator_image or default_base_image,
             entry_point=job.entry_point,
             requirements=requirements.is_file(),
-            accelerator=bool(accelerator) and not job.base_image,
+            accelerator=bool(accelerator_image) and not job.base_image,
             cache_mounts=cache_mounts,
         )
         extra[GENERATED_DOCKERFILE] = text.encode()

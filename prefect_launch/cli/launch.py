@@ -6,6 +6,7 @@ with `-r/-R` (and `--templates`, `-v`) it needs no server at all.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Optional
@@ -36,13 +37,22 @@ class LaunchConfigFile(BaseModel):
     resource_args: dict[str, Any] = Field(default_factory=dict)
 
 
-def _set_vars(pairs: list[str]) -> dict[str, str]:
+# `-v a=1,b=2` sets two fields: a comma starts another pair where a field name and `=` follow it.
+_NEXT_PAIR = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*=)")
+
+
+def _set_vars(given: list[str]) -> dict[str, str]:
+    """`-v NAME=VALUE` (repeatable, or several pairs in one: `-v a=1,b=2`); a value may hold `=` and commas.
+
+    >>> _set_vars(["a=1,b=2", "tag=x=y", "list=1,2"])
+    {'a': '1', 'b': '2', 'tag': 'x=y', 'list': '1,2'}
+    """
     from prefect_launch.errors import LaunchError
 
     values = {}
-    for pair in pairs:
+    for pair in (pair for option in given for pair in _NEXT_PAIR.split(option)):
         name, sep, value = pair.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip():
             raise LaunchError(f"-v/--set-var {pair!r}: expected NAME=VALUE")
         values[name.strip()] = value
     return values
@@ -135,13 +145,12 @@ async def _dry_run_queue(queue: str | None, resource: str | None, resource_args:
     if resource:
         from prefect_launch.config_files import load_config_file, parse_inline
         from prefect_launch.deployments.queues import QueueDefinition
-        from prefect_launch.templates import check_placeholders_declared, parse_templates
+        from prefect_launch.templates import parse_templates
 
         args = parse_inline(resource_args, "-R/--resource-args") if resource_args else {}
         fields = parse_templates(load_config_file(templates, "templates")) if templates else {}
-        check_placeholders_declared(args, fields)
         template = QueueDefinition(name="dry-run", resource=parse_resource(resource), resource_args=args,
-                                   templates=fields).base_job_template()
+                                   templates=fields).check("-R/--resource-args").base_job_template()
         values = check_values(template["variables"], coerce_values(template["variables"], raw_values))
         return (await job_configuration(template, values, _NoServer())).queue_config()
 

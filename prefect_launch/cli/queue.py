@@ -24,11 +24,12 @@ def create(
     description: Optional[str] = typer.Option(None, "--description"),
 ) -> None:
     """Create a queue: its work pool, priority work queues and launch deployment."""
-    connect()
     from prefect_launch.config_files import load_config_file
+    from prefect_launch.deployments.queues import QueueDefinition, create_queue
     from prefect_launch.templates import parse_templates
 
-    definition_args = dict(
+    source = str(config) if config else "queue config"
+    definition = QueueDefinition(
         name=name,
         resource=parse_resource(resource),
         resource_args=load_config_file(config, "queue config") if config else {},
@@ -36,16 +37,13 @@ def create(
         prioritization=prioritization,
         require_wandb_run=require_wandb_run,
         description=description,
-    )
+    ).check(source)  # before the server: a bad config costs no connection
+    connect()
     from prefect.client.orchestration import get_client
-
-    from prefect_launch.deployments.queues import QueueDefinition, create_queue
-
-    definition = QueueDefinition(**definition_args)
 
     async def _create() -> None:
         async with get_client() as client:
-            await create_queue(client, definition)
+            await create_queue(client, definition, source)
 
     run(_create)
     typer.echo(f"Created queue {name!r} ({definition.resource.value})")

@@ -37,6 +37,7 @@ from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_launch.errors import LaunchError
+from prefect_launch.render import check_queue_config
 from prefect_launch.spec import LaunchSpec, Resource
 from prefect_launch.targets import SUPPORTED_RESOURCES
 from prefect_launch.templates import (
@@ -64,6 +65,13 @@ class QueueDefinition(BaseModel):
     require_wandb_run: bool = True
     description: str | None = None
 
+    def check(self, source: str = "queue config") -> "QueueDefinition":
+        """Refuse a config its target could not run, or one naming an undeclared template field, naming `source`
+        (the file) and the field (no I/O)."""
+        check_placeholders_declared(self.resource_args, self.templates)
+        check_queue_config(self.resource, self.resource_args, self.templates, source)
+        return self
+
     def base_job_template(self) -> dict[str, Any]:
         return {
             "job_configuration": {
@@ -79,14 +87,14 @@ def deployment_name(queue: str) -> str:
     return f"{FLOW_NAME}/{queue}"
 
 
-async def create_queue(client: PrefectClient, queue: QueueDefinition) -> WorkPool:
-    """Create the pool, its priority work queues and the launch deployment."""
+async def create_queue(client: PrefectClient, queue: QueueDefinition, source: str = "queue config") -> WorkPool:
+    """Create the pool, its priority work queues and the launch deployment, once `queue.check` passes."""
     if queue.resource.value not in SUPPORTED_RESOURCES:
         raise LaunchError(
             f"queue {queue.name!r}: resource {queue.resource.value!r} is not supported yet; "
             f"supported: {', '.join(SUPPORTED_RESOURCES)}"
         )
-    check_placeholders_declared(queue.resource_args, queue.templates)
+    queue.check(source)
     try:
         pool = await client.create_work_pool(
             WorkPoolCreate(

@@ -3,11 +3,17 @@
 While it waits, a target tells the run's `Progress` why the job is not running
 yet and when it starts (the run's timeline, `prefect_launch.timeline`).
 
+Each target declares its queue config as a pydantic model (`config_model`, a
+`TargetConfig`): `parse_config` checks a queue config against it (at
+`queue create`, with stand-ins for template fields, and for every job, with the
+job's resource args merged in) and `render` receives the parsed model.
+
 Example, a target that runs nothing::
 
     class Null(Target):
         resource = Resource.local_process
-        def render(self, job, resource_args): return {"argv": job.argv}
+        config_model = TargetConfig
+        def render(self, job, config): return {"argv": job.argv}
         def submit(self, submission, log): return Handle(id="null")
         def wait(self, handle, cancel, log, progress):
             progress.started()
@@ -23,8 +29,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from prefect_launch.environments import Environment
-from prefect_launch.errors import AdoptionFailed
+from prefect_launch.errors import AdoptionFailed, LaunchError, invalid_config
 from prefect_launch.spec import Resource, ResolvedJob
 
 if TYPE_CHECKING:  # registries import the builders, which import the targets
@@ -59,8 +67,15 @@ class Outcome:
     exit_code: int | None = None
 
 
+class TargetConfig(BaseModel):
+    """A target's queue config, parsed: the launch keys (`builder`, `scheduler`) already taken off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Target(abc.ABC):
     resource: ClassVar[Resource]
+    config_model: ClassVar[type[TargetConfig]]
     # Its infrastructure pulls images itself and needs the registry's login handed over (a pull secret).
     pulls_with_login: ClassVar[bool] = False
     # Its jobs outlive the agent and `attach` finds them by name: another agent can adopt them.
@@ -77,9 +92,20 @@ class Target(abc.ABC):
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         """Refuse what a job's own resource args may not set, though the queue's config (its admin) may."""
 
+    @classmethod
+    def parse_config(cls, payload: dict[str, Any], where: str) -> TargetConfig:
+        """`payload` (a queue config without its launch keys) as this target's config model; a bad one is one
+        LaunchError naming `where` and every bad field's path. The models' validators may take a mapping for granted."""
+        if not isinstance(payload, dict):
+            raise LaunchError(f"{where}: expected a mapping of keys, not {type(payload).__name__}")
+        try:
+            return cls.config_model.model_validate(payload)
+        except ValidationError as exc:
+            raise invalid_config(exc, where) from None
+
     @abc.abstractmethod
-    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
-        """The exact payload the target receives. Pure: no I/O."""
+    def render(self, job: ResolvedJob, config: Any) -> dict[str, Any]:
+        """The exact payload the target receives, from its parsed config (`config_model`). Pure: no I/O."""
 
     @abc.abstractmethod
     def submit(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle:

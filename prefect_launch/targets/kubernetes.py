@@ -1,14 +1,19 @@
 """kubernetes: a Job, or any custom resource, per launch run.
 
-The queue config is written as W&B writes it: a Job spec (`spec`, `metadata`,
-and `namespace` at the top level), or a custom resource under `kubernetes:`
-with `kind`, `apiVersion`, `metadata` and `spec` (Kubeflow `PyTorchJob`,
-Volcano `Job`, any CRD). Rendering fills in every pod template it finds
-(`spec.template` of a Job; every template of a custom resource):
+The queue config is written as W&B writes it (`KubernetesConfig`): a Job spec
+(`spec`, `metadata`, and `namespace` at the top level), or any other object
+under `kubernetes:` with `kind`, `apiVersion`, `metadata` and `spec`, or
+pasted whole with its `kind` as W&B's App takes it (Kubeflow `PyTorchJob`,
+Volcano `Job`, any CRD, or a built-in kind such as a CronJob). A built-in kind
+is checked field by field against the API's own schema (the client's models),
+a custom resource's pod templates as pod templates, so a misspelt field is
+refused naming its path before anything is sent. Rendering fills in every pod
+template it finds (`spec.template` of a Job; every template of a custom resource):
 
 - the image where a container has none (or `${image_uri}`, already resolved);
-  the first container's command is the entry point and its args;
-- the W&B variables on every container, `WANDB_API_KEY` from the run's own
+  every container's command is the entry point and its args;
+- the W&B variables on every container (`WANDB_RUN_ID` on the first pod
+  template's first container only, as W&B does), `WANDB_API_KEY` from the run's own
   Secret through `secretKeyRef` (never a plain value), and each secret the
   queue names under `secrets:` (`ENV_NAME: secret-name/key`, e.g. made with
   `kubectl create secret generic`) the same way;
@@ -35,7 +40,7 @@ the Job or custom resource; the Secrets are deleted when the run ends.
 Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
-    >>> manifest = KubernetesTarget().render(job, {"namespace": "wandb"})
+    >>> manifest = KubernetesTarget().render(job, KubernetesTarget.parse_config({"namespace": "wandb"}, "queue config"))
     >>> manifest["metadata"]["namespace"], manifest["spec"]["backoffLimit"]
     ('wandb', 0)
     >>> manifest["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -52,11 +57,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from pydantic import Field, model_validator
+
 from prefect_launch import kube
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
-from prefect_launch.targets.base import Handle, Outcome, Progress, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods, stream_logs
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
@@ -94,31 +101,95 @@ def api_key_secret(run_id: str) -> dict[str, Any]:
 
 def pod_templates(value: Any) -> Iterator[dict[str, Any]]:
     """Every pod template inside a manifest: each mapping whose `spec` holds a `containers` list."""
-    if isinstance(value, dict):
-        if isinstance(value.get("spec"), dict) and isinstance(value["spec"].get("containers"), list):
-            yield value
-        for item in value.values():
-            yield from pod_templates(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from pod_templates(item)
+    return (template for _, template in kube.pod_templates_at(value, ""))
 
 
-def secret_env(secrets: Any) -> list[dict[str, Any]]:
+def secret_env(secrets: dict[str, str]) -> list[dict[str, Any]]:
     """The queue's `secrets:` (`ENV_NAME: secret-name/key`) as env entries that read each Secret by reference.
 
     >>> secret_env({"HF_TOKEN": "huggingface/token"})
     [{'name': 'HF_TOKEN', 'valueFrom': {'secretKeyRef': {'name': 'huggingface', 'key': 'token'}}}]
     """
-    if not isinstance(secrets, dict):
-        raise LaunchError("kubernetes queue config: secrets must map an environment variable to `secret-name/key`")
     entries = []
     for variable, reference in secrets.items():
-        name, _, key = str(reference).partition("/")
-        if not name or not key:
-            raise LaunchError(f"kubernetes queue config: secrets.{variable} is {reference!r}; write `secret-name/key`")
+        name, _, key = reference.partition("/")
         entries.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
     return entries
+
+
+JOB_KEYS = ("apiVersion", "kind", "metadata", "spec")
+
+
+class KubernetesConfig(TargetConfig):
+    """A kubernetes queue config in any of W&B's forms, as one object to create.
+
+    - a batch/v1 Job: `spec` and `metadata` (and `apiVersion`/`kind`) at the top level;
+    - any other object (a custom resource, a CronJob) under `kubernetes:`, or pasted whole with its `kind`
+      at the top level, as W&B's App takes it;
+    - beside either: `namespace`, and `secrets` (`ENV_NAME: secret-name/key`).
+
+    A built-in kind is checked against the API's own schema (the client's models), field by field; a custom
+    resource's pod templates are checked as pod templates (its own schema lives in its CRD).
+    """
+
+    namespace: str | None = None
+    secrets: dict[str, str] = Field(default_factory=dict)
+    manifest: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_object(cls, args: dict[str, Any]) -> dict[str, Any]:
+        args = dict(args)
+        namespace, secrets = args.pop("namespace", None), args.pop("secrets", None) or {}
+        if "kubernetes" in args:
+            beside = sorted(set(args) - {"kubernetes"})
+            if beside:
+                raise ValueError(f"{', '.join(beside)}: a custom resource under `kubernetes:` has only namespace and "
+                                 "secrets beside it; its own keys go inside it")
+            manifest, where = args["kubernetes"], "kubernetes"
+        elif args.get("kind") and not (args["kind"] == "Job" and args.get("apiVersion", "batch/v1") == "batch/v1"):
+            manifest, where = args, ""
+        else:
+            unknown = sorted(set(args) - set(JOB_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"{', '.join(unknown)}: unknown key(s); a Job config has spec, metadata and namespace, a custom "
+                    "resource sits under `kubernetes:` (or whole, with its kind)")
+            manifest, where = {"apiVersion": "batch/v1", "kind": "Job", **args}, ""
+            manifest["spec"] = manifest.get("spec") or {}
+        problems = _manifest_problems(manifest, where) + _secret_problems(secrets)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {"namespace": namespace, "secrets": secrets, "manifest": manifest}
+
+    @property
+    def is_job(self) -> bool:
+        return (self.manifest.get("apiVersion"), self.manifest.get("kind")) == ("batch/v1", "Job")
+
+
+def _manifest_problems(manifest: Any, where: str) -> list[str]:
+    def at(key: str) -> str:
+        return f"{where}.{key}" if where else key
+
+    if not isinstance(manifest, dict):
+        return [f"{where}: a mapping (apiVersion, kind, metadata, spec)"]
+    missing = [at(key) for key in ("apiVersion", "kind", "spec") if not manifest.get(key) and manifest.get(key) != {}]
+    if missing:
+        return [f"{', '.join(missing)}: required for a {manifest.get('kind') or 'custom resource'}"]
+    model = kube.builtin_model(str(manifest["apiVersion"]), str(manifest["kind"]))
+    if model is not None:
+        return kube.schema_problems(manifest, model, where)
+    problems = kube.schema_problems(manifest.get("metadata"), "V1ObjectMeta", at("metadata"))
+    for path, template in kube.pod_templates_at(manifest["spec"], at("spec")):
+        problems += kube.schema_problems(template, "V1PodTemplateSpec", path)
+    return problems
+
+
+def _secret_problems(secrets: Any) -> list[str]:
+    if not isinstance(secrets, dict):
+        return ["secrets: map an environment variable to `secret-name/key`"]
+    return [f"secrets.{variable}: {reference!r}; write `secret-name/key`" for variable, reference in secrets.items()
+            if not isinstance(reference, str) or not all(reference.partition("/")[::2])]
 
 
 def _fill_pod(pod: dict[str, Any], job: ResolvedJob, first: bool, secrets: list[dict[str, Any]]) -> None:
@@ -178,6 +249,7 @@ def _labelled(metadata: dict[str, Any], job: ResolvedJob) -> dict[str, Any]:
 
 class KubernetesTarget(Target):
     resource = Resource.kubernetes
+    config_model = KubernetesConfig
     adoptable = True
     pulls_with_login = True
 
@@ -191,54 +263,29 @@ class KubernetesTarget(Target):
                 + " on a kubernetes queue: only the queue's config (its admin) can"
             )
 
-    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
+    def render(self, job: ResolvedJob, config: KubernetesConfig) -> dict[str, Any]:
         if not job.image:
             raise LaunchError("kubernetes runs an image: this job has none (a code job needs a builder and a registry)")
-        args = copy.deepcopy(resource_args)
-        secrets = secret_env(args.pop("secrets", {}))
-        if args.get("kind") and not (args["kind"] == "Job" and args.get("apiVersion", "batch/v1") == "batch/v1"):
-            # A custom resource or another kind pasted whole, as W&B's App takes it (no `kubernetes:` wrapper).
-            args = {"kubernetes": {k: v for k, v in args.items() if k != "namespace"}, "namespace": args.get("namespace")}
-        if isinstance(args.get("kubernetes"), dict) and "kind" in args["kubernetes"]:
-            manifest = self._custom_resource(job, args)
-        else:
-            manifest = self._job(job, args)
+        manifest = copy.deepcopy(config.manifest)
+        metadata = _labelled(manifest.setdefault("metadata", {}), job)
+        metadata.setdefault("name", object_name(job.run_id))
+        metadata["namespace"] = config.namespace or metadata.get("namespace") or DEFAULT_NAMESPACE
+        if config.is_job:
+            spec = manifest["spec"]
+            for key, value in JOB_DEFAULTS.items():
+                spec.setdefault(key, value)
+            pod = spec.setdefault("template", {}).setdefault("spec", {})
+            pod.setdefault("restartPolicy", "Never")
+            pod.setdefault("containers", [{}])
         templates = list(pod_templates(manifest.get("spec", {})))
         if not templates:
             raise LaunchError(f"kubernetes queue config: the {manifest.get('kind')} has no pod template with containers")
+        secrets = secret_env(config.secrets)
         for index, template in enumerate(templates):
             # The label scopes the monitor's pod watch to this run, replicas included.
             _labelled(template.setdefault("metadata", {}), job)
             _fill_pod(template["spec"], job, first=index == 0, secrets=secrets)
         return manifest
-
-    def _job(self, job: ResolvedJob, args: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(args) - {"spec", "metadata", "namespace", "apiVersion", "kind"}  # `secrets` is taken already
-        if unknown:
-            raise LaunchError(
-                f"kubernetes queue config: unknown key(s) {', '.join(sorted(unknown))}; a Job config has spec, "
-                "metadata and namespace, a custom resource sits under `kubernetes:` with a kind"
-            )
-        metadata = _labelled(args.get("metadata") or {}, job)
-        metadata.setdefault("name", object_name(job.run_id))
-        metadata["namespace"] = args.get("namespace") or metadata.get("namespace") or DEFAULT_NAMESPACE
-        spec = args.get("spec") or {}
-        for key, value in JOB_DEFAULTS.items():
-            spec.setdefault(key, value)
-        pod = spec.setdefault("template", {}).setdefault("spec", {})
-        pod.setdefault("restartPolicy", "Never")
-        pod.setdefault("containers", [{}])
-        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
-
-    def _custom_resource(self, job: ResolvedJob, args: dict[str, Any]) -> dict[str, Any]:
-        resource = args["kubernetes"]
-        missing = [key for key in ("apiVersion", "kind", "spec") if not resource.get(key)]
-        if missing:
-            raise LaunchError(f"kubernetes queue config: the custom resource needs {', '.join(missing)}")
-        metadata = _labelled(resource.setdefault("metadata", {}), job)
-        metadata.setdefault("name", object_name(job.run_id))
-        metadata["namespace"] = args.get("namespace") or metadata.get("namespace") or DEFAULT_NAMESPACE
-        return resource
 
     @functools.cached_property
     def _api(self):

@@ -3,8 +3,10 @@
 The queue config is `docker run` options, as W&B writes them: a key is a flag
 (`gpus` -> `--gpus`, `v` -> `-v`), a list repeats the flag, `true` is a bare
 flag, `false` or null leaves it out, anything else is the flag's value; an
-`env` entry without `=` passes the agent's variable through. `builder` and
-`scheduler` are not flags (they configure the build and sweeps). The command
+`env` entry without `=` passes the agent's variable through. Keys are checked
+against `docker run`'s own options (`docker_run.py`): a typo or a value of the
+wrong shape is refused naming the key. `builder` and `scheduler` are not flags
+(they configure the build and sweeps). The command
 is: `docker run`, the launch's own options (container name from the run id,
 labels, the run folder mounted as `WANDB_DIR`, the W&B variables), the queue's
 options in order, the image, then the entry point and its args.
@@ -15,7 +17,8 @@ docker reads it from the agent's environment.
 Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
-    >>> argv = LocalContainerTarget().render(job, {"gpus": "all", "rm": True})["argv"]
+    >>> config = LocalContainerTarget.parse_config({"gpus": "all", "rm": True}, "queue config")
+    >>> argv = LocalContainerTarget().render(job, config)["argv"]
     >>> argv[-6:]
     ['--gpus', 'all', '--rm', 'img:1', 'python', 't.py']
 """
@@ -31,11 +34,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, model_validator
+
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
-from prefect_launch.targets import process
-from prefect_launch.targets.base import Handle, Outcome, Progress, Target
+from prefect_launch.targets import docker_run, process
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.process import Log
 
 # Passed by name: docker copies the agent's value when it is set, and nothing shows in the command.
@@ -52,35 +57,31 @@ def container_name(run_id: str) -> str:
     return f"prefect-launch-{run_id}"
 
 
-def docker_flags(options: dict[str, Any]) -> list[str]:
-    """W&B's docker queue config as `docker run` options, in the config's order."""
-    flags: list[str] = []
-    for key, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = ("-" if len(key) == 1 else "--") + key
-        if value is True:
-            flags.append(flag)
-        elif isinstance(value, list):
-            for item in value:
-                flags += [flag, str(item)]
-        elif isinstance(value, dict):
-            if key != "env":
-                raise LaunchError(f"local-container queue config: {key} must be a string, number, boolean or list")
-            for name, item in value.items():
-                flags += [flag, f"{name}={item}"]
-        else:
-            flags += [flag, str(value)]
-    return flags
+class LocalContainerConfig(TargetConfig):
+    """A docker queue config: `docker run` options keyed by their names, in the config's order."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _docker_run_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        problems = [problem for key, value in options.items() for problem in docker_run.option_problems(str(key), value)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return options
+
+    def flags(self) -> list[str]:
+        return docker_run.flags(self.model_extra or {})
 
 
 class LocalContainerTarget(Target):
     resource = Resource.local_container
+    config_model = LocalContainerConfig
     adoptable = True
     # `docker container wait` on an adopted container, started by `attach`.
     _exit_waiter: subprocess.Popen[str] | None = None
 
-    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
+    def render(self, job: ResolvedJob, config: LocalContainerConfig) -> dict[str, Any]:
         if not job.image:
             raise LaunchError("local-container needs an image: this job has none (was its build skipped?)")
         env = wandb_env(job)
@@ -92,7 +93,7 @@ class LocalContainerTarget(Target):
             own += ["--env", f"{name}={value}"]
         for name in PASS_THROUGH:
             own += ["--env", name]
-        return {"argv": ["docker", "run", *own, *docker_flags(resource_args), job.image, *job.argv]}
+        return {"argv": ["docker", "run", *own, *config.flags(), job.image, *job.argv]}
 
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:
         argv = submission["argv"]

@@ -15,7 +15,8 @@ Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"],
     ...                   workdir="/code")
-    >>> sub = LocalProcessTarget().render(job, {"env": ["A=1"]})
+    >>> config = LocalProcessTarget.parse_config({"env": ["A=1"]}, "queue config")
+    >>> sub = LocalProcessTarget().render(job, config)
     >>> sub["argv"], sub["env"]["A"], sub["cwd"]
     (['python', 't.py'], '1', '/code')
 """
@@ -26,31 +27,51 @@ import os
 import sys
 import threading
 import uuid
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints, field_validator
 
 from prefect_launch.errors import AdoptionFailed, LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets import process, process_tree
-from prefect_launch.targets.base import Handle, Outcome, Progress, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.process import Log
 
+EnvName = Annotated[str, StringConstraints(pattern=r"^[^=\x00]+$")]
 
-def _env_entries(value: Any) -> dict[str, str]:
-    """`env` as a mapping or as a list of `KEY=value` (a bare `KEY` passes the agent's value)."""
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
+
+def env_entries(value: Any) -> Any:
+    """`env` as W&B writes it, a mapping or a list of `KEY=value`, as one mapping; a bare `KEY` maps to None
+    (the agent's own value passes through). Scalars become strings, as the process receives them.
+
+    >>> env_entries(["A=1", "B", "C=x=y"]), env_entries({"N": 2})
+    ({'A': '1', 'B': None, 'C': 'x=y'}, {'N': '2'})
+    """
     if isinstance(value, list):
-        env: dict[str, str] = {}
-        for entry in value:
-            name, sep, val = str(entry).partition("=")
-            if not sep:
-                if name not in os.environ:
-                    continue
-                val = os.environ[name]
-            env[name] = val
-        return env
-    raise LaunchError("local-process queue config: env must be a mapping or a list of KEY=value")
+        entries = [str(entry).partition("=") for entry in value]
+        return {name: (val if sep else None) for name, sep, val in entries}
+    if isinstance(value, dict):
+        return {name: item if item is None or isinstance(item, (dict, list)) else str(item) for name, item in value.items()}
+    return value
+
+
+class LocalProcessConfig(TargetConfig):
+    """A local-process queue config: only `env`, what the job gets on top of the agent's environment."""
+
+    env: dict[EnvName, str | None] = Field(
+        default_factory=dict, description="A mapping, or a list of KEY=value; a bare KEY passes the agent's value"
+    )
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _entries(cls, value: Any) -> Any:
+        return env_entries(value)
+
+    def environment(self) -> dict[str, str]:
+        """`env` with the agent's value for each bare KEY (left out where the agent has none)."""
+        return {name: os.environ[name] if value is None else value for name, value in self.env.items()
+                if value is not None or name in os.environ}
 
 
 def _run_cookie() -> str | None:
@@ -63,15 +84,10 @@ def _run_cookie() -> str | None:
 
 class LocalProcessTarget(Target):
     resource = Resource.local_process
+    config_model = LocalProcessConfig
     builds_image = False
 
-    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(resource_args) - {"env"})
-        if unknown:
-            raise LaunchError(
-                f"local-process queue config: unknown key(s) {', '.join(unknown)}; "
-                "local-process accepts only 'env'"
-            )
+    def render(self, job: ResolvedJob, config: LocalProcessConfig) -> dict[str, Any]:
         if job.workdir is None:
             raise LaunchError(
                 "local-process runs code, not images: this job has no code source; "
@@ -79,7 +95,7 @@ class LocalProcessTarget(Target):
             )
         if not job.argv:
             raise LaunchError("the job has no entry point: give -E/--entry-point")
-        env = {**wandb_env(job), **_env_entries(resource_args.get("env", {}))}
+        env = {**wandb_env(job), **config.environment()}
         return {"argv": list(job.argv), "env": env, "cwd": str(job.workdir)}
 
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:

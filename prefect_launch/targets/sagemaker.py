@@ -1,6 +1,9 @@
 """sagemaker: an Amazon SageMaker training job per launch run.
 
-The queue config is the `CreateTrainingJob` request body, as W&B writes it.
+The queue config is the `CreateTrainingJob` request body, as W&B writes it
+(`SageMakerConfig`: top-level snake_case keys such as `role_arn` are
+camel-cased and W&B's own `EcrRepoName`, `region` and `profile` are dropped, as
+W&B's runner does), checked against botocore's model of the request.
 `RoleArn`, `OutputDataConfig.S3OutputPath`, `ResourceConfig` and
 `StoppingCondition` are required (a `<REQUIRED>` placeholder counts as
 missing); a bare role name becomes the execution role's ARN in the aws
@@ -24,9 +27,11 @@ Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py", "--lr", "1"],
     ...                   entry_point=["python", "t.py"], image="1.dkr.ecr.us-east-1.amazonaws.com/l:1")
-    >>> request = SageMakerTarget().render(job, {
+    >>> config = SageMakerTarget.parse_config({
     ...     "RoleArn": "arn:aws:iam::123456789012:role/sm", "ResourceConfig": {"InstanceType": "ml.m4.xlarge"},
-    ...     "OutputDataConfig": {"S3OutputPath": "s3://b/out"}, "StoppingCondition": {"MaxRuntimeInSeconds": 60}})
+    ...     "OutputDataConfig": {"S3OutputPath": "s3://b/out"}, "StoppingCondition": {"MaxRuntimeInSeconds": 60}},
+    ...     "queue config")
+    >>> request = SageMakerTarget().render(job, config)
     >>> request["TrainingJobName"], request["AlgorithmSpecification"]["ContainerArguments"]
     ('r1', ['--lr', '1'])
 """
@@ -39,14 +44,18 @@ import re
 import threading
 from typing import Any
 
+from pydantic import model_validator
+
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import split_long_config, wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
-from prefect_launch.targets.base import Handle, Outcome, Progress, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
 REQUIRED = ("RoleArn", "OutputDataConfig.S3OutputPath", "ResourceConfig", "StoppingCondition")
+# Keys W&B's runner takes off the request before it sends it (older queue configs carry them).
+WANDB_ONLY_KEYS = ("EcrRepoName", "region", "profile")
 MAX_ENV_VARIABLES = 100
 MAX_ENV_VALUE = 512
 RUN_ID_TAG = "prefect-launch.run-id"
@@ -81,34 +90,58 @@ def _create_training_job_shape():
     return botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob").input_shape
 
 
-def check_request(request: dict[str, Any]) -> None:
-    """Refuse a request CreateTrainingJob would refuse (unknown keys, wrong types, missing fields), before any call.
+def request_problems(request: dict[str, Any]) -> list[str]:
+    """What CreateTrainingJob would refuse in `request` (unknown keys, wrong types, missing fields), by botocore's
+    own validation, before any call.
 
-    >>> check_request({"TrainingJobName": "x"})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    prefect_launch.errors.LaunchError: sagemaker queue config: CreateTrainingJob would refuse this request: ...
+    >>> request_problems({"TrainingJobName": "x"})[0]
+    'Missing required parameter in input: "RoleArn"'
     """
     from botocore.validate import ParamValidator
 
     report = ParamValidator().validate(request, _create_training_job_shape())
-    if report.has_errors():
-        raise LaunchError("sagemaker queue config: CreateTrainingJob would refuse this request: "
-                          + report.generate_report().replace("\n", "; "))
+    return report.generate_report().splitlines() if report.has_errors() else []
+
+
+def _camel(key: str) -> str:
+    """A top-level key as W&B's runner camel-cases it (`role_arn` -> `RoleArn`; `environment` -> `Environment`)."""
+    return "".join(part.title() for part in key.split("_")) if "_" in key or key == "environment" else key
+
+
+class SageMakerConfig(TargetConfig):
+    """A sagemaker queue config: the CreateTrainingJob request, without what the launch fills in for each run."""
+
+    request: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _request(cls, args: dict[str, Any]) -> dict[str, Any]:
+        request = {_camel(str(key)): value for key, value in args.items() if key not in WANDB_ONLY_KEYS}
+        missing = [path for path in REQUIRED if unfilled(_lookup(request, path))]
+        if missing:
+            raise ValueError(", ".join(missing) + " must be set (CreateTrainingJob needs RoleArn, "
+                             "OutputDataConfig.S3OutputPath, ResourceConfig and StoppingCondition)")
+        # What every run fills in stands in here, so only the queue's own keys are judged.
+        algorithm = request.get("AlgorithmSpecification", {})
+        if isinstance(algorithm, dict):
+            algorithm = {"TrainingInputMode": "File", **algorithm, "TrainingImage": "stand-in"}
+        role = request["RoleArn"]  # a bare role name becomes an ARN at render
+        if isinstance(role, str) and not role.startswith("arn:"):
+            role = f"arn:aws:iam::000000000000:role/{role}"
+        stand_in = {"TrainingJobName": "stand-in", **request, "AlgorithmSpecification": algorithm, "RoleArn": role}
+        problems = request_problems(stand_in)
+        if problems:
+            raise ValueError("CreateTrainingJob would refuse it: " + "; ".join(problems))
+        return {"request": request}
 
 
 class SageMakerTarget(Target):
     resource = Resource.sagemaker
+    config_model = SageMakerConfig
     adoptable = True
 
-    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
-        request = copy.deepcopy(resource_args)
-        missing = [path for path in REQUIRED if unfilled(_lookup(request, path))]
-        if missing:
-            raise LaunchError(
-                "sagemaker queue config: " + ", ".join(missing) + " must be set "
-                "(CreateTrainingJob needs RoleArn, OutputDataConfig.S3OutputPath, ResourceConfig and StoppingCondition)"
-            )
+    def render(self, job: ResolvedJob, config: SageMakerConfig) -> dict[str, Any]:
+        request = copy.deepcopy(config.request)
         if not job.image:
             raise LaunchError("sagemaker runs an image: this job has none (a code job needs a builder and an ECR destination)")
         request["RoleArn"] = self._role_arn(request["RoleArn"])
@@ -124,7 +157,9 @@ class SageMakerTarget(Target):
         request["Environment"] = _environment({**request.get("Environment", {}), **wandb_env(job)})
         tags = [tag for tag in request.get("Tags", []) if tag.get("Key") != RUN_ID_TAG]
         request["Tags"] = [*tags, {"Key": RUN_ID_TAG, "Value": job.run_id}]
-        check_request(request)
+        problems = request_problems(request)
+        if problems:
+            raise LaunchError("sagemaker queue config: CreateTrainingJob would refuse this request: " + "; ".join(problems))
         return request
 
     def _role_arn(self, role: str) -> str:

@@ -1,9 +1,10 @@
 """vertex: a Vertex AI CustomJob per launch run.
 
-The queue config has `spec`, the keyword arguments of `aiplatform.CustomJob`,
-and `run`, those of `CustomJob.run`, in snake_case as W&B writes them
-(`workerPoolSpecs` is refused, naming `worker_pool_specs`).
-`spec.worker_pool_specs` (non-empty) and `spec.staging_bucket` are required.
+The queue config (`VertexConfig`) has `spec`, the keyword arguments of
+`aiplatform.CustomJob`, and `run`, those of `CustomJob.run`, in snake_case as
+W&B writes them (`workerPoolSpecs` is refused, naming `worker_pool_specs`).
+`spec.worker_pool_specs` (non-empty) and `spec.staging_bucket` are required;
+each worker pool is checked as Vertex AI's own `WorkerPoolSpec` message.
 The launch fills in, for every worker pool, the image (`${image_uri}` or an
 unset `container_spec.image_uri`), the command (entry point and args) and the
 W&B variables; `display_name` defaults to the run name; the run id becomes a
@@ -21,9 +22,10 @@ monitor maps every `JobState`; cancelling the run cancels the CustomJob.
 Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
-    >>> payload = VertexTarget().render(job, {"spec": {"staging_bucket": "gs://b", "service_account": "sa@p",
+    >>> config = VertexTarget.parse_config({"spec": {"staging_bucket": "gs://b", "service_account": "sa@p",
     ...     "worker_pool_specs": [{"machine_spec": {"machine_type": "n1-standard-4"}, "replica_count": 1,
-    ...                            "container_spec": {"image_uri": "img:1"}}]}})
+    ...                            "container_spec": {"image_uri": "img:1"}}]}}, "queue config")
+    >>> payload = VertexTarget().render(job, config)
     >>> payload["spec"]["worker_pool_specs"][0]["container_spec"]["command"], payload["run"]
     (['python', 't.py'], {'service_account': 'sa@p'})
 """
@@ -36,24 +38,16 @@ import re
 import threading
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.settings import settings
 from prefect_launch.spec import Resource, ResolvedJob
-from prefect_launch.targets.base import Handle, Outcome, Progress, Target
+from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
-# `CustomJob.__init__` and `CustomJob.run` keywords (tests compare them with the installed SDK).
-SPEC_KEYS = frozenset({
-    "display_name", "worker_pool_specs", "base_output_dir", "project", "location", "labels",
-    "encryption_spec_key_name", "staging_bucket", "persistent_resource_id",
-})
-RUN_KEYS = frozenset({
-    "service_account", "network", "timeout", "restart_job_on_worker_restart", "enable_web_access",
-    "experiment", "experiment_run", "tensorboard", "create_request_timeout", "disable_retries",
-    "persistent_resource_id", "scheduling_strategy", "max_wait_duration", "psc_interface_config",
-})
 RUN_ID_LABEL = "prefect-launch-run-id"
 # Keys whose own keys are the user's names, not the SDK's.
 _FREE_FORM = {"labels", "env"}
@@ -82,9 +76,9 @@ def _camel_keys(value: Any, where: str) -> list[str]:
     found = []
     for key, item in value.items():
         if _CAMEL.search(str(key)):
-            found.append(f"{where}.{key} (write {_snake(key)})")
+            found.append(f"{where}.{key} (write {_snake(key)})" if where else f"{key} (write {_snake(key)})")
         if key not in _FREE_FORM:
-            found += _camel_keys(item, f"{where}.{key}")
+            found += _camel_keys(item, f"{where}.{key}" if where else str(key))
     return found
 
 
@@ -93,35 +87,107 @@ def _label(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
 
 
-class VertexTarget(Target):
-    resource = Resource.vertex
+class VertexSpec(BaseModel):
+    """`spec`: the keyword arguments of `aiplatform.CustomJob` (tests compare them with the installed SDK)."""
 
-    def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
-        args = resource_args
-        camel = _camel_keys(args, "vertex queue config")
+    model_config = ConfigDict(extra="forbid")
+    display_name: str | None = None
+    worker_pool_specs: list[dict[str, Any]] = Field(default=None, validate_default=True)
+    base_output_dir: str | None = None
+    project: str | None = None
+    location: str | None = None
+    labels: dict[str, str] | None = None
+    encryption_spec_key_name: str | None = None
+    staging_bucket: str = Field(default=None, validate_default=True)
+    persistent_resource_id: str | None = None
+
+    @field_validator("worker_pool_specs", mode="before")
+    @classmethod
+    def _some_pools(cls, pools: Any) -> Any:
+        if not isinstance(pools, list) or not pools:
+            raise ValueError("must be a non-empty list of worker pool specs")
+        return pools
+
+    @field_validator("worker_pool_specs")
+    @classmethod
+    def _worker_pools(cls, pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each pool as Vertex AI's own `WorkerPoolSpec` message reads it (unknown fields, wrong types, enum names)."""
+        from google.cloud.aiplatform_v1.types import custom_job
+
+        problems = []
+        for index, pool in enumerate(pools):
+            try:
+                custom_job.WorkerPoolSpec(pool)
+            except (ValueError, TypeError, KeyError) as exc:
+                problems.append(f"[{index}]: {exc}" if not isinstance(exc, KeyError) else f"[{index}]: unknown value {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return pools
+
+    @field_validator("staging_bucket", mode="before")
+    @classmethod
+    def _filled(cls, bucket: Any) -> Any:
+        if unfilled(bucket):
+            raise ValueError("must be set (a gs:// bucket for Vertex AI's staging)")
+        return bucket
+
+
+class VertexRun(BaseModel):
+    """`run`: the keyword arguments of `CustomJob.run` (`sync` is the agent's: it follows the job itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+    service_account: str | None = None
+    network: str | None = None
+    timeout: int | None = None
+    restart_job_on_worker_restart: bool | None = None
+    enable_web_access: bool | None = None
+    experiment: str | None = None
+    experiment_run: str | None = None
+    tensorboard: str | None = None
+    create_request_timeout: float | None = None
+    disable_retries: bool | None = None
+    persistent_resource_id: str | None = None
+    scheduling_strategy: str | None = None
+    max_wait_duration: int | None = None
+    psc_interface_config: dict[str, Any] | None = None
+
+
+SPEC_KEYS = frozenset(VertexSpec.model_fields)
+RUN_KEYS = frozenset(VertexRun.model_fields)
+
+
+class VertexConfig(TargetConfig):
+    """A vertex queue config: `spec` and `run`, snake_case as the SDK names them."""
+
+    spec: VertexSpec
+    run: VertexRun = Field(default_factory=VertexRun)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_the_sdk_takes_it(cls, args: dict[str, Any]) -> dict[str, Any]:
+        camel = _camel_keys(args, "")
         if camel:
-            raise LaunchError("keys must be snake_case, as the Vertex AI SDK names them: " + "; ".join(camel))
-        unknown = set(args) - {"spec", "run"}
-        if unknown:
-            raise LaunchError(f"vertex queue config: unknown key(s) {', '.join(sorted(unknown))}; expected spec and run")
-        spec = copy.deepcopy(args.get("spec") or {})
-        run = copy.deepcopy(args.get("run") or {})
+            raise ValueError("keys must be snake_case, as the Vertex AI SDK names them: " + "; ".join(camel))
+        spec, run = dict(args.get("spec") or {}), dict(args.get("run") or {})
+        # The seeds document `spec.service_account`; the SDK takes it in `run`.
         if "service_account" in spec:
             run.setdefault("service_account", spec.pop("service_account"))
-        _check_keys(spec, SPEC_KEYS, "spec", "aiplatform.CustomJob")
-        _check_keys(run, RUN_KEYS, "run", "CustomJob.run")
-        pools = spec.get("worker_pool_specs")
-        if not isinstance(pools, list) or not pools:
-            raise LaunchError("vertex queue config: spec.worker_pool_specs must be a non-empty list of worker pool specs")
-        if unfilled(spec.get("staging_bucket")):
-            raise LaunchError("vertex queue config: spec.staging_bucket must be set (a gs:// bucket for Vertex AI's staging)")
+        return {**args, "spec": spec, "run": run}
+
+
+class VertexTarget(Target):
+    resource = Resource.vertex
+    config_model = VertexConfig
+
+    def render(self, job: ResolvedJob, config: VertexConfig) -> dict[str, Any]:
+        spec = copy.deepcopy(config.spec.model_dump(exclude_unset=True))
+        run = copy.deepcopy(config.run.model_dump(exclude_unset=True))
+        pools = spec["worker_pool_specs"]
         if not job.image:
             raise LaunchError("vertex runs an image: this job has none (a code job needs a builder and a registry destination)")
         env = [{"name": name, "value": value} for name, value in wandb_env(job).items()]
         for i, pool in enumerate(pools):
-            container = pool.setdefault("container_spec", {}) if isinstance(pool, dict) else None
-            if not isinstance(container, dict):
-                raise LaunchError(f"vertex queue config: spec.worker_pool_specs[{i}] must be a mapping with a container_spec")
+            container = pool.setdefault("container_spec", {})
             if unfilled(container.get("image_uri")):
                 container["image_uri"] = job.image
             container["command"] = list(job.argv)
@@ -129,7 +195,7 @@ class VertexTarget(Target):
             own = {item["name"] for item in env}
             container["env"] = [item for item in container.get("env", []) if item.get("name") not in own] + env
         spec.setdefault("display_name", job.run_name)
-        spec["labels"] = {**spec.get("labels", {}), RUN_ID_LABEL: _label(job.run_id)}
+        spec["labels"] = {**(spec.get("labels") or {}), RUN_ID_LABEL: _label(job.run_id)}
         return {"spec": spec, "run": run}
 
     @property
@@ -189,13 +255,3 @@ class VertexTarget(Target):
             job.cancel()
 
         return follow_remote(poll, cancel_job, cancel)
-
-
-def _check_keys(given: dict[str, Any], known: frozenset[str], where: str, signature: str) -> None:
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise LaunchError(
-            f"vertex queue config: {where}.{', '.join(unknown)} is not a keyword of {signature}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-
