@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect_launch.builders.plan import local_repository
+from prefect_launch.docker_engine import docker_client, found
 from prefect_launch.registries.base import Log, Registry
 
 
@@ -11,8 +12,6 @@ class LocalImages(Registry):
         return local_repository(project)
 
     def exists(self, image: str) -> bool:
-        from prefect_launch.builders.docker import docker_client, found
-
         return found(lambda: docker_client().images.get(image))
 
     def push(self, image: str, log: Log) -> str | None:
