@@ -189,8 +189,6 @@ class KanikoBuilder(Builder):
         """Follow the build Job to its end, its pod's log into `log`; raise LaunchError if it fails."""
         from kubernetes import client
 
-        from prefect_launch.targets.kubernetes_monitor import pending_reason, stream_logs
-
         core, batch = client.CoreV1Api(self._api), client.BatchV1Api(self._api)
         build_log = BuildLog(log)
         streams: dict[str, threading.Thread] = {}
@@ -203,12 +201,12 @@ class KanikoBuilder(Builder):
                 core.list_namespaced_pod(namespace, label_selector=f"{BUILD_LABEL}={tag}")).get("items", [])
             for pod in pods:
                 pod_name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase")
-                reason = pending_reason(pod)
+                reason = kube.pending_reason(pod)
                 if reason and reasons.get(pod_name) != reason:
                     reasons[pod_name] = reason
                     log.info("Build pod %s waits: %s", pod_name, reason)
                 if phase in ("Running", "Succeeded", "Failed") and pod_name not in streams:
-                    streams[pod_name] = stream_logs(core, namespace, pod_name, build_log)
+                    streams[pod_name] = kube.stream_logs(core, namespace, pod_name, build_log)
             failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"), None)
             if status.get("succeeded") or status.get("failed") or failed:
                 for thread in streams.values():

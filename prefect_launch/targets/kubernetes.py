@@ -57,7 +57,7 @@ from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
-from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods, stream_logs
+from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
 
@@ -335,7 +335,7 @@ class KubernetesTarget(Target):
         streams: dict[str, threading.Thread] = {}
 
         def on_running(pod: str) -> None:
-            streams[pod] = stream_logs(core, submitted.namespace, pod, log)
+            streams[pod] = kube.stream_logs(core, submitted.namespace, pod, log)
 
         version = None
         while True:
