@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from prefect_launch.archive import pack_tar
 from prefect_launch.errors import LaunchError
-from prefect_launch.sources.code import pack_tar
 from prefect_launch.spec import ResolvedJob
 
 GENERATED_DOCKERFILE = ".launch/Dockerfile"
