@@ -151,8 +151,3 @@ def plan_build(
         image=f"{repository}:{digest[:32]}",
         generated=dockerfile == GENERATED_DOCKERFILE,
     )
-
-
-def local_repository(project: str) -> str:
-    """Where images go without a registry: the engine's own store, one repository per project."""
-    return "prefect-launch/" + (re.sub(r"[^a-z0-9._-]+", "-", project.lower()).strip("-._") or "job")

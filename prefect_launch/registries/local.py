@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from prefect_launch.builders.plan import local_repository
+import re
+
 from prefect_launch.docker_engine import docker_client, found
 from prefect_launch.registries.base import Log, Registry
 
 
 class LocalImages(Registry):
     def repository(self, project: str) -> str:
-        return local_repository(project)
+        """The engine's own store, one repository per project."""
+        return "prefect-launch/" + (re.sub(r"[^a-z0-9._-]+", "-", project.lower()).strip("-._") or "job")
 
     def exists(self, image: str) -> bool:
         return found(lambda: docker_client().images.get(image))
