@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 from prefect_launch.macros import resolve_macros
 from prefect_launch.spec import LAUNCH_KEYS, QueueConfig, ResolvedJob, merged_resource_args, unwrap_resource_key
 from prefect_launch.targets import get_target

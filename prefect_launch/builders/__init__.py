@@ -13,9 +13,8 @@ from typing import Any
 from prefect_launch.builders.base import DEFAULT_BASE_IMAGE, Builder, BuildSettings
 from prefect_launch.builders.plan import BuildPlan, plan_build
 from prefect_launch.docker_engine import engine_available
-from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
-from prefect_launch.registries import Registry
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.spec import merged_resource_args
 from prefect_launch.spec import QueueConfig, ResolvedJob
 

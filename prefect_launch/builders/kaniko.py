@@ -47,9 +47,8 @@ from prefect_launch import kube
 from prefect_launch.builders import context_store
 from prefect_launch.builders.base import Builder, BuildLog, BuildSettings, Log
 from prefect_launch.builders.plan import BuildPlan
-from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
-from prefect_launch.registries import Registry
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.settings import settings as launch_settings
 
 KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
@@ -148,9 +147,7 @@ class KanikoBuilder(Builder):
     pushes = True
 
     def __init__(self, settings: BuildSettings, registry: Registry, environment: Environment | None) -> None:
-        from prefect_launch.registries.local import LocalImages
-
-        if isinstance(registry, LocalImages):
+        if not settings.destination:  # the agent's registry is then the local engine's store
             raise LaunchError("the kaniko builder pushes its images to a registry: set builder.destination")
         self.settings = settings
         self.registry = registry

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from prefect_launch.environments.aws import AwsEnvironment
 from prefect_launch.environments.azure import AzureEnvironment
-from prefect_launch.environments.base import Environment
 from prefect_launch.environments.gcp import GcpEnvironment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 
 _ENVIRONMENTS: dict[str, type[Environment]] = {e.type: e for e in (AwsEnvironment, GcpEnvironment, AzureEnvironment)}
 
@@ -43,7 +43,7 @@ def environment_problems(config) -> list[str]:
     try:
         environment = environment_for(config.environment)
         settings = BuildSettings.from_agent_config(config)
-        registry_for(settings, environment)
+        registry_for(settings.destination, settings.registry_type, environment)
     except LaunchError as exc:
         return [str(exc)]
     if environment is None or not settings.destination:
@@ -51,4 +51,4 @@ def environment_problems(config) -> list[str]:
     return environment.registry_problems(settings.destination)
 
 
-__all__ = ["AwsEnvironment", "AzureEnvironment", "Environment", "GcpEnvironment", "environment_for", "environment_problems"]
+__all__ = ["AwsEnvironment", "AzureEnvironment", "GcpEnvironment", "environment_for", "environment_problems"]

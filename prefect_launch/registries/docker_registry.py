@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from prefect_launch.docker_engine import docker_client, engine_available, found
 from prefect_launch.errors import LaunchError
-from prefect_launch.registries.base import Log, Registry
+from prefect_launch.interfaces import Log, Registry
 from prefect_launch.registries.manifests import manifest_exists
 
 

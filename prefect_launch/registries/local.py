@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from prefect_launch.docker_engine import docker_client, found
-from prefect_launch.registries.base import Log, Registry
+from prefect_launch.interfaces import Log, Registry
 
 
 class LocalImages(Registry):

@@ -5,10 +5,8 @@ Each target renders a payload (pure), submits it, and waits for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.spec import Resource
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.kubernetes import KubernetesTarget
@@ -16,9 +14,6 @@ from prefect_launch.targets.local_container import LocalContainerTarget
 from prefect_launch.targets.local_process import LocalProcessTarget
 from prefect_launch.targets.sagemaker import SageMakerTarget
 from prefect_launch.targets.vertex import VertexTarget
-
-if TYPE_CHECKING:  # registries import the builders, which import the targets
-    from prefect_launch.registries.base import Registry
 
 _TARGETS: dict[Resource, type[Target]] = {
     t.resource: t for t in (LocalProcessTarget, LocalContainerTarget, KubernetesTarget, SageMakerTarget, VertexTarget)

@@ -21,14 +21,11 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from prefect_launch.environments import Environment
 from prefect_launch.errors import AdoptionFailed
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.spec import Resource, ResolvedJob
-
-if TYPE_CHECKING:  # registries import the builders, which import the targets
-    from prefect_launch.registries.base import Registry
 
 
 @dataclass
