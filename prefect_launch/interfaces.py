@@ -3,7 +3,7 @@ and a `Registry` (to builders and targets).
 
 They live outside every axis so that no axis imports another: `environments/`
 and `registries/` implement them, the others receive instances from the
-composition (`prepare.agent_setup`). They are abstract base classes rather than
+composition (`agent_setup.py`). They are abstract base classes rather than
 `typing.Protocol`s: each implementation inherits their shared behaviour (an
 environment's fields and `describe`, the default answers), so every method is
 declared once, here, and nowhere else.

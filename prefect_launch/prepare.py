@@ -38,11 +38,8 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables
 from pydantic import Field
 
 from prefect_launch import sources
-from prefect_launch.agent_config import AgentConfig
 from prefect_launch.builders import Builder, BuildPlan, BuildSettings, builder_for, plan_for
-from prefect_launch.environments import environment_for
 from prefect_launch.interfaces import Environment, Registry
-from prefect_launch.registries import registry_for
 from prefect_launch.registries.local import LocalImages
 from prefect_launch.render import render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
@@ -89,13 +86,6 @@ async def job_configuration(
     return await LaunchJobConfiguration.from_template_and_values(
         base_job_template=base_job_template, values=values, client=client
     )
-
-
-def agent_setup(config: AgentConfig) -> tuple[BuildSettings, Environment | None, Registry]:
-    """What an agent config gives every job it prepares: build settings, cloud environment, registry."""
-    settings = BuildSettings.from_agent_config(config)
-    environment = environment_for(config.environment)
-    return settings, environment, registry_for(settings.destination, settings.registry_type, environment)
 
 
 @dataclass
