@@ -117,7 +117,7 @@ class Preparation:
 
     def resolve(self, spec: LaunchSpec, fetch: bool = True) -> ResolvedJob:
         """The job with its source fetched; with `fetch=False` (a dry run) its run's code folder is named, not made."""
-        return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, resource=self.queue.resource)
+        return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, runs_remotely=self.target.runs_remotely)
 
     def plan_image(self, job: ResolvedJob, overrides: dict[str, Any]) -> ImagePlan:
         """The image `job` runs: its own, or the content-hash tag of the image built from its code."""

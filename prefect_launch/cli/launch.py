@@ -242,9 +242,10 @@ def _dry_run_preparation(queue_name, queue_config):
     from prefect_launch.errors import LaunchError
     from prefect_launch.home import launch_home
     from prefect_launch.prepare import Preparation
+    from prefect_launch.targets import target_class
 
     settings, environment, registry = agent_setup(load_agent_config(None))
-    if environment is not None and queue_config.resource.remote:
+    if environment is not None and target_class(queue_config.resource).runs_remotely:
         try:
             environment.verify()
         except LaunchError as exc:

@@ -22,9 +22,10 @@ _TARGETS: dict[Resource, type[Target]] = {
 SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS)
 
 
-def get_target(resource: Resource, environment: Environment | None = None, registry: Registry | None = None) -> Target:
+def target_class(resource: Resource) -> type[Target]:
+    """The target of a resource, for its traits (`runs_remotely`, ...) before it has an environment."""
     try:
-        return _TARGETS[resource](environment, registry)
+        return _TARGETS[resource]
     except KeyError:
         raise LaunchError(
             f"resource {resource.value!r} is not supported by this agent; "
@@ -32,4 +33,8 @@ def get_target(resource: Resource, environment: Environment | None = None, regis
         ) from None
 
 
-__all__ = ["Handle", "Outcome", "Progress", "Target", "get_target", "SUPPORTED_RESOURCES"]
+def get_target(resource: Resource, environment: Environment | None = None, registry: Registry | None = None) -> Target:
+    return target_class(resource)(environment, registry)
+
+
+__all__ = ["Handle", "Outcome", "Progress", "Target", "get_target", "target_class", "SUPPORTED_RESOURCES"]

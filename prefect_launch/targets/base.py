@@ -64,6 +64,9 @@ class Target(abc.ABC):
     adoptable: ClassVar[bool] = False
     # It runs an image, which the agent builds from a code job's folder (local-process runs the folder itself).
     builds_image: ClassVar[bool] = True
+    # It runs off the agent's machine: no agent folder is the job's WANDB_DIR, and the agent's cloud
+    # environment is verified before a job is submitted.
+    runs_remotely: ClassVar[bool] = False
 
     def __init__(self, environment: Environment | None = None, registry: Registry | None = None) -> None:
         # The agent's cloud credentials and region; only the cloud targets use them.

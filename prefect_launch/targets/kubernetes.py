@@ -180,6 +180,7 @@ class KubernetesTarget(Target):
     resource = Resource.kubernetes
     adoptable = True
     pulls_with_login = True
+    runs_remotely = True
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         refused = [f"{what} at {where}" for where, what in _privileged(overrides, "resource_args")]

@@ -100,6 +100,7 @@ def check_request(request: dict[str, Any]) -> None:
 class SageMakerTarget(Target):
     resource = Resource.sagemaker
     adoptable = True
+    runs_remotely = True
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         request = copy.deepcopy(resource_args)

@@ -95,6 +95,7 @@ def _label(value: str) -> str:
 
 class VertexTarget(Target):
     resource = Resource.vertex
+    runs_remotely = True
 
     def render(self, job: ResolvedJob, resource_args: dict[str, Any]) -> dict[str, Any]:
         args = resource_args
