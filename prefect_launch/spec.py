@@ -87,7 +87,7 @@ class GitSource(BaseModel):
     @field_validator("uri")
     @classmethod
     def _only_https_and_ssh(cls, value: str) -> str:
-        from prefect_launch.sources.git import check_remote
+        from prefect_launch.git_remotes import check_remote
 
         check_remote(value)
         return value

@@ -49,7 +49,7 @@ def create(
         check_entry_point_file(argv, folder, f"code folder {path!r}")
         default_name = folder.resolve().name
     elif kind is JobKind.git:
-        from prefect_launch.sources.git import check_remote
+        from prefect_launch.git_remotes import check_remote
 
         check_remote(path)
         if not argv:
