@@ -140,7 +140,7 @@ async def run_rounds(rounds: int, index: PackageIndex, requirements: list[str], 
     from prefect_launch.sources import code
     from prefect_launch.spec import ImageSource, LaunchSpec, new_run_id
 
-    from prefect_launch.builders.docker import buildkit_cli
+    from prefect_launch.docker_engine import buildkit_cli
 
     results = Results(builder="BuildKit" if buildkit_cli() else "classic", requirements=" ".join(requirements))
     storage = code.code_storage(None, launch_home())

@@ -39,8 +39,8 @@ from prefect.events.filters import (
 )
 
 from prefect_launch.agent_config import AgentConfig
+from prefect_launch.agent_setup import environment_problems
 from prefect_launch.deployments.queues import read_queue
-from prefect_launch.environments import environment_problems
 from prefect_launch.errors import LaunchError
 from prefect_launch.settings import settings
 from prefect_launch.worker import LaunchWorker

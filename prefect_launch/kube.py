@@ -2,6 +2,8 @@
 
 - `api_client()`: in-cluster when the agent runs in a pod, else its kubeconfig;
 - `create(...)`: idempotent creation, "already exists" (409) means attach;
+- `pending_reason(pod)`: why a pod is not running yet, in Kubernetes' words;
+- `stream_logs(...)`: a pod's log followed into a log, on a thread of its own;
 - `registry_secret(...)`: a `kubernetes.io/dockerconfigjson` Secret holding a
   registry login, for `imagePullSecrets` and for Kaniko's push;
 - `api_error(...)`: the API server's own message for a refusal;
@@ -12,6 +14,12 @@ Example:
     >>> secret = registry_secret("run-1-registry", "127.0.0.1:5000", {"username": "u", "password": "p"}, {})
     >>> secret["type"], sorted(secret["stringData"])
     ('kubernetes.io/dockerconfigjson', ['.dockerconfigjson'])
+
+What a waiting pod says::
+
+    >>> pending_reason({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+    ...     "status": "False", "reason": "Unschedulable", "message": "0/3 nodes have 8 GPUs"}]}})
+    'Unschedulable: 0/3 nodes have 8 GPUs'
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import base64
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 import re
 from typing import Any, Callable, Iterator
@@ -80,6 +89,36 @@ def delete_secret(api, namespace: str, name: str, log: Log) -> None:
     except ApiException as exc:
         if exc.status != 404:
             log.warning("Could not delete the Secret %s: %s", name, api_error(exc))
+
+
+def pending_reason(pod: dict[str, Any]) -> str | None:
+    """Why a pod is not running yet, in Kubernetes' own words; None when nothing holds it."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason')}: {condition.get('message', '')}".rstrip(": ")
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return None
+
+
+def stream_logs(core: Any, namespace: str, pod: str, log: Log) -> threading.Thread:
+    """Follow a pod's log into `log` (a run's, a build's), on a thread of its own."""
+
+    def follow() -> None:
+        try:
+            response = core.read_namespaced_pod_log(pod, namespace, follow=True, _preload_content=False)
+            for line in response.stream():
+                for text in line.decode(errors="replace").splitlines():
+                    log.info("%s", text)
+        except Exception as exc:  # the pod went away: its outcome comes from the watch
+            log.debug("log stream of %s ended: %s", pod, exc)
+
+    thread = threading.Thread(target=follow, name=f"logs-{pod}", daemon=True)
+    thread.start()
+    return thread
 
 
 def registry_secret(name: str, host: str, credentials: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:

@@ -38,10 +38,8 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables
 from pydantic import Field
 
 from prefect_launch import sources
-from prefect_launch.agent_config import AgentConfig
 from prefect_launch.builders import Builder, BuildPlan, BuildSettings, builder_for, plan_for
-from prefect_launch.environments import Environment, environment_for
-from prefect_launch.registries import Registry, registry_for
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.registries.local import LocalImages
 from prefect_launch.render import launch_keys, render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
@@ -90,13 +88,6 @@ async def job_configuration(
     )
 
 
-def agent_setup(config: AgentConfig) -> tuple[BuildSettings, Environment | None, Registry]:
-    """What an agent config gives every job it prepares: build settings, cloud environment, registry."""
-    settings = BuildSettings.from_agent_config(config)
-    environment = environment_for(config.environment)
-    return settings, environment, registry_for(settings, environment)
-
-
 @dataclass
 class ImagePlan:
     """The image a job runs; `build` when it must be built first (`builder` makes it), else `reason` says why not."""
@@ -126,7 +117,7 @@ class Preparation:
 
     def resolve(self, spec: LaunchSpec, fetch: bool = True) -> ResolvedJob:
         """The job with its source fetched; with `fetch=False` (a dry run) its run's code folder is named, not made."""
-        return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, resource=self.queue.resource)
+        return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, runs_remotely=self.target.runs_remotely)
 
     def plan_image(self, job: ResolvedJob, overrides: dict[str, Any]) -> ImagePlan:
         """The image `job` runs: its own, or the content-hash tag of the image built from its code."""

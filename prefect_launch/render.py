@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from prefect_launch.environments import Environment
+from prefect_launch.interfaces import Environment
 from prefect_launch.macros import KNOWN_MACROS, resolve_environment_macros, resolve_macros
 from prefect_launch.spec import LaunchKeys, QueueConfig, Resource, ResolvedJob, deep_merge, unwrap_resource_key
 from prefect_launch.targets import Target, get_target

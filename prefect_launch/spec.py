@@ -53,11 +53,6 @@ class Resource(str, Enum):
     sagemaker = "sagemaker"
     vertex = "vertex"
 
-    @property
-    def remote(self) -> bool:
-        """Runs off the agent's machine: no agent folder is the job's WANDB_DIR."""
-        return self in (Resource.kubernetes, Resource.sagemaker, Resource.vertex)
-
     @classmethod
     def parse(cls, name: str) -> "Resource":
         """Accept W&B's spellings (`gcp-vertex`, `local`) as well as ours."""
@@ -92,7 +87,7 @@ class GitSource(BaseModel):
     @field_validator("uri")
     @classmethod
     def _only_https_and_ssh(cls, value: str) -> str:
-        from prefect_launch.sources.git import check_remote
+        from prefect_launch.git_remotes import check_remote
 
         check_remote(value)
         return value

@@ -54,12 +54,13 @@ from prefect.workers.base import BaseWorker, BaseWorkerResult
 from pydantic import TypeAdapter, ValidationError
 
 from prefect_launch.agent_config import AgentConfig, load_agent_config
+from prefect_launch.agent_setup import agent_setup
 from prefect_launch.deployments.flows import HANDED_OVER, hand_over, handed_over, job_of
 from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT
 from prefect_launch.errors import LaunchError
 from prefect_launch.flows.launch import Adoption, LaunchContext, current_launch, launch
 from prefect_launch.ownership import Owner
-from prefect_launch.prepare import LaunchJobConfiguration, LaunchWorkerVariables, agent_setup, job_configuration
+from prefect_launch.prepare import LaunchJobConfiguration, LaunchWorkerVariables, job_configuration
 from prefect_launch.home import launch_home
 from prefect_launch.spec import run_id_for
 from prefect_launch.status import UnknownRun, find_run

@@ -85,14 +85,14 @@ def test_accelerator_base_image_and_the_older_cuda_key(code):
 
 def test_job_level_accelerator_overrides_the_queue(code):
     from prefect_launch.builders import plan_for
-    from prefect_launch.registries import registry_for
+    from prefect_launch.registries.local import LocalImages
     from prefect_launch.render import launch_keys
     from prefect_launch.spec import QueueConfig
 
     queue = QueueConfig(resource="local-container", resource_args={"builder": {"accelerator": {"base_image": "queue:1"}}})
     job_level = {"builder": {"accelerator": {"base_image": "job:1"}}}
     accelerator = launch_keys(_job(code), queue, job_level).builder.accelerator_base_image
-    plan = plan_for(_job(code), accelerator, BuildSettings(), DockerBuilder(), registry_for(BuildSettings()))
+    plan = plan_for(_job(code), accelerator, BuildSettings(), DockerBuilder(), LocalImages())
     assert _files(plan)[GENERATED_DOCKERFILE].startswith("FROM job:1\n")
     assert plan.image.startswith("prefect-launch/p:")
 

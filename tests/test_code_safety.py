@@ -23,6 +23,7 @@ import pytest
 
 from conftest import cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
 
+from prefect_launch import archive
 from prefect_launch.errors import LaunchError
 from prefect_launch.sources import code
 from prefect_launch.spec import CodeSource
@@ -343,9 +344,9 @@ def test_build_contexts_keep_links_inside_and_refuse_links_out(tmp_path):
     folder = _folder(tmp_path / "c", {"train.py": "print('hi')\n", "pkg/util.py": "X = 1\n"})
     (folder / "main.py").symlink_to("train.py")
     (folder / "pkg" / "up.py").symlink_to("../train.py")
-    with tarfile.open(fileobj=io.BytesIO(code.pack_tar(folder))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive.pack_tar(folder))) as tar:
         links = {m.name: m.linkname for m in tar if m.issym()}
     assert links == {"main.py": "train.py", "pkg/up.py": "../train.py"}
     (folder / "pkg" / "out").symlink_to("../../outside")
     with pytest.raises(LaunchError, match=r"'pkg/out' is a symbolic link to '../../outside', outside the folder"):
-        code.pack_tar(folder)
+        archive.pack_tar(folder)

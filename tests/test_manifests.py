@@ -25,7 +25,7 @@ LOGIN = {"username": "ci", "password": "s3cret-9"}
 
 
 def test_basic_login_registry(tmp_path):
-    from prefect_launch.builders.docker import docker_client
+    from prefect_launch.docker_engine import docker_client
 
     docker_engine()
     registry = Registry(tmp_path, login=(LOGIN["username"], LOGIN["password"]))

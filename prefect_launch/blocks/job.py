@@ -21,6 +21,7 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from prefect_launch.errors import LaunchError
+from prefect_launch.spec import CodeSource
 
 
 class LaunchJob(Block):
@@ -41,14 +42,12 @@ class LaunchJob(Block):
     )
 
     @classmethod
-    def from_code_folder(cls, folder: Path, storage: str, **fields: Any) -> "LaunchJob":
-        """A code job: the folder stored content-addressed in `storage`, its requirements.txt read."""
-        from prefect_launch.sources import code
-
+    def from_code_folder(cls, folder: Path, source: CodeSource, **fields: Any) -> "LaunchJob":
+        """A code job: `source` is the folder as stored (`sources.code.upload`); its requirements.txt is read."""
         requirements_file = folder / "requirements.txt"
         requirements = requirements_file.read_text().splitlines() if requirements_file.exists() else []
         return cls(
-            source=code.upload(folder, storage).model_dump(),
+            source=source.model_dump(),
             requirements=[line for line in requirements if line.strip() and not line.startswith("#")],
             **fields,
         )

@@ -8,13 +8,12 @@ does.
 
 from __future__ import annotations
 
-from typing import Any
 
 from prefect_launch.builders.base import DEFAULT_BASE_IMAGE, Builder, BuildSettings
 from prefect_launch.builders.plan import BuildPlan, plan_build
-from prefect_launch.environments import Environment
+from prefect_launch.docker_engine import engine_available
 from prefect_launch.errors import LaunchError
-from prefect_launch.registries import Registry
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.spec import ResolvedJob
 
 
@@ -30,7 +29,7 @@ def builder_for(
 
     kind = settings.builder
     if kind is None:
-        kind = "docker" if docker.engine_available() else "noop"
+        kind = "docker" if engine_available() else "noop"
         why = "no builder is configured and no Docker engine answers"
     else:
         why = f"the agent's builder.type is {kind}"

@@ -22,10 +22,11 @@ from __future__ import annotations
 import gzip
 from urllib.parse import urlsplit
 
-from prefect_launch.environments import AwsEnvironment, AzureEnvironment, Environment, GcpEnvironment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 
-_SCHEMES = {"s3": AwsEnvironment, "gs": GcpEnvironment, "https": AzureEnvironment}
+# store URL scheme -> the `type` of the environment whose credentials write to it
+_SCHEMES = {"s3": "aws", "gs": "gcp", "https": "azure"}
 
 
 def context_url(store: str, tag: str) -> str:
@@ -41,8 +42,8 @@ def check_store(store: str | None, environment: Environment | None) -> str:
     if needs is None:
         raise LaunchError(f"builder.build-context-store {store!r}: use s3://bucket/path, gs://bucket/path "
                           "or https://<account>.blob.core.windows.net/<container>")
-    if not isinstance(environment, needs):
-        raise LaunchError(f"builder.build-context-store {store!r} needs `environment: type: {needs.type}` "
+    if environment is None or environment.type != needs:
+        raise LaunchError(f"builder.build-context-store {store!r} needs `environment: type: {needs}` "
                           "in the agent config for its credentials")
     return store
 

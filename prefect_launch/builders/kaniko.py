@@ -47,9 +47,8 @@ from prefect_launch import kube
 from prefect_launch.builders import context_store
 from prefect_launch.builders.base import Builder, BuildLog, BuildSettings, Log
 from prefect_launch.builders.plan import BuildPlan
-from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
-from prefect_launch.registries import Registry
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.settings import settings as launch_settings
 
 KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
@@ -148,9 +147,7 @@ class KanikoBuilder(Builder):
     pushes = True
 
     def __init__(self, settings: BuildSettings, registry: Registry, environment: Environment | None) -> None:
-        from prefect_launch.registries.local import LocalImages
-
-        if isinstance(registry, LocalImages):
+        if not settings.destination:  # the agent's registry is then the local engine's store
             raise LaunchError("the kaniko builder pushes its images to a registry: set builder.destination")
         self.settings = settings
         self.registry = registry
@@ -189,8 +186,6 @@ class KanikoBuilder(Builder):
         """Follow the build Job to its end, its pod's log into `log`; raise LaunchError if it fails."""
         from kubernetes import client
 
-        from prefect_launch.targets.kubernetes_monitor import pending_reason, stream_logs
-
         core, batch = client.CoreV1Api(self._api), client.BatchV1Api(self._api)
         build_log = BuildLog(log)
         streams: dict[str, threading.Thread] = {}
@@ -203,12 +198,12 @@ class KanikoBuilder(Builder):
                 core.list_namespaced_pod(namespace, label_selector=f"{BUILD_LABEL}={tag}")).get("items", [])
             for pod in pods:
                 pod_name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase")
-                reason = pending_reason(pod)
+                reason = kube.pending_reason(pod)
                 if reason and reasons.get(pod_name) != reason:
                     reasons[pod_name] = reason
                     log.info("Build pod %s waits: %s", pod_name, reason)
                 if phase in ("Running", "Succeeded", "Failed") and pod_name not in streams:
-                    streams[pod_name] = stream_logs(core, namespace, pod_name, build_log)
+                    streams[pod_name] = kube.stream_logs(core, namespace, pod_name, build_log)
             failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"), None)
             if status.get("succeeded") or status.get("failed") or failed:
                 for thread in streams.values():

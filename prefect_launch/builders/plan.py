@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from prefect_launch.archive import pack_tar
 from prefect_launch.errors import LaunchError
-from prefect_launch.sources.code import pack_tar
 from prefect_launch.spec import ResolvedJob
 
 GENERATED_DOCKERFILE = ".launch/Dockerfile"
@@ -144,8 +144,3 @@ def plan_build(
         image=f"{repository}:{digest[:32]}",
         generated=dockerfile == GENERATED_DOCKERFILE,
     )
-
-
-def local_repository(project: str) -> str:
-    """Where images go without a registry: the engine's own store, one repository per project."""
-    return "prefect-launch/" + (re.sub(r"[^a-z0-9._-]+", "-", project.lower()).strip("-._") or "job")

@@ -27,7 +27,7 @@ def agent_command(
 
 def _agent(queue, max_jobs, config, check, name, poll_seconds) -> None:
     from prefect_launch.agent_config import load_agent_config
-    from prefect_launch.environments import environment_problems
+    from prefect_launch.agent_setup import environment_problems
     from prefect_launch.settings import settings
 
     agent_config = load_agent_config(config).with_flags(queue, max_jobs)

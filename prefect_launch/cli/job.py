@@ -49,7 +49,7 @@ def create(
         check_entry_point_file(argv, folder, f"code folder {path!r}")
         default_name = folder.resolve().name
     elif kind is JobKind.git:
-        from prefect_launch.sources.git import check_remote
+        from prefect_launch.git_remotes import check_remote
 
         check_remote(path)
         if not argv:
@@ -65,7 +65,9 @@ def create(
 
     fields = dict(project=project, name=name or default_name, entity=entity, entry_point=argv, input_schema=input_schema)
     if kind is JobKind.code:
-        job = LaunchJob.from_code_folder(Path(path), code.code_storage(code_storage, launch_home()), **fields)
+        folder = Path(path)
+        source = code.upload(folder, code.code_storage(code_storage, launch_home()))
+        job = LaunchJob.from_code_folder(folder, source, **fields)
     elif kind is JobKind.git:
         job = LaunchJob(source={"type": "git", "uri": path, "ref": git_ref}, **fields)
     else:

@@ -247,12 +247,14 @@ def _dry_run_preparation(queue_name, queue_config):
     name) fails with its own message.
     """
     from prefect_launch.agent_config import load_agent_config
+    from prefect_launch.agent_setup import agent_setup
     from prefect_launch.errors import LaunchError
     from prefect_launch.home import launch_home
-    from prefect_launch.prepare import Preparation, agent_setup
+    from prefect_launch.prepare import Preparation
+    from prefect_launch.targets import target_class
 
     settings, environment, registry = agent_setup(load_agent_config(None))
-    if environment is not None and queue_config.resource.remote:
+    if environment is not None and target_class(queue_config.resource).runs_remotely:
         try:
             environment.verify()
         except LaunchError as exc:

@@ -92,7 +92,7 @@ def deploy(
     name = name or flow.name
     job = LaunchJob.from_code_folder(
         root,
-        code.code_storage(code_storage, launch_home()),
+        code.upload(root, code.code_storage(code_storage, launch_home())),
         project=project or flow.name,
         name=name,
         entry_point=ENTRY_POINT,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from prefect_launch.environments.aws import AwsEnvironment
 from prefect_launch.environments.azure import AzureEnvironment
-from prefect_launch.environments.base import Environment
 from prefect_launch.environments.gcp import GcpEnvironment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 
 _ENVIRONMENTS: dict[str, type[Environment]] = {e.type: e for e in (AwsEnvironment, GcpEnvironment, AzureEnvironment)}
 
@@ -26,29 +26,4 @@ def environment_for(config) -> Environment | None:
     return _ENVIRONMENTS[config.type](region=config.region, project=config.project, credentials=config.credentials)
 
 
-def environment_problems(config) -> list[str]:
-    """What in an agent config's environment, builder and registry keys does not fit together (no I/O).
-
-    >>> from prefect_launch.agent_config import load_agent_config_text
-    >>> environment_problems(load_agent_config_text(
-    ...     "environment:\\n  type: aws\\n  region: us-east-1\\n"
-    ...     "registry:\\n  type: ecr\\n  uri: arn:aws:ecr:eu-west-1:123456789012:repository/launch\\n", "a.yaml"))
-    ['the ECR registry 123456789012.dkr.ecr.eu-west-1.amazonaws.com is in eu-west-1 but environment.region is us-east-1']
-    """
-    from prefect_launch.builders.base import BuildSettings
-    from prefect_launch.registries import registry_for
-
-    if config.placeholders():
-        return []  # reported on their own, and nothing can be checked until they are filled in
-    try:
-        environment = environment_for(config.environment)
-        settings = BuildSettings.from_agent_config(config)
-        registry_for(settings, environment)
-    except LaunchError as exc:
-        return [str(exc)]
-    if environment is None or not settings.destination:
-        return []
-    return environment.registry_problems(settings.destination)
-
-
-__all__ = ["AwsEnvironment", "AzureEnvironment", "Environment", "GcpEnvironment", "environment_for", "environment_problems"]
+__all__ = ["AwsEnvironment", "AzureEnvironment", "GcpEnvironment", "environment_for"]

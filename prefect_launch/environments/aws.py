@@ -13,13 +13,11 @@ Example:
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
-from prefect_launch.environments.base import Environment
 from prefect_launch.errors import LaunchError
-
-ECR_HOST = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+from prefect_launch.interfaces import Environment
+from prefect_launch.registry_hosts import ECR_HOST
 
 
 class AwsEnvironment(Environment):

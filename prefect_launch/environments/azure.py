@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 
-from prefect_launch.environments.base import Environment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 
 MANAGEMENT_SCOPE = "https://management.azure.com/.default"
 

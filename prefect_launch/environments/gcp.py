@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 import re
 
-from prefect_launch.environments.base import Environment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 ARTIFACT_REGISTRY = re.compile(r"^(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/")

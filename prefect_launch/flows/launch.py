@@ -137,7 +137,7 @@ def push(image: Image, job: ResolvedJob, context: LaunchContext) -> ResolvedJob:
 def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) -> tuple[dict[str, Any], Handle]:
     log = get_run_logger()
     queue, environment = context.queue, context.environment
-    if environment is not None and queue.resource.remote:
+    if environment is not None and context.target.runs_remotely:
         log.info("Using %s", environment.verify())
     rendered = context.render(job, overrides)
     adoption = context.adoption

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import httpx
 
-from prefect_launch.environments.azure import AzureEnvironment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 from prefect_launch.registries.docker_registry import DockerRegistry
 
 ACR_USER = "00000000-0000-0000-0000-000000000000"
@@ -24,7 +24,8 @@ ACR_USER = "00000000-0000-0000-0000-000000000000"
 class AcrRegistry(DockerRegistry):
     login_seconds = 3600  # ACR refresh tokens last 3 hours
 
-    def __init__(self, destination: str, environment: AzureEnvironment) -> None:
+    def __init__(self, destination: str, environment: Environment) -> None:
+        """`environment` is an azure one."""
         super().__init__(destination)
         self.environment = environment
 

@@ -11,12 +11,13 @@ Example::
 
 from __future__ import annotations
 
-from prefect_launch.environments.gcp import GcpEnvironment
+from prefect_launch.interfaces import Environment
 from prefect_launch.registries.docker_registry import DockerRegistry
 
 
 class ArtifactRegistry(DockerRegistry):
-    def __init__(self, destination: str, environment: GcpEnvironment) -> None:
+    def __init__(self, destination: str, environment: Environment) -> None:
+        """`environment` is a gcp one."""
         super().__init__(destination)
         self.environment = environment
 

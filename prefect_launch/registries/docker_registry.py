@@ -19,8 +19,9 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from prefect_launch.docker_engine import docker_client, engine_available, found
 from prefect_launch.errors import LaunchError
-from prefect_launch.registries.base import Log, Registry
+from prefect_launch.interfaces import Log, Registry
 from prefect_launch.registries.manifests import manifest_exists
 
 
@@ -64,8 +65,6 @@ class DockerRegistry(Registry):
         return login if login and login.get("username") and login.get("password") else None
 
     def exists(self, image: str) -> bool:
-        from prefect_launch.builders.docker import docker_client, engine_available, found
-
         if not engine_available():  # an agent in a cluster (Kaniko builds): ask the registry itself
             return manifest_exists(image, self.pull_credentials(image))
         auth = self.credentials()
@@ -75,8 +74,6 @@ class DockerRegistry(Registry):
             raise LaunchError(f"registry {self.destination}: {getattr(exc, 'explanation', None) or exc}") from None
 
     def push(self, image: str, log: Log) -> str | None:
-        from prefect_launch.builders.docker import docker_client
-
         repository, tag = image.rsplit(":", 1)
         log.info("Pushing %s", image)
         digest = None

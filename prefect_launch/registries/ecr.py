@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import base64
 import functools
-from prefect_launch.environments.aws import ECR_HOST, AwsEnvironment
+
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment
 from prefect_launch.registries.docker_registry import DockerRegistry
+from prefect_launch.registry_hosts import ECR_HOST
+
 
 class EcrRegistry(DockerRegistry):
     login_seconds = 6 * 3600  # ECR tokens last 12 hours; fetch a new one well before
 
-    def __init__(self, destination: str, environment: AwsEnvironment) -> None:
+    def __init__(self, destination: str, environment: Environment) -> None:
+        """`environment` is an aws one."""
         super().__init__(destination)
         self.environment = environment
         self.repository_name = self.destination.split("/", 1)[1] if "/" in self.destination else ""

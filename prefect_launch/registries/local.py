@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from prefect_launch.builders.plan import local_repository
-from prefect_launch.registries.base import Log, Registry
+import re
+
+from prefect_launch.docker_engine import docker_client, found
+from prefect_launch.interfaces import Log, Registry
 
 
 class LocalImages(Registry):
     def repository(self, project: str) -> str:
-        return local_repository(project)
+        """The engine's own store, one repository per project."""
+        return "prefect-launch/" + (re.sub(r"[^a-z0-9._-]+", "-", project.lower()).strip("-._") or "job")
 
     def exists(self, image: str) -> bool:
-        from prefect_launch.builders.docker import docker_client, found
-
         return found(lambda: docker_client().images.get(image))
 
     def push(self, image: str, log: Log) -> str | None:

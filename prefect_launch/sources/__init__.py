@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.sources import code, git
-from prefect_launch.spec import CodeSource, GitSource, ImageSource, LaunchSpec, Resource, ResolvedJob, Source, new_run_id
+from prefect_launch.spec import CodeSource, GitSource, ImageSource, LaunchSpec, ResolvedJob, Source, new_run_id
 
 _PYTHONS = {"python", "python3"}
 
@@ -52,15 +52,16 @@ def _check_run_config(run_config: dict, schema: dict, job: str) -> None:
 
 
 def resolve(
-    spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True, resource: Resource | None = None
+    spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True, runs_remotely: bool = False
 ) -> ResolvedJob:
     """Fetch the spec's code (or name its image) and fix its run id, name and argv.
 
     Code and git jobs get a copy of their code of their own, `<home>/runs/<run_id>/code`
     (unpacked from the verified archive in `<home>/code`, or copied from the checkout in
     `<home>/git`): the run's working directory, and the build context of its image. With
-    `fetch=False` (dry runs) that folder is named, not made. A job for a `resource` that runs
-    off the agent's machine gets no run folder (`run_dir`), only the code copy its build reads.
+    `fetch=False` (dry runs) that folder is named, not made. A job that `runs_remotely` (its
+    target runs off the agent's machine) gets no run folder (`run_dir`), only the code copy its
+    build reads.
     """
     source, entry_point = spec.source, spec.entry_point
     if spec.job:
@@ -101,7 +102,7 @@ def resolve(
         run_config=spec.overrides.run_config,
         workdir=workdir,
         image=image,
-        run_dir=None if resource is not None and resource.remote else home / "runs" / run_id,
+        run_dir=None if runs_remotely else home / "runs" / run_id,
         attempt=spec.preemptions,
         flow_run=spec.flow_run,
         prefect_api_url=PREFECT_API_URL.value() if spec.flow_run else None,

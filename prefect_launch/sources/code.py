@@ -1,16 +1,14 @@
 """Code artifacts: a folder packed deterministically and stored by its sha256.
 
-The same folder always packs to the same bytes (sorted entries, zeroed times
-and owners), so its digest (the sha256 of the uncompressed tar) names its
-content: storing it again is harmless.
+The folder is packed by `prefect_launch.archive` (the same folder, the same
+bytes), so its digest (the sha256 of the uncompressed tar) names its content:
+storing it again is harmless.
 
 Archives are safe by construction:
 
-- packing takes regular files and folders only: a symbolic link, a FIFO, a
-  socket or a device in the folder is refused with one line naming it (the
-  names in `EXCLUDED_NAMES` and `*.pyc` are skipped whatever they are);
-- packing streams: the tar is hashed while it is written, gzipped into a
-  temporary file, and the storage block is written from that file;
+- packing takes regular files and folders only (`archive.py`), and streams:
+  the tar is hashed while it is written, gzipped into a temporary file, and
+  the storage block is written from that file;
 - an agent downloads a stored archive into a temporary file, checks its
   digest while decompressing it in bounded chunks, and only then renames it
   into its cache, `<home>/code/<digest>.tar.gz`, read-only;
@@ -19,9 +17,8 @@ Archives are safe by construction:
   folder of its own (`<home>/runs/<run_id>/code`): runs never share, nor
   change, each other's code, and builds take their context from a fresh unpack.
 
-Limits (`prefect_launch.settings`): `PREFECT_LAUNCH_MAX_CODE_BYTES` (1 GiB) caps
-the uncompressed archive, `PREFECT_LAUNCH_MAX_CODE_FILES` (100,000) its entries;
-both hold when packing and when unpacking.
+The limits on code (`archive.code_limits`: PREFECT_LAUNCH_MAX_CODE_BYTES and
+PREFECT_LAUNCH_MAX_CODE_FILES) hold when packing and when unpacking.
 
 Example:
     >>> import tempfile, pathlib
@@ -38,230 +35,24 @@ import hashlib
 import io
 import os
 import shutil
-import stat
 import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
+from prefect_launch.archive import TooLarge, code_limits, too_large, too_many, write_tar
 from prefect_launch.errors import LaunchError
 from prefect_launch.settings import settings
 from prefect_launch.spec import CodeSource
 
-# Folders that are never part of a job's code.
-EXCLUDED_NAMES = {".git", "__pycache__", ".venv", "wandb", ".prefect-launch", ".pytest_cache"}
 DEFAULT_STORAGE = "local-file-system/prefect-launch-code"
 
 _CHUNK = 1 << 20
-_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}  # for messages
-_WHAT = {
-    stat.S_IFLNK: "a symbolic link",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-
-
-def _code_limits() -> tuple[int, int]:
-    """(bytes, entries) a code archive may hold, as the settings say now."""
-    current = settings()
-    return current.max_code_bytes, current.max_code_files
-
-
-def _human(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
-            return f"{size // _SIZE_UNITS[unit]} {unit}iB"
-    return f"{size} bytes"
-
-
-class _TooLarge(LaunchError):
-    """Code over the size cap."""
-
-
-def _too_large(what: str, limit: int) -> LaunchError:
-    return _TooLarge(f"{what} is larger than the {_human(limit)} limit on code "
-                       f"(set $PREFECT_LAUNCH_MAX_CODE_BYTES to raise it)")
-
-
-def _too_many(what: str, max_files: int) -> LaunchError:
-    return LaunchError(f"{what} has more than {max_files} entries (set $PREFECT_LAUNCH_MAX_CODE_FILES to raise the limit)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Packing
-
-
-class _HashingWriter(io.RawIOBase):
-    """Hashes and counts what tarfile writes, refuses to go past `limit`, forwards to `out` (if any)."""
-
-    def __init__(self, out: BinaryIO | None, limit: int, what: str) -> None:
-        self.out, self.limit, self.what = out, limit, what
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise _too_large(self.what, self.limit)
-        self.hash.update(data)
-        if self.out is not None:
-            self.out.write(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
-
-
-def _refuse_entry(folder: Path, path: Path, mode: int, links: bool = False) -> LaunchError:
-    relative = path.relative_to(folder).as_posix()
-    if links and stat.S_ISLNK(mode):
-        return LaunchError(f"build context {str(folder)!r}: {relative!r} is a symbolic link to "
-                           f"{os.readlink(path)!r}, outside the folder; refused")
-    what = _WHAT.get(stat.S_IFMT(mode), "not a regular file or folder")
-    detail = ""
-    if stat.S_ISLNK(mode):
-        try:
-            detail = f" (to {os.readlink(path)!r})"
-        except OSError:
-            pass
-    return LaunchError(f"code folder {str(folder)!r}: {relative!r} is {what}{detail}; code archives hold only "
-                       "regular files and folders: replace it with the file it stands for, or remove it")
-
-
-def _walk(folder: Path, links: bool = False) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every entry to pack, in the order the archive has always had (a folder, its files, then its folders).
-
-    With `links`, a symbolic link that stays inside `folder` is an entry too (build contexts of git
-    checkouts); any other is refused.
-    """
-
-    def visit(directory: Path) -> Iterator[tuple[Path, os.stat_result]]:
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError as exc:
-            raise LaunchError(f"code folder {str(folder)!r}: cannot read {_relative(folder, directory)!r}: "
-                              f"{exc.strerror or exc}") from None
-        files, dirs = [], []
-        for name in names:
-            path = directory / name
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise LaunchError(f"code folder {str(folder)!r}: {_relative(folder, path)!r} has a name that is "
-                                  "not UTF-8; rename it") from None
-            try:
-                info = os.lstat(path)
-            except OSError as exc:
-                raise LaunchError(f"code folder {str(folder)!r}: cannot read {_relative(folder, path)!r}: "
-                                  f"{exc.strerror or exc}") from None
-            if stat.S_ISDIR(info.st_mode):
-                if name not in EXCLUDED_NAMES:
-                    dirs.append((path, info))
-                continue
-            # A submodule's `.git` is a file; a `.venv` may be a link to a shared one.
-            if name.endswith(".pyc") or name in EXCLUDED_NAMES:
-                continue
-            if links and stat.S_ISLNK(info.st_mode) and _link_inside(folder, path):
-                files.append((path, info))
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                raise _refuse_entry(folder, path, info.st_mode, links)
-            files.append((path, info))
-        yield from files
-        for path, info in dirs:
-            yield path, info
-            yield from visit(path)
-
-    yield from visit(folder)
-
-
-def _link_inside(folder: Path, path: Path) -> bool:
-    target = os.readlink(path)
-    inside = os.path.normpath(os.path.join(os.path.dirname(_relative(folder, path)), target))
-    return not os.path.isabs(target) and inside != ".." and not inside.startswith("../")
-
-
-def _relative(folder: Path, path: Path) -> str:
-    return path.relative_to(folder).as_posix() or "."
-
-
-def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-    info.mode = 0o755 if info.isdir() or info.mode & 0o100 else 0o644
-    return info
-
-
-def _check_extra_name(name: str) -> None:
-    path = PurePosixPath(name)
-    if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
-        raise LaunchError(f"build context file {name!r}: a relative path inside the context is needed")
-
-
-def write_tar(folder: Path, out: BinaryIO | None, extra_files: dict[str, bytes] | None = None,
-              links: bool = False) -> tuple[str, int]:
-    """Write the deterministic uncompressed tar of `folder` (plus `extra_files`) to `out`; return (digest, size).
-
-    With `out=None` the tar is only hashed. Streams: memory does not grow with the folder.
-    `links` keeps symbolic links that stay inside the folder (build contexts only: code
-    archives hold regular files and folders).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise LaunchError(f"code folder {str(folder)!r} does not exist or is not a folder")
-    limit, max_files = _code_limits()
-    writer = _HashingWriter(out, limit, f"code folder {str(folder)!r}")
-    count = 0
-    with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, status in _walk(folder, links):
-            count += 1
-            if count > max_files:
-                raise _too_many(f"code folder {str(folder)!r}", max_files)
-            # Built by hand, not by `gettarinfo`: a file with several hard links is packed as a file.
-            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
-            info.mode = status.st_mode & 0o7777
-            if stat.S_ISDIR(status.st_mode) or stat.S_ISLNK(status.st_mode):
-                if stat.S_ISLNK(status.st_mode):
-                    info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-                else:
-                    info.type = tarfile.DIRTYPE
-                tar.addfile(_normalize(info))
-                continue
-            info.type, info.size = tarfile.REGTYPE, status.st_size
-            if writer.size + info.size > limit:
-                raise _too_large(f"code folder {str(folder)!r} (at {info.name!r})", limit)
-            try:
-                with path.open("rb") as handle:
-                    tar.addfile(_normalize(info), handle)
-            except LaunchError:
-                raise
-            except OSError as exc:
-                # tarfile says "unexpected end of data" for a file that shrank while it was read.
-                raise LaunchError(f"code folder {str(folder)!r}: cannot pack {info.name!r}: "
-                                  f"{getattr(exc, 'strerror', None) or exc} (did it change while packing?)") from None
-        for name, data in sorted((extra_files or {}).items()):
-            _check_extra_name(name)
-            info = _normalize(tarfile.TarInfo(name))
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return writer.digest, writer.size
-
-
-def pack_tar(folder: Path, extra_files: dict[str, bytes] | None = None) -> bytes:
-    """An image build context: the uncompressed tar of `folder` (plus `extra_files` by path), identical
-    for identical content. Symbolic links that stay inside the folder (a git checkout's) are kept."""
-    raw = io.BytesIO()
-    write_tar(folder, raw, extra_files, links=True)
-    return raw.getvalue()
 
 
 def folder_digest(folder: Path) -> str:
@@ -450,7 +241,7 @@ def fetch_archive(source: CodeSource, cache_root: Path) -> Path:
                 raise
             except Exception as exc:
                 if capped.over:
-                    raise _too_large(what, limit) from None
+                    raise too_large(what, limit) from None
                 raise LaunchError(f"code {source.digest} not found in storage {source.storage!r}: "
                                   f"{exc.__class__.__name__}: {exc}") from None
         staging.chmod(0o444)
@@ -476,7 +267,7 @@ class _HashingReader(io.RawIOBase):
         data = self.source.read(_CHUNK if n is None or n < 0 else n)
         self.size += len(data)
         if self.size > self.limit:
-            raise _too_large(f"{self.what} unpacked", self.limit)
+            raise too_large(f"{self.what} unpacked", self.limit)
         self.hash.update(data)
         return data
 
@@ -512,7 +303,7 @@ def unpack(archive: Path, hexdigest: str, target: Path, what: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
-        limit, max_files = _code_limits()
+        limit, max_files = code_limits()
         with gzip.open(archive, "rb") as compressed:
             reader = _HashingReader(compressed, limit, what)
             regular: set[str] = set()
@@ -522,7 +313,7 @@ def unpack(archive: Path, hexdigest: str, target: Path, what: str) -> Path:
                     for member in tar:
                         count += 1
                         if count > max_files:
-                            raise _too_many(what, max_files)
+                            raise too_many(what, max_files)
                         _check_member(member, regular, what)
                         # A folder keeps the default mode: a read-only one would stop its files.
                         tar.extract(member, staging, set_attrs=not member.isdir(), filter="data")
@@ -530,7 +321,7 @@ def unpack(archive: Path, hexdigest: str, target: Path, what: str) -> Path:
                         if member.isreg():
                             regular.add(member.name)
                 reader.drain()  # the tar's end blocks count in its digest
-            except _TooLarge:
+            except TooLarge:
                 archive.unlink(missing_ok=True)  # never trusted: not kept in the cache
                 raise
             except LaunchError:

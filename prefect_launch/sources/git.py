@@ -1,23 +1,15 @@
 """Git sources: clone a repository at a branch, tag or commit, with its submodules.
 
-Only https and ssh remotes are accepted: `file://`, `ext::` and other transports
-run local commands or read the agent's disk. Credentials never travel with
-the job: git finds them the way it does for the agent's user (its credential
-helper, `SSH_AUTH_SOCK`), or in a `gitCreds` file (git's credential-store
-format, one `https://user:token@host` per line) named by
-`PREFECT_LAUNCH_GIT_CREDENTIALS`. A URI with a password in it is refused.
+Only https and ssh remotes are accepted (`prefect_launch.git_remotes`): `file://`,
+`ext::` and other transports run local commands or read the agent's disk.
+Credentials never travel with the job: git finds them the way it does for the
+agent's user (its credential helper, `SSH_AUTH_SOCK`), or in a `gitCreds` file
+(git's credential-store format, one `https://user:token@host` per line) named
+by `PREFECT_LAUNCH_GIT_CREDENTIALS`. A URI with a password in it is refused.
 
 Checkouts are cached per commit under `<home>/git/<commit>`; a ref that is a
 full commit hash is served from that cache without touching the remote. No run
 works in the cache: each gets a copy of the checkout (`working_copy`) of its own.
-
-Example:
-    >>> check_remote("https://github.com/org/repo.git")
-    >>> check_remote("git@github.com:org/repo.git")
-    >>> check_remote("file:///etc")
-    Traceback (most recent call last):
-    ...
-    prefect_launch.errors.LaunchError: git remote 'file:///etc': only https:// and ssh remotes are allowed
 """
 
 from __future__ import annotations
@@ -28,34 +20,13 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from prefect_launch.errors import LaunchError
-from prefect_launch.redact import MASK
+from prefect_launch.git_remotes import check_remote, mask_url
 from prefect_launch.settings import settings
 
-_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:(?!//)[^\s]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _GIT_TIMEOUT = 600
-
-
-def check_remote(uri: str) -> None:
-    """Refuse anything but https://, ssh:// and `user@host:path` remotes, and URIs holding a password."""
-    parts = urlsplit(uri)
-    if parts.scheme in {"https", "ssh"} and parts.hostname:
-        if parts.password:
-            raise LaunchError(
-                f"git remote {_mask_url(uri)!r} holds a password: put credentials in git's credential "
-                f"helper or the gitCreds file ($PREFECT_LAUNCH_GIT_CREDENTIALS), never in the URI"
-            )
-        return
-    if not parts.scheme and _SCP_LIKE.match(uri):
-        return
-    raise LaunchError(f"git remote {uri!r}: only https:// and ssh remotes are allowed")
-
-
-def _mask_url(uri: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", rf"\1{MASK}@", uri)
 
 
 def _git_command(*args: str) -> list[str]:
@@ -80,7 +51,7 @@ def _git(args: list[str], cwd: Path | None = None) -> str:
         raise LaunchError(f"git {args[0]} took longer than {_GIT_TIMEOUT} s") from None
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-        raise LaunchError(f"git {args[0]} failed: {_mask_url(output[-1])}")
+        raise LaunchError(f"git {args[0]} failed: {mask_url(output[-1])}")
     return done.stdout.strip()
 
 
@@ -113,7 +84,7 @@ def fetch(uri: str, ref: str | None, cache_root: Path) -> tuple[Path, str]:
         _git(["clone", "--quiet", "--no-checkout", uri, str(staging)])
         target = commit or ref or "HEAD"
         if not _resolves(staging, target):
-            raise LaunchError(f"git ref {ref!r} not found in {_mask_url(uri)}")
+            raise LaunchError(f"git ref {ref!r} not found in {mask_url(uri)}")
         _git(["checkout", "--quiet", "--detach", target], cwd=staging)
         _git(["submodule", "update", "--quiet", "--init", "--recursive"], cwd=staging)
         commit = _git(["rev-parse", "HEAD"], cwd=staging)

@@ -5,10 +5,8 @@ Each target renders a payload (pure), submits it, and waits for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from prefect_launch.environments import Environment
 from prefect_launch.errors import LaunchError
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.spec import Resource
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target
 from prefect_launch.targets.kubernetes import KubernetesTarget
@@ -17,9 +15,6 @@ from prefect_launch.targets.local_process import LocalProcessTarget
 from prefect_launch.targets.sagemaker import SageMakerTarget
 from prefect_launch.targets.vertex import VertexTarget
 
-if TYPE_CHECKING:  # registries import the builders, which import the targets
-    from prefect_launch.registries.base import Registry
-
 _TARGETS: dict[Resource, type[Target]] = {
     t.resource: t for t in (LocalProcessTarget, LocalContainerTarget, KubernetesTarget, SageMakerTarget, VertexTarget)
 }
@@ -27,9 +22,10 @@ _TARGETS: dict[Resource, type[Target]] = {
 SUPPORTED_RESOURCES = tuple(r.value for r in _TARGETS)
 
 
-def get_target(resource: Resource, environment: Environment | None = None, registry: Registry | None = None) -> Target:
+def target_class(resource: Resource) -> type[Target]:
+    """The target of a resource, for its traits (`runs_remotely`, ...) before it has an environment."""
     try:
-        return _TARGETS[resource](environment, registry)
+        return _TARGETS[resource]
     except KeyError:
         raise LaunchError(
             f"resource {resource.value!r} is not supported by this agent; "
@@ -37,4 +33,8 @@ def get_target(resource: Resource, environment: Environment | None = None, regis
         ) from None
 
 
-__all__ = ["Handle", "Outcome", "Progress", "Target", "get_target", "SUPPORTED_RESOURCES"]
+def get_target(resource: Resource, environment: Environment | None = None, registry: Registry | None = None) -> Target:
+    return target_class(resource)(environment, registry)
+
+
+__all__ = ["Handle", "Outcome", "Progress", "Target", "get_target", "target_class", "SUPPORTED_RESOURCES"]

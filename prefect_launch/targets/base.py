@@ -27,16 +27,13 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from prefect_launch.environments import Environment
 from prefect_launch.errors import AdoptionFailed, LaunchError, invalid_config
+from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.spec import Resource, ResolvedJob
-
-if TYPE_CHECKING:  # registries import the builders, which import the targets
-    from prefect_launch.registries.base import Registry
 
 
 @dataclass
@@ -82,6 +79,9 @@ class Target(abc.ABC):
     adoptable: ClassVar[bool] = False
     # It runs an image, which the agent builds from a code job's folder (local-process runs the folder itself).
     builds_image: ClassVar[bool] = True
+    # It runs off the agent's machine: no agent folder is the job's WANDB_DIR, and the agent's cloud
+    # environment is verified before a job is submitted.
+    runs_remotely: ClassVar[bool] = False
 
     def __init__(self, environment: Environment | None = None, registry: Registry | None = None) -> None:
         # The agent's cloud credentials and region; only the cloud targets use them.

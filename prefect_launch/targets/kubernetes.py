@@ -64,7 +64,7 @@ from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
-from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods, stream_logs
+from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
 
@@ -252,6 +252,7 @@ class KubernetesTarget(Target):
     config_model = KubernetesConfig
     adoptable = True
     pulls_with_login = True
+    runs_remotely = True
 
     def check_overrides(self, overrides: dict[str, Any]) -> None:
         refused = [f"{what} at {where}" for where, what in _privileged(overrides, "resource_args")]
@@ -382,7 +383,7 @@ class KubernetesTarget(Target):
         streams: dict[str, threading.Thread] = {}
 
         def on_running(pod: str) -> None:
-            streams[pod] = stream_logs(core, submitted.namespace, pod, log)
+            streams[pod] = kube.stream_logs(core, submitted.namespace, pod, log)
 
         version = None
         while True:

@@ -11,20 +11,19 @@ the start timeout fails the run; pod logs stream into the run once a container
 runs; all pods Succeeded completes the run, a Failed pod fails it with its
 reason.
 
-Example, what a waiting pod says::
+Example, why a run fails when its pod did::
 
-    >>> pending_reason({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
-    ...     "status": "False", "reason": "Unschedulable", "message": "0/3 nodes have 8 GPUs"}]}})
-    'Unschedulable: 0/3 nodes have 8 GPUs'
+    >>> failure_reason({"status": {"containerStatuses": [{"name": "main", "state": {"terminated": {"exitCode": 3}}}]}})
+    'container main exited with code 3 (Error)'
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prefect_launch.kube import pending_reason
 from prefect_launch.settings import settings
 from prefect_launch.targets.base import Outcome, Progress
 from prefect_launch.targets.process import Log
@@ -32,19 +31,6 @@ from prefect_launch.targets.process import Log
 # DisruptionTarget reasons that mean the pod was taken away, not that the job failed.
 PREEMPTION_REASONS = {"EvictionByEvictionAPI", "PreemptionByScheduler", "TerminationByKubelet"}
 WATCH_SECONDS = 5  # a watch call ends this often, so cancellation and the start timeout are checked
-
-
-def pending_reason(pod: dict[str, Any]) -> str | None:
-    """Why a pod is not running yet, in Kubernetes' own words; None when nothing holds it."""
-    status = pod.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return f"{condition.get('reason')}: {condition.get('message', '')}".rstrip(": ")
-    for container in status.get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-    return None
 
 
 def preemption_reason(pod: dict[str, Any]) -> str | None:
@@ -125,20 +111,3 @@ class RunPods:
             waiting = self.waiting_for() or "no pod was scheduled"
             return Outcome(state="failed", message=f"no pod started within {start_timeout:.0f} s ({waiting})")
         return None
-
-
-def stream_logs(core: Any, namespace: str, pod: str, log: Log) -> threading.Thread:
-    """Follow a pod's log into the run's log, on a thread of its own."""
-
-    def follow() -> None:
-        try:
-            response = core.read_namespaced_pod_log(pod, namespace, follow=True, _preload_content=False)
-            for line in response.stream():
-                for text in line.decode(errors="replace").splitlines():
-                    log.info("%s", text)
-        except Exception as exc:  # the pod went away: its outcome comes from the watch
-            log.debug("log stream of %s ended: %s", pod, exc)
-
-    thread = threading.Thread(target=follow, name=f"logs-{pod}", daemon=True)
-    thread.start()
-    return thread

@@ -139,6 +139,7 @@ class SageMakerTarget(Target):
     resource = Resource.sagemaker
     config_model = SageMakerConfig
     adoptable = True
+    runs_remotely = True
 
     def render(self, job: ResolvedJob, config: SageMakerConfig) -> dict[str, Any]:
         request = copy.deepcopy(config.request)

@@ -178,6 +178,7 @@ class VertexConfig(TargetConfig):
 class VertexTarget(Target):
     resource = Resource.vertex
     config_model = VertexConfig
+    runs_remotely = True
 
     def render(self, job: ResolvedJob, config: VertexConfig) -> dict[str, Any]:
         spec = copy.deepcopy(config.spec.model_dump(exclude_unset=True))
