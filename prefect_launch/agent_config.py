@@ -35,6 +35,7 @@ from pydantic import (
 
 from prefect_launch.config_files import ConfigFileError, parse_config_text, read_config_text
 from prefect_launch.errors import LaunchError
+from prefect_launch.images import ImageReference
 
 DEFAULT_AGENT_CONFIG = Path("~/.config/wandb/launch-config.yaml")
 
@@ -54,9 +55,9 @@ class BuilderConfig(BaseModel):
     build_job_name: str | None = Field(default=None, alias="build-job-name")
     secret_name: str | None = Field(default=None, alias="secret-name")
     secret_key: str | None = Field(default=None, alias="secret-key")
-    kaniko_image: str | None = Field(default=None, alias="kaniko-image")
+    kaniko_image: ImageReference | None = Field(default=None, alias="kaniko-image")
     kaniko_config: dict[str, Any] | None = Field(default=None, alias="kaniko-config")
-    base_image: str | None = Field(default=None, alias="base_image")
+    base_image: ImageReference | None = Field(default=None, alias="base_image")
 
 
 class RegistryConfig(BaseModel):

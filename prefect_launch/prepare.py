@@ -39,12 +39,13 @@ from pydantic import Field
 
 from prefect_launch import sources
 from prefect_launch.builders import Builder, BuildPlan, BuildSettings, builder_for, plan_for
+from prefect_launch.errors import LaunchError
 from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.registries.local import LocalImages
-from prefect_launch.render import launch_keys, render
+from prefect_launch.render import check_job_args, launch_keys, render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
 from prefect_launch.targets import Target, get_target
-from prefect_launch.templates import defaulted_nulls
+from prefect_launch.templates import check_no_templates, defaulted_nulls
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -80,12 +81,45 @@ async def job_configuration(
 
     A null value of a field with a default takes the default, as the server
     does (a field cleared in the Prefect UI sends one). `client` resolves
-    `{{ prefect.blocks.* }}` and `{{ prefect.variables.* }}` references.
+    `{{ prefect.blocks.* }}` and `{{ prefect.variables.* }}` references of the
+    queue config; a value a job sends is data, never a template: one holding a
+    `{{ ... }}` reference is refused, or Prefect would resolve it too and hand
+    the job the admin's Secret blocks.
     """
+    check_no_templates(values)
     values = defaulted_nulls(base_job_template.get("variables", {}), values)
     return await LaunchJobConfiguration.from_template_and_values(
         base_job_template=base_job_template, values=values, client=client
     )
+
+
+# What W&B's agent locks in secure mode, wherever a job's own Kubernetes resource args set it.
+_SECURE_MODE_LOCKED = ("command", "args", "initContainers", "hostPID", "hostIPC", "hostNetwork")
+
+
+def check_secure_mode(spec: LaunchSpec) -> None:
+    """An agent in `secure_mode` (W&B's agent config key) refuses a job that overrides its entry point, or
+    whose own resource args set a container's command or args, init containers or host namespaces.
+
+    >>> check_secure_mode(LaunchSpec(overrides={"entrypoint": ["sh", "-c", "id"]}))
+    Traceback (most recent call last):
+    ...
+    prefect_launch.errors.LaunchError: this agent runs in secure_mode: a job may not set overrides.entrypoint (only its job definition says what runs)
+    """
+    locked = ["overrides.entrypoint"] if spec.overrides.entry_point else []
+    locked += _locked_paths(spec.resource_args, "resource_args")
+    if locked:
+        raise LaunchError(f"this agent runs in secure_mode: a job may not set {', '.join(locked)} "
+                          "(only its job definition says what runs)")
+
+
+def _locked_paths(value: Any, path: str) -> list[str]:
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _locked_paths(item, f"{path}[{index}]")]
+    if not isinstance(value, dict):
+        return []
+    return [found for key, item in value.items()
+            for found in ([f"{path}.{key}"] if key in _SECURE_MODE_LOCKED else _locked_paths(item, f"{path}.{key}"))]
 
 
 @dataclass
@@ -109,6 +143,8 @@ class Preparation:
     environment: Environment | None = None
     # The agent's one registry object, so its login is reused across runs.
     registry: Registry = field(default_factory=LocalImages)
+    # The agent config's `secure_mode`: jobs may not change what runs (`check_secure_mode`).
+    secure_mode: bool = False
 
     @functools.cached_property
     def target(self) -> Target:
@@ -116,7 +152,14 @@ class Preparation:
         return get_target(self.queue.resource, self.environment, self.registry)
 
     def resolve(self, spec: LaunchSpec, fetch: bool = True) -> ResolvedJob:
-        """The job with its source fetched; with `fetch=False` (a dry run) its run's code folder is named, not made."""
+        """The job with its source fetched; with `fetch=False` (a dry run) its run's code folder is named, not made.
+
+        First of all, before anything is fetched, built or started: the job's own resource args pass its
+        target's policy (`render.check_job_args`).
+        """
+        check_job_args(self.queue, spec.resource_args, self.target)
+        if self.secure_mode:
+            check_secure_mode(spec)
         return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, runs_remotely=self.target.runs_remotely)
 
     def plan_image(self, job: ResolvedJob, overrides: dict[str, Any]) -> ImagePlan:
@@ -127,7 +170,7 @@ class Preparation:
             return ImagePlan(job.image, f"The job names its image {job.image}: nothing to build")
         builder = builder_for(self.build_settings, self.queue_name, job.source_kind, self.registry, self.environment)
         accelerator = launch_keys(job, self.queue, overrides).builder.accelerator_base_image
-        plan = plan_for(job, accelerator, self.build_settings, builder, self.registry)
+        plan = plan_for(job, accelerator, self.build_settings, builder, self.registry, self.queue_name)
         return ImagePlan(plan.image, builder=builder, build=plan)
 
     def with_image(self, job: ResolvedJob, image: str | None) -> ResolvedJob:

@@ -32,12 +32,23 @@ def redact(value: Any, name: str = "") -> Any:
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [redact(v, name) for v in value]
+        # An argument after a secret-named option (`--api-key VALUE`) is that secret.
+        return [MASK if isinstance(v, str) and i and _secret_option(value[i - 1]) else redact(v, name)
+                for i, v in enumerate(value)]
     if isinstance(value, str):
         if name and is_secret_name(name):
             return MASK
         return _mask_assignments(value)
     return value
+
+
+def _secret_option(argument: Any) -> bool:
+    """`--api-key`, `--password`: an option without `=value` whose name looks secret.
+
+    >>> redact(["train.py", "--api-key", "abc", "--lr", "0.1", "--token=def"])
+    ['train.py', '--api-key', '********', '--lr', '0.1', '--token=********']
+    """
+    return isinstance(argument, str) and argument.startswith("-") and "=" not in argument and is_secret_name(argument)
 
 
 def _mask_assignments(text: str) -> str:

@@ -7,7 +7,8 @@ argument too.
 
 A job's resource args on a queue, in order: the queue's config (its admin's),
 its `${NAME}` macros read from the agent's environment; the job's own resource
-args (its submitter's) checked by the target and merged over it; the launch
+args (its submitter's), checked against the target's job policy
+(`check_job_args`), merged over it; the launch
 macros (`${run_id}`, ...) resolved; the launch keys (`builder`, `scheduler`)
 parsed apart; the rest parsed as the target's config model and rendered.
 `check_queue_config` runs the same parsing when a queue is created, with
@@ -33,6 +34,7 @@ from prefect_launch.interfaces import Environment
 from prefect_launch.macros import KNOWN_MACROS, resolve_environment_macros, resolve_macros
 from prefect_launch.spec import LaunchKeys, QueueConfig, Resource, ResolvedJob, deep_merge, unwrap_resource_key
 from prefect_launch.targets import Target, get_target
+from prefect_launch.targets.policy import refuse_unpermitted
 from prefect_launch.templates import TemplateField, apply_template, stand_in_values
 
 # What `check_queue_config` puts where a job's own macro values go: any value of the right kind will do.
@@ -53,11 +55,22 @@ def _where(resource: Resource) -> str:
     return f"{resource.value} queue config (with the job's resource args)"
 
 
+def check_job_args(queue: QueueConfig, overrides: dict[str, Any] | None, target: Target | None = None) -> dict[str, Any]:
+    """A job's own resource args, unwrapped, once its target's policy (with the fields the queue config opts in
+    through `job_may_set`) permits every field they set; refused in one line naming each that it does not."""
+    target = target or get_target(queue.resource)
+    own = unwrap_resource_key(overrides or {}, queue.resource)
+    if own:
+        admin_keys, _ = LaunchKeys.split(unwrap_resource_key(queue.resource_args, queue.resource))
+        opted_in = admin_keys.get("job_may_set") or []
+        refuse_unpermitted(target.job_policy, own, opted_in if isinstance(opted_in, list) else [], queue.resource.value)
+    return own
+
+
 def _job_args(target: Target, queue: QueueConfig, overrides: dict[str, Any] | None,
               agent_environment: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(launch keys, target payload) of a job on a queue, the launch macros not yet resolved."""
-    own = unwrap_resource_key(overrides or {}, queue.resource)
-    target.check_overrides(own)
+    own = check_job_args(queue, overrides, target)
     admin = resolve_environment_macros(unwrap_resource_key(queue.resource_args, queue.resource), agent_environment)
     return LaunchKeys.split(deep_merge(admin, own))
 

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefect_launch.errors import invalid_config
+from prefect_launch.images import ImageReference
 
 
 # What one job's submitter may send, checked before anything is done with it (so masking, templating
@@ -92,13 +93,22 @@ class GitSource(BaseModel):
         check_remote(value)
         return value
 
+    @field_validator("ref")
+    @classmethod
+    def _a_ref_not_an_option(cls, value: str | None) -> str | None:
+        from prefect_launch.git_remotes import check_ref
+
+        if value is not None:
+            check_ref(value)
+        return value
+
 
 class ImageSource(BaseModel):
     """A prebuilt container image."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "Image"})
     type: Literal["image"] = "image"
-    image: str = Field(description="Image reference, e.g. registry.example.com/team/trainer:v1")
+    image: ImageReference = Field(description="Image reference, e.g. registry.example.com/team/trainer:v1")
 
 
 Source = Annotated[CodeSource | GitSource | ImageSource, Field(discriminator="type")]
@@ -153,7 +163,7 @@ class LaunchSpec(BaseModel):
     entity: str | None = Field(default=None, description="W&B entity")
     run_name: str | None = Field(default=None, description="W&B run name")
     run_id: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,64}$", description="W&B run id")
-    base_image: str | None = Field(default=None, description="Base image of the generated Dockerfile")
+    base_image: ImageReference | None = Field(default=None, description="Base image of the generated Dockerfile")
     overrides: Overrides = Field(default_factory=Overrides)
     resource_args: dict[str, Any] = Field(
         default_factory=dict, description="Merged over the queue's resource args"
@@ -196,7 +206,7 @@ class LaunchSpec(BaseModel):
 
 class AcceleratorImage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    base_image: str | None = Field(default=None, description="Base image of accelerator jobs (CUDA, TensorFlow GPU)")
+    base_image: ImageReference | None = Field(default=None, description="Base image of accelerator jobs (CUDA, TensorFlow GPU)")
 
 
 class BuilderKeys(BaseModel):
@@ -224,7 +234,8 @@ class SchedulerKeys(BaseModel):
 
 class LaunchKeys(BaseModel):
     """The keys W&B lets any queue config carry beside the target's own: they configure the build and
-    sweeps, never the target, and are taken off before a target parses its config.
+    sweeps, never the target, and are taken off before a target parses its config. `job_may_set` is
+    prefect-launch's: the fields a queue's admin lets jobs set beyond their target's policy.
 
     >>> own, rest = LaunchKeys.split({"gpus": "all", "builder": {"accelerator": {"base_image": "tf:gpu"}}})
     >>> LaunchKeys.parse(own, "queue config").builder.accelerator_base_image, rest
@@ -234,6 +245,10 @@ class LaunchKeys(BaseModel):
     model_config = ConfigDict(extra="forbid")
     builder: BuilderKeys = Field(default_factory=BuilderKeys)
     scheduler: SchedulerKeys = Field(default_factory=SchedulerKeys)
+    job_may_set: list[str] = Field(
+        default_factory=list,
+        description="Fields a job's own resource args may set beyond what its target permits (the admin opts them in)",
+    )
 
     @classmethod
     def split(cls, resource_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -264,14 +279,31 @@ class QueueConfig(BaseModel):
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` merged into a copy of `base`; dicts merge, everything else replaces."""
+    """`override` merged into a copy of `base`: dicts merge; lists of named items (Kubernetes containers, env,
+    volumes) merge item by item by `name`, as `kubectl`'s strategic merge does, so a job's container keeps the
+    queue's settings it does not name; everything else replaces.
+
+    >>> deep_merge({"containers": [{"name": "main", "resources": {"limits": {"cpu": 1}}}]},
+    ...            {"containers": [{"name": "main", "args": ["--x"]}, {"name": "side"}]})
+    {'containers': [{'name': 'main', 'resources': {'limits': {'cpu': 1}}, 'args': ['--x']}, {'name': 'side'}]}
+    """
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
+        elif _named_items(value) and _named_items(merged.get(key)):
+            by_name = {item["name"]: item for item in merged[key]}
+            for item in value:
+                by_name[item["name"]] = deep_merge(by_name[item["name"]], item) if item["name"] in by_name else copy.deepcopy(item)
+            merged[key] = list(by_name.values())
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def _named_items(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) and isinstance(item.get("name"), str)
+                                                          for item in value)
 
 
 def unwrap_resource_key(resource_args: dict[str, Any], resource: Resource) -> dict[str, Any]:

@@ -86,14 +86,19 @@ def variables_schema(fields: dict[str, TemplateField]) -> dict[str, Any]:
     return schema
 
 
+# `{{ prefect.blocks.TYPE.NAME }}` and `{{ prefect.variables.NAME }}`: Prefect's own references, which the agent
+# resolves in the queue config (Secret blocks, variables); not template fields.
+PREFECT_REFERENCE = "prefect."
+
+
 def placeholders(template: Any) -> set[str]:
-    """Names of every `{{ name }}` field used in a config."""
+    """Names of every `{{ name }}` field used in a config (Prefect's own `{{ prefect.* }}` references are none)."""
     if isinstance(template, dict):
         return set().union(*(placeholders(v) for v in template.values())) if template else set()
     if isinstance(template, list):
         return set().union(*(placeholders(v) for v in template)) if template else set()
     if isinstance(template, str):
-        return {name for _, name in PLACEHOLDER_CAPTURE_REGEX.findall(template)}
+        return {name for _, name in PLACEHOLDER_CAPTURE_REGEX.findall(template) if not name.startswith(PREFECT_REFERENCE)}
     return set()
 
 
@@ -120,6 +125,30 @@ def coerce_values(schema: dict[str, Any], raw: dict[str, str]) -> dict[str, Any]
                 f"Validation failed for field {name!r}. Failure reason: {text!r} is not of type {kind!r}"
             ) from None
     return values
+
+
+def check_no_templates(values: dict[str, Any]) -> None:
+    """Refuse template values (a job's, its submitter's) that hold a `{{ ... }}` reference: a job's values are
+    data, and Prefect's template machinery would resolve a `{{ prefect.blocks.secret.NAME }}` in them.
+
+    >>> check_no_templates({"tag": "{{ prefect.blocks.secret.db-password }}"})
+    Traceback (most recent call last):
+    ...
+    prefect_launch.templates.TemplateError: template value tag holds '{{ prefect.blocks.secret.db-password }}': a job's values are data, never templates; only the queue's config may read Prefect blocks and variables
+    """
+    for name, value in values.items():
+        found = _placeholder_matches(value)
+        if found:
+            raise TemplateError(f"template value {name} holds {found[0][0]!r}: a job's values are data, never "
+                                "templates; only the queue's config may read Prefect blocks and variables")
+
+
+def _placeholder_matches(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        return [match for item in value.values() for match in _placeholder_matches(item)]
+    if isinstance(value, list):
+        return [match for item in value for match in _placeholder_matches(item)]
+    return PLACEHOLDER_CAPTURE_REGEX.findall(value) if isinstance(value, str) else []
 
 
 def check_values(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

@@ -173,6 +173,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         # `prefect worker start --type launch` has no agent: read W&B's default launch-config.yaml.
         agent_config = agent_config or load_agent_config(None)
         self._build_settings, self._environment, self._registry = agent_setup(agent_config)
+        self._secure_mode = agent_config.secure_mode
         self._shared_limiter = shared_limiter
         self._on_job_done = on_job_done
         self._in_flight: dict[UUID, LaunchContext] = {}
@@ -225,6 +226,7 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             build_settings=self._build_settings,
             environment=self._environment,
             registry=self._registry,
+            secure_mode=self._secure_mode,
             owner=self._owner.tag(),
             adoption=adoption,
         )
@@ -407,7 +409,12 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
             if deployment is not None and deployment.entrypoint != LAUNCH_ENTRYPOINT:
                 await self._hand_over(flow_run, deployment)
                 return
-            configuration = await self._job_configuration(flow_run, deployment)
+            try:
+                configuration = await self._job_configuration(flow_run, deployment)
+            except LaunchError as exc:  # the run's own template values: its job fails, the agent goes on
+                self.get_flow_run_logger(flow_run).error("%s", exc)
+                await self._fail(flow_run, str(exc))
+                return
             await self.run(flow_run, configuration, adoption=adoption)
         except Exception as exc:
             self.get_flow_run_logger(flow_run).exception("The agent could not run this job")

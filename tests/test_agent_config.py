@@ -71,7 +71,7 @@ def test_agent_refuses_to_start_with_placeholders():
 @pytest.mark.parametrize("key, yaml_text, named", [
     ("builder.destination", "builder:\n  type: docker\n  destination: 127.0.0.1:5000/launch:v1\n", "a tag (:v1)"),
     ("builder.uri", "builder:\n  uri: us-docker.pkg.dev/p/r/launch:latest\n", "a tag (:latest)"),
-    ("registry.uri", "registry:\n  uri: 127.0.0.1:5000/launch@sha256:0123\n", "a digest (@sha256:0123)"),
+    ("registry.uri", "registry:\n  uri: 127.0.0.1:5000/launch@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", "a digest (@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef)"),
 ])
 def test_a_registry_destination_with_a_tag_is_refused_naming_the_key(tmp_path, key, yaml_text, named):
     """Images are tagged by content: `repo:v1` would become `repo:v1:<hash>`, no valid reference."""

@@ -24,9 +24,9 @@ def _job(folder: Path, **extra) -> ResolvedJob:
                        entry_point=["python", "src/train.py"], workdir=folder, **extra)
 
 
-def _plan(folder: Path, resource_args: dict | None = None, cache_mounts: bool = False, **extra):
+def _plan(folder: Path, resource_args: dict | None = None, cache_scope: str | None = None, **extra):
     accelerator = LaunchKeys.parse(resource_args or {}, "queue config").builder.accelerator_base_image
-    return plan_build(_job(folder, **extra), accelerator, "base:1", "reg.local/launch", cache_mounts)
+    return plan_build(_job(folder, **extra), accelerator, "base:1", "reg.local/launch", cache_scope)
 
 
 def _files(plan) -> dict[str, str]:
@@ -56,7 +56,9 @@ def test_generated_dockerfile_installs_requirements_before_copying_code(code):
     assert lines.index(f"COPY {GENERATED_REQUIREMENTS} /launch/requirements.txt") < install < copy_code
     assert lines[-1] == 'CMD ["python", "src/train.py"]'
     assert "--mount=type=cache" not in dockerfile
-    assert "--mount=type=cache,target=/root/.cache/pip" in _files(_plan(code, cache_mounts=True))[GENERATED_DOCKERFILE]
+    scoped = _files(_plan(code, cache_scope="gpu"))[GENERATED_DOCKERFILE]
+    assert "--mount=type=cache,id=prefect-launch-pip/gpu,target=/root/.cache/pip" in scoped
+    assert _plan(code, cache_scope="gpu").tag != _plan(code, cache_scope="cpu").tag  # one queue's image is its own
     assert plan.generated and plan.image.startswith("reg.local/launch:")
 
 
@@ -92,7 +94,7 @@ def test_job_level_accelerator_overrides_the_queue(code):
     queue = QueueConfig(resource="local-container", resource_args={"builder": {"accelerator": {"base_image": "queue:1"}}})
     job_level = {"builder": {"accelerator": {"base_image": "job:1"}}}
     accelerator = launch_keys(_job(code), queue, job_level).builder.accelerator_base_image
-    plan = plan_for(_job(code), accelerator, BuildSettings(), DockerBuilder(), LocalImages())
+    plan = plan_for(_job(code), accelerator, BuildSettings(), DockerBuilder(), LocalImages(), "gpu")
     assert _files(plan)[GENERATED_DOCKERFILE].startswith("FROM job:1\n")
     assert plan.image.startswith("prefect-launch/p:")
 
@@ -140,7 +142,10 @@ def test_agent_config_builder_keys():
     older = BuildSettings.from_agent_config(load_agent_config_text(
         "registry:\n  type: ecr\n  uri: 1234.dkr.ecr.us-east-1.amazonaws.com/launch\n", "b.yaml"))
     assert older.destination == "1234.dkr.ecr.us-east-1.amazonaws.com/launch" and older.builder is None
-    # The GCP seed names the destination `builder.uri` (its `<kaniko|docker>` choice filled in).
+    # The GCP seed names the destination `builder.uri` (its placeholders filled in, as the agent requires).
     seed = (SEEDS / "001_launch_config_4.yaml").read_text().replace("<kaniko|docker>", "docker")
+    for placeholder, value in (("<region>", "us-central1"), ("<project-id>", "ml"), ("<repository-name>", "launch"),
+                               ("<image-name>", "train")):
+        seed = seed.replace(placeholder, value)
     gcp = BuildSettings.from_agent_config(load_agent_config_text(seed, "gcp"))
     assert gcp.destination and "docker.pkg.dev" in gcp.destination

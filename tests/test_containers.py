@@ -242,13 +242,20 @@ def _artifacts_text(flow_run_id) -> str:
     return "\n".join(str(artifact.data) for artifact in anyio.run(read))
 
 
-def test_git_refuses_other_transports_and_passwords_in_uris(tmp_path):
-    for uri in ("file:///etc", "ext::sh -c touch% /tmp/pwned", "git://127.0.0.1/x.git",
-                "https://user:hunter2@127.0.0.1/x.git"):
+def test_git_refuses_other_transports_credentials_in_uris_and_options(tmp_path):
+    for uri, named in (("file:///etc", "only https:// and ssh"), ("ext::sh -c touch% /tmp/pwned", "only https:// and ssh"),
+                       ("git://127.0.0.1/x.git", "only https:// and ssh"),
+                       ("https://user:hunter2@127.0.0.1/x.git", "holds credentials"),
+                       ("https://user:hunter2@x@127.0.0.1/x.git", "holds credentials"),
+                       ("https://hunter2@127.0.0.1/x.git", "holds credentials (a user name can be a token)"),
+                       ("git@-oProxyCommand:x", "starting with '-'")):
         result = cli("launch", "-r", "local-container", "-u", uri, "-E", "python x.py", "--dry-run", check=False)
         assert result.returncode != 0, uri
         assert "hunter2" not in result.stdout + result.stderr
-        assert "only https:// and ssh" in result.stderr or "holds a password" in result.stderr, result.stderr
+        assert named in result.stderr, result.stderr
+    result = cli("launch", "-r", "local-container", "-u", "https://127.0.0.1/x.git", "--git-ref", "--upload-pack=id",
+                 "-E", "python x.py", "--dry-run", check=False)
+    assert result.returncode != 0 and "git would read it as an option" in result.stderr, result.stderr
 
 
 def test_failing_build_fails_the_job_and_the_agent_keeps_serving(engine, registry, agent_config, make_queue,
@@ -317,12 +324,15 @@ def test_docker_queue_seeds_render_as_written():
     seed = (Path(__file__).parent / "seeds" / "001_docker_queue_1.json").read_text()
     result = cli("launch", "-r", "local-container", "-R", seed, "-d", "trainer:1", "-E", "python train.py",
                  "--run-id", "seedrun", "--dry-run")
-    argv = json.loads(result.stdout)["submission"]["argv"]
+    submission = json.loads(result.stdout)["submission"]
+    argv = submission["argv"]
     image_at = argv.index("trainer:1")
-    expected = ["--env", "MY_ENV_VAR=value", "--env", "MY_EXISTING_ENV_VAR", "--volume",
+    # Each variable by name, its value in docker's own environment (nothing in `ps`); W&B's entry point rule.
+    expected = ["--env", "MY_ENV_VAR", "--env", "MY_EXISTING_ENV_VAR", "--volume",
                 "/mnt/datasets:/mnt/datasets", "--rm", "--gpus", "all"]
     assert argv[image_at - len(expected):image_at] == expected
-    assert argv[image_at + 1:] == ["python", "train.py"]
+    assert submission["env"]["MY_ENV_VAR"] == "value" and "MY_EXISTING_ENV_VAR" not in submission["env"]
+    assert argv[argv.index("--entrypoint") + 1] == "python" and argv[image_at + 1:] == ["train.py"]
 
     tensorflow = (Path(__file__).parent / "seeds" / "004_docker_queue_1.json").read_text()
     argv = json.loads(cli("launch", "-r", "local-container", "-R", tensorflow, "-d", "trainer:1",

@@ -57,12 +57,10 @@ def test_templates_checked_like_the_server(tmp_path):
 
 
 def test_a_server_less_dry_run_says_it_cannot_read_prefect_references(tmp_path):
-    """Template values are filled by Prefect's own machinery, as in the agent; with no server, a
-    `{{ prefect.variables.* }}` in one has nowhere to be read from."""
-    templates = tmp_path / "templates.yaml"
-    templates.write_text("tag: {type: string, default: a}\n")
-    result = dry_run("-r", "local-process", "-R", '{"env": {"TEMPLATE_TAG": "{{ tag }}"}}', "--templates", str(templates),
-                     "-v", "tag={{ prefect.variables.db_password }}", "-u", str(JOBS), "-E", "python report.py", check=False)
+    """The queue config is filled by Prefect's own machinery, as in the agent; with no server, a
+    `{{ prefect.variables.* }}` in it has nowhere to be read from."""
+    result = dry_run("-r", "local-process", "-R", '{"env": {"DB_PASSWORD": "{{ prefect.variables.db_password }}"}}',
+                     "-u", str(JOBS), "-E", "python report.py", check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         "error: a dry run with -r/--resource has no Prefect server to read {{ prefect.blocks.* }} or "

@@ -104,10 +104,13 @@ def test_rendering_any_queue_config_and_overrides_works_or_is_refused(resource, 
     except LaunchError:
         return
     json.dumps(rendered)  # what is logged and shown by --dry-run must serialize
-    if resource in (Resource.local_process, Resource.local_container):
-        argv_out = rendered["submission"]["argv"]
-        # Shell metacharacters stay single arguments: no shell ever sees them.
+    # Shell metacharacters stay single arguments: no shell ever sees them.
+    argv_out = rendered["submission"].get("argv")
+    if resource == Resource.local_process:
         assert argv_out[-len(argv):] == argv
+    elif resource == Resource.local_container:  # the entry point's first word replaces the image's ENTRYPOINT
+        assert argv_out[argv_out.index("--entrypoint") + 1] == argv[0]
+        assert argv_out[len(argv_out) - len(argv) + 1:] == argv[1:]
 
 
 @FUZZ

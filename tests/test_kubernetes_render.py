@@ -71,9 +71,9 @@ def test_admin_values_are_never_overwritten(tmp_path):
 def test_user_overrides_may_not_widen_access(tmp_path):
     seed = yaml.safe_load((SEEDS / "000_k8s_job_1.yaml").read_text())
     for override, named in (
-        ({"spec": {"template": {"spec": {"hostNetwork": True}}}}, "hostNetwork: true"),
+        ({"spec": {"template": {"spec": {"hostNetwork": True}}}}, "hostNetwork at spec.template.spec.hostNetwork"),
         ({"spec": {"template": {"spec": {"containers": [{"securityContext": {"privileged": True}}]}}}},
-         "privileged: true"),
+         "privileged at spec.template.spec.containers[0].securityContext.privileged"),
         ({"spec": {"template": {"spec": {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}}}, "hostPath"),
         ({"spec": {"template": {"spec": {"containers": [{"ports": [{"containerPort": 80, "hostPort": 80}]}]}}}},
          "hostPort"),
@@ -83,7 +83,7 @@ def test_user_overrides_may_not_widen_access(tmp_path):
         spec.write_text(json.dumps({"resource_args": {"kubernetes": override}}))
         result = _dry_run(seed, "-c", str(spec), check=False)
         assert result.returncode != 0, override
-        assert named in result.stderr and "only the queue's config" in result.stderr, result.stderr
+        assert named in result.stderr and "only the queue's config (its admin) may set it" in result.stderr, result.stderr
 
 
 def test_queue_secrets_reach_every_container_by_reference_and_users_cannot_add_any(tmp_path):
@@ -98,7 +98,7 @@ def test_queue_secrets_reach_every_container_by_reference_and_users_cannot_add_a
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"resource_args": {"kubernetes": {"secrets": {"STOLEN": "admin-creds/token"}}}}))
     result = _dry_run({"namespace": "wandb"}, "-c", str(spec), check=False)
-    assert result.returncode != 0 and "secrets at resource_args.secrets" in result.stderr
+    assert result.returncode != 0 and "may not set secrets (another Secret)" in result.stderr
     bad = _dry_run({"secrets": {"HF_TOKEN": "no-key"}}, check=False)
     assert bad.returncode != 0 and "write `secret-name/key`" in bad.stderr
 

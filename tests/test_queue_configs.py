@@ -130,8 +130,8 @@ def test_a_queue_config_reads_the_agents_environment_and_a_job_may_not():
     """W&B's `${<ENV-VAR-NAME>}` macro: the admin's config names an agent variable; a submitter's resource args
     reading one would read the agent's secrets."""
     queue = QueueConfig(resource="local-container", resource_args={"env": ["BUCKET=${DATA_BUCKET}/${run_id}"]})
-    argv = render(_job(), queue, agent_environment={"DATA_BUCKET": "s3://ml"})["submission"]["argv"]
-    assert argv[argv.index("BUCKET=s3://ml/r1") - 1] == "--env"
+    submission = render(_job(), queue, agent_environment={"DATA_BUCKET": "s3://ml"})["submission"]
+    assert submission["env"]["BUCKET"] == "s3://ml/r1" and submission["argv"][submission["argv"].index("BUCKET") - 1] == "--env"
     with pytest.raises(LaunchError, match=r"resource_args\.env\[0\]: \$\{DATA_BUCKET\} is not a launch macro, and the "
                                           r"agent's environment has no variable DATA_BUCKET"):
         render(_job(), queue, agent_environment={})

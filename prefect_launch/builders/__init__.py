@@ -51,6 +51,7 @@ def plan_for(
     settings: BuildSettings,
     builder: Builder,
     registry: Registry,
+    queue: str,
 ) -> BuildPlan:
     """The build plan of a job with the agent's settings (`accelerator_image`: the job's resource args over the queue's)."""
     return plan_build(
@@ -58,7 +59,7 @@ def plan_for(
         accelerator_image,
         default_base_image=settings.base_image,
         repository=registry.repository(job.project),
-        cache_mounts=builder.cache_mounts,
+        cache_scope=queue if builder.cache_mounts else None,
     )
 
 

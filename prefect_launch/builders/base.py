@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_launch.builders.plan import BuildPlan
 from prefect_launch.errors import LaunchError
+from prefect_launch.images import repository_reference
 
 Log = logging.Logger | logging.LoggerAdapter
 
@@ -59,7 +60,7 @@ class BuildSettings(BaseModel):
         key, destination = next(((key, value) for key, value in keys if value), (None, None))
         return cls(
             builder=builder.type if builder else None,
-            destination=repository_only(normalize_destination(destination), key) if destination else None,
+            destination=repository_reference(normalize_destination(destination), key) if destination else None,
             registry_type=registry.type if registry else None,
             base_image=(builder and builder.base_image) or DEFAULT_BASE_IMAGE,
             **(builder.model_dump(include=set(_KANIKO_KEYS), exclude_none=True) if builder else {}),
@@ -82,27 +83,6 @@ def normalize_destination(destination: str) -> str:
     if arn:
         return f"{arn['account']}.dkr.ecr.{arn['region']}.amazonaws.com/{arn['name']}"
     return re.sub(r"^https?://", "", destination).rstrip("/")
-
-
-def repository_only(destination: str, key: str) -> str:
-    """`destination`, refused if it names a tag or digest: images are tagged by their content.
-
-    >>> repository_only("127.0.0.1:5000/launch", "builder.destination")
-    '127.0.0.1:5000/launch'
-    >>> repository_only("127.0.0.1:5000/launch:v1", "builder.destination")
-    Traceback (most recent call last):
-    ...
-    prefect_launch.errors.LaunchError: builder.destination '127.0.0.1:5000/launch:v1' names a tag (:v1); give the repository only (127.0.0.1:5000/launch): prefect-launch tags each image by its content
-    """
-    _, slash, path = destination.partition("/")
-    name = path.rsplit("/", 1)[-1] if slash else ""
-    for mark in ("@", ":"):
-        if mark in name:
-            repository = destination[:len(destination) - len(name)] + name.split(mark, 1)[0]
-            raise LaunchError(f"{key} {destination!r} names a {'digest' if mark == '@' else 'tag'} "
-                              f"({mark}{name.split(mark, 1)[1]}); give the repository only ({repository}): "
-                              "prefect-launch tags each image by its content")
-    return destination
 
 
 class BuildLog:

@@ -1,6 +1,6 @@
 """The docker builder: builds in the local Docker engine, with BuildKit when a CLI can drive it.
 
-BuildKit (for pip cache mounts shared by every build on the engine) needs a
+BuildKit (for pip cache mounts, one per queue: `_salt_cache_ids`) needs a
 docker CLI that speaks it: one with the buildx plugin, or a pre-23 CLI with
 `DOCKER_BUILDKIT=1`. The first such `docker` on PATH is used; without one the
 Docker SDK runs the classic builder. Either way the context is the plan's tar,
@@ -16,14 +16,18 @@ Example::
 
     builder = DockerBuilder()
     builder.build(plan_build(job, None, "prefect-launch/python:3.11", "127.0.0.1:5000/launch",
-                             builder.cache_mounts), log)
+                             "gpu" if builder.cache_mounts else None), log)
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import io
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,15 +37,50 @@ import threading
 
 from prefect_launch.builders.base import Builder, BuildLog, Log
 from prefect_launch.cancel import CancelWatch
-from prefect_launch.builders.plan import BuildPlan
+from prefect_launch.builders.plan import CACHE_ID_PREFIX, BuildPlan
 from prefect_launch.docker_engine import buildkit_cli, docker_client, http_status
 from prefect_launch.errors import LaunchError
+from prefect_launch.home import launch_home
 
 STOP_GRACE_SECONDS = 10.0
 
 
 class BuildStopped(LaunchError):
     """The build was stopped because its run was cancelled."""
+
+
+# A generated Dockerfile's cache id, `prefect-launch-pip/<queue>`, before the agent's key salts it.
+_CACHE_ID = re.compile(re.escape(CACHE_ID_PREFIX) + r"([A-Za-z0-9_.-]+)")
+
+
+def _salt_cache_ids(dockerfile: str) -> None:
+    """Give each cache mount of a generated Dockerfile the id `prefect-launch-pip-<HMAC(agent key, queue)>`.
+
+    Every build on the engine shares its BuildKit caches by id: a job's own Dockerfile naming another queue's
+    id would plant files that queue's builds then install. Salted with a key only the agent reads, an id
+    cannot be named by anyone else; one queue's builds still share their cache.
+    """
+    with open(dockerfile, encoding="utf-8") as file:
+        text = file.read()
+    key = cache_key()
+    salted = _CACHE_ID.sub(lambda m: "prefect-launch-pip-" + hmac.new(key, m[1].encode(), hashlib.sha256).hexdigest()[:32], text)
+    with open(dockerfile, "w", encoding="utf-8") as file:
+        file.write(salted)
+
+
+def cache_key() -> bytes:
+    """The agent's build-cache key: 32 random bytes in its home (`build-cache.key`, readable by its user only)."""
+    path = launch_home() / "build-cache.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+                file.write(secrets.token_bytes(32))
+        except FileExistsError:
+            pass  # another agent of this home made it first
+        return path.read_bytes()
 
 
 class DockerBuilder(Builder):
@@ -74,6 +113,8 @@ class DockerBuilder(Builder):
         with tempfile.TemporaryDirectory(prefix="prefect-launch-build-") as context:
             with tarfile.open(fileobj=io.BytesIO(plan.context)) as tar:
                 tar.extractall(context, filter="data")
+            if plan.generated:
+                _salt_cache_ids(os.path.join(context, plan.dockerfile))
             argv = [path, "build", "--network", "host", "--progress", "plain",
                     "-f", os.path.join(context, plan.dockerfile), "-t", plan.image, context]
             proc = subprocess.Popen(

@@ -13,7 +13,7 @@ that builds it, so every agent computes the same tag for the same job.
 
 Example:
     >>> print(generate_dockerfile("python:3.11-slim", ["python", "train.py"], requirements=True,
-    ...                           accelerator=False, cache_mounts=False))
+    ...                           accelerator=False, cache_scope=None))
     FROM python:3.11-slim
     WORKDIR /launch/code
     COPY .launch/requirements.txt /launch/requirements.txt
@@ -65,8 +65,17 @@ def normalize_requirements(text: str) -> str:
     return _DASHED_OPTION.sub(r"--\1", text)
 
 
+def cache_mount_id(scope: str) -> str:
+    """The pip cache's id as a generated Dockerfile names it: one cache per queue (`scope`); the docker builder
+    salts it with its agent's key as it builds, so no Dockerfile a job writes can name another queue's cache."""
+    return CACHE_ID_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "-", scope)
+
+
+CACHE_ID_PREFIX = "prefect-launch-pip/"
+
+
 def generate_dockerfile(
-    base_image: str, entry_point: list[str], requirements: bool, accelerator: bool, cache_mounts: bool
+    base_image: str, entry_point: list[str], requirements: bool, accelerator: bool, cache_scope: str | None
 ) -> str:
     lines = [f"FROM {base_image}"]
     if accelerator:
@@ -80,8 +89,8 @@ def generate_dockerfile(
     lines.append(f"WORKDIR {CODE_DIR}")
     if requirements:
         pip = "python3 -m pip install --disable-pip-version-check -r /launch/requirements.txt"
-        if cache_mounts:
-            run = f"RUN --mount=type=cache,target=/root/.cache/pip {pip}"
+        if cache_scope:
+            run = f"RUN --mount=type=cache,id={cache_mount_id(cache_scope)},target=/root/.cache/pip {pip}"
         else:
             run = "RUN " + pip.replace("install", "install --no-cache-dir", 1)
         lines += [f"COPY {GENERATED_REQUIREMENTS} /launch/requirements.txt", run]
@@ -111,12 +120,13 @@ def plan_build(
     accelerator_image: str | None,
     default_base_image: str,
     repository: str,
-    cache_mounts: bool,
+    cache_scope: str | None,
 ) -> BuildPlan:
     """Plan the image for a code or git job; `repository` is where its tag goes (`registry/repo`).
 
     `accelerator_image` is the queue's (or job's) `builder.accelerator.base_image`: it is the base, with
-    Python installed by apt, unless the job names its own base image.
+    Python installed by apt, unless the job names its own base image. `cache_scope` (the queue, where the
+    builder has BuildKit) gives the generated Dockerfile a pip cache of that queue's own.
     """
     if job.workdir is None:
         raise LaunchError("the job has no code folder to build")
@@ -132,7 +142,7 @@ def plan_build(
             entry_point=job.entry_point,
             requirements=requirements.is_file(),
             accelerator=bool(accelerator_image) and not job.base_image,
-            cache_mounts=cache_mounts,
+            cache_scope=cache_scope,
         )
         extra[GENERATED_DOCKERFILE] = text.encode()
         dockerfile = GENERATED_DOCKERFILE

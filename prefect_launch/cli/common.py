@@ -56,7 +56,7 @@ def clear_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         from pydantic import ValidationError
 
-        from prefect_launch.errors import LaunchError, missing_extra
+        from prefect_launch.errors import LaunchError, field_path, missing_extra
 
         try:
             return fn(*args, **kwargs)
@@ -71,8 +71,8 @@ def clear_errors(fn: Callable[..., T]) -> Callable[..., T]:
             raise typer.Exit(1) from None
         except ValidationError as exc:
             for error in exc.errors():
-                where = ".".join(str(p) for p in error["loc"])
-                typer.echo(f"error: {where}: {error['msg']}", err=True)
+                message = error["msg"].removeprefix("Value error, ")
+                typer.echo(f"error: {field_path(error['loc'])}: {message}", err=True)
             raise typer.Exit(1) from None
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code not in (401, 403):

@@ -195,6 +195,7 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
             set_var, project, entity, name, run_id, wait, dry_run, resource, resource_args, templates) -> None:
     from prefect_launch.config_files import load_config_file
     from prefect_launch.errors import LaunchError
+    from prefect_launch.redact import redact
 
     file = LaunchConfigFile.model_validate(load_config_file(config, "launch config") if config else {})
     queue = queue or file.queue
@@ -214,7 +215,9 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
         # copy of it, where the agent runs and builds the job.
         planned = job_resolved.model_copy(update={"workdir": folder}) if folder is not None else job_resolved
         image = preparation.plan_image(planned, spec.resource_args).ref
-        echo_json(preparation.render(_with_image(preparation, job_resolved, image), spec.resource_args))
+        # Exactly what the target receives, but for secret values (`redact`), as the run's artifact shows it:
+        # a dry run against a queue must not read its admin's secrets out to a submitter.
+        echo_json(redact(preparation.render(_with_image(preparation, job_resolved, image), spec.resource_args)))
         return
 
     if resource or resource_args or templates:
@@ -253,13 +256,15 @@ def _dry_run_preparation(queue_name, queue_config):
     from prefect_launch.prepare import Preparation
     from prefect_launch.targets import target_class
 
-    settings, environment, registry = agent_setup(load_agent_config(None))
+    agent_config = load_agent_config(None)
+    settings, environment, registry = agent_setup(agent_config)
     if environment is not None and target_class(queue_config.resource).runs_remotely:
         try:
             environment.verify()
         except LaunchError as exc:
             stderr(f"note: {exc}")
-    return Preparation(queue_name or "(dry run)", queue_config, launch_home(), settings, environment, registry)
+    return Preparation(queue_name or "(dry run)", queue_config, launch_home(), settings, environment, registry,
+                       secure_mode=agent_config.secure_mode)
 
 
 def _with_image(preparation, job, image):

@@ -61,7 +61,7 @@ def _prepare(config_path: Path, queue: str | None, project: str | None, entity: 
         from prefect_launch.blocks.job import LaunchJob
 
         LaunchJob.find(config.job, config.project or "uncategorized")
-    run(_check_queue, queue)
+    run(_check_queue, queue, config)
     return config, queue
 
 
@@ -121,13 +121,20 @@ def _set_state(sweep: str, action: str) -> None:
     stderr(f"Sweep {flow_run.name}: {action} requested")
 
 
-async def _check_queue(queue: str) -> None:
+async def _check_queue(queue: str, config) -> None:
+    """A missing queue, or trials its queue would refuse (their `launch.resource_args` against the target's
+    policy, `launch.template_variables` holding `{{ ... }}`), is an error now, not in the background."""
     from prefect.client.orchestration import get_client
 
-    from prefect_launch.deployments.queues import read_queue
+    from prefect_launch.deployments.queues import queue_config_of, read_queue
+    from prefect_launch.render import check_job_args
+    from prefect_launch.templates import check_no_templates
 
     async with get_client() as client:
-        await read_queue(client, queue)  # a missing queue is an error now, not in the background
+        queue_config = queue_config_of(await read_queue(client, queue))
+    check_no_templates(config.launch.template_variables)
+    if queue_config is not None:
+        check_job_args(queue_config, config.launch.resource_args)
 
 
 async def _create_run(config, queue: str, seed: int | None):

@@ -34,14 +34,15 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.utilities.callables import parameter_schema
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prefect_launch.errors import LaunchError
-from prefect_launch.render import check_queue_config
-from prefect_launch.spec import LaunchSpec, Resource
+from prefect_launch.render import check_job_args, check_queue_config
+from prefect_launch.spec import LaunchSpec, QueueConfig, Resource
 from prefect_launch.targets import SUPPORTED_RESOURCES
 from prefect_launch.templates import (
     TemplateField,
+    check_no_templates,
     check_placeholders_declared,
     variables_schema,
 )
@@ -151,6 +152,16 @@ async def read_queue(client: PrefectClient, name: str) -> WorkPool:
     return pool
 
 
+def queue_config_of(pool: WorkPool) -> QueueConfig | None:
+    """The queue config a pool's job template holds, template fields unfilled; None if it holds none."""
+    job_configuration = (pool.base_job_template or {}).get("job_configuration") or {}
+    try:
+        return QueueConfig.model_validate({key: job_configuration[key] for key in QueueConfig.model_fields
+                                           if key in job_configuration})
+    except ValidationError:
+        return None
+
+
 async def queue_priorities(client: PrefectClient, name: str) -> list[str]:
     names = {q.name for q in await client.read_work_queues(work_pool_name=name)}
     return [p for p in PRIORITIES if p in names]
@@ -192,13 +203,22 @@ async def enqueue(
     priority: str | None,
     values: dict[str, Any],
 ) -> FlowRun:
-    """Put a job on a queue: one flow run of the queue's launch deployment."""
+    """Put a job on a queue: one flow run of the queue's launch deployment.
+
+    What its submitter sends is checked first, as the agent checks it again before anything is built:
+    its resource args against the target's policy, its template values for `{{ ... }}` references.
+    """
     try:
         deployment = await client.read_deployment_by_name(deployment_name(queue))
     except ObjectNotFound:
         raise LaunchError(
             f"queue {queue!r} not found; create it first with `prefect-launch queue create {queue} ...`"
         ) from None
+    check_no_templates(values)
+    if spec.resource_args:
+        config = queue_config_of(await read_queue(client, queue))
+        if config is not None:  # else its agent says what is wrong with the queue
+            check_job_args(config, spec.resource_args)
     work_queue = None
     if priority is not None:
         if priority not in PRIORITIES:

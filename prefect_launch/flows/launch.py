@@ -17,6 +17,7 @@ configured (or any secret in it) shows up as a parameter.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -66,6 +67,19 @@ class LaunchContext(Preparation):
     adoption: Adoption | None = None
     # The submitted job, for the agent to release once the run's final state is on record.
     handle: Handle | None = None
+
+
+class _OneLineLaunchErrors(logging.Filter):
+    """A stage failing with a LaunchError (bad input, said in one line naming the field) logs that line, not a
+    traceback: Prefect's task engine logs every failed task with its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LaunchError):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_OneLineLaunchErrors())
 
 
 class CancelledBeforeStart(LaunchError):

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from prefect_launch.errors import LaunchError
-from prefect_launch.git_remotes import check_remote, mask_url
+from prefect_launch.git_remotes import check_ref, check_remote, mask_url
 from prefect_launch.settings import settings
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -60,7 +60,7 @@ def remote_commit(uri: str, ref: str | None) -> str | None:
     if ref and _COMMIT.match(ref):
         return ref
     wanted = ref or "HEAD"
-    listing = _git(["ls-remote", uri, wanted, f"refs/tags/{wanted}^{{}}"])
+    listing = _git(["ls-remote", "--", uri, wanted, f"refs/tags/{wanted}^{{}}"])
     commits: dict[str, str] = {}
     for line in listing.splitlines():
         commit, _, name = line.partition("\t")
@@ -75,13 +75,15 @@ def remote_commit(uri: str, ref: str | None) -> str | None:
 def fetch(uri: str, ref: str | None, cache_root: Path) -> tuple[Path, str]:
     """Check out `uri` at `ref` with its submodules into `cache_root/<commit>`; return (folder, commit)."""
     check_remote(uri)
+    if ref:
+        check_ref(ref)
     commit = remote_commit(uri, ref)
     if commit and (cache_root / commit).is_dir():
         return cache_root / commit, commit
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".clone-"))
     try:
-        _git(["clone", "--quiet", "--no-checkout", uri, str(staging)])
+        _git(["clone", "--quiet", "--no-checkout", "--", uri, str(staging)])
         target = commit or ref or "HEAD"
         if not _resolves(staging, target):
             raise LaunchError(f"git ref {ref!r} not found in {mask_url(uri)}")

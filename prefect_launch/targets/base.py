@@ -13,6 +13,7 @@ Example, a target that runs nothing::
     class Null(Target):
         resource = Resource.local_process
         config_model = TargetConfig
+        job_policy = AllowedFields(set())
         def render(self, job, config): return {"argv": job.argv}
         def submit(self, submission, log): return Handle(id="null")
         def wait(self, handle, cancel, log, progress):
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prefect_launch.errors import AdoptionFailed, LaunchError, invalid_config
 from prefect_launch.interfaces import Environment, Registry
+from prefect_launch.targets.policy import JobPolicy
 from prefect_launch.spec import Resource, ResolvedJob
 
 
@@ -73,6 +75,8 @@ class TargetConfig(BaseModel):
 class Target(abc.ABC):
     resource: ClassVar[Resource]
     config_model: ClassVar[type[TargetConfig]]
+    # What a job's own resource args may set; the queue's config (its admin) may set anything (`policy.py`).
+    job_policy: ClassVar[JobPolicy]
     # Its infrastructure pulls images itself and needs the registry's login handed over (a pull secret).
     pulls_with_login: ClassVar[bool] = False
     # Its jobs outlive the agent and `attach` finds them by name: another agent can adopt them.
@@ -88,9 +92,6 @@ class Target(abc.ABC):
         self.environment = environment
         # The agent's registry: a target whose cluster pulls with its own login (Kubernetes) asks it for one.
         self.registry = registry
-
-    def check_overrides(self, overrides: dict[str, Any]) -> None:
-        """Refuse what a job's own resource args may not set, though the queue's config (its admin) may."""
 
     @classmethod
     def parse_config(cls, payload: dict[str, Any], where: str) -> TargetConfig:

@@ -54,6 +54,15 @@ LAUNCH_OWNED = {
     "help": "it would print docker's help instead of running the job",
 }
 _OPTIONS = SWITCHES | REPEATABLE | SINGLE
+# What a job's own resource args may set: resources, GPUs, its environment, labels, health checks. Never a
+# privilege, device, capability, host namespace or path, network, security option or user (W&B's agent
+# refuses the same); a queue config may opt more in with `job_may_set`.
+JOB_MAY_SET = frozenset({
+    "cpu-period", "cpu-quota", "cpu-shares", "cpus", "cpuset-cpus", "cpuset-mems", "env", "gpus", "memory",
+    "memory-reservation", "memory-swap", "pids-limit", "platform", "shm-size", "ulimit", "workdir",
+    "label", "init", "read-only", "rm", "stop-signal", "stop-timeout", "tmpfs", "health-cmd", "health-interval",
+    "health-retries", "health-start-period", "health-timeout", "no-healthcheck",
+})
 
 
 def long_name(key: str) -> str:

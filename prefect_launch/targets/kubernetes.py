@@ -17,15 +17,20 @@ template it finds (`spec.template` of a Job; every template of a custom resource
   Secret through `secretKeyRef` (never a plain value), and each secret the
   queue names under `secrets:` (`ENV_NAME: secret-name/key`, e.g. made with
   `kubectl create secret generic`) the same way;
-- the seeds' security defaults, only where absent: `backoffLimit: 0`,
-  `ttlSecondsAfterFinished: 60` (Jobs), and on every container
+- the seeds' security defaults, field by field where the queue config left
+  them unset: `backoffLimit: 0`, `ttlSecondsAfterFinished: 60` (Jobs), and on
+  every container, init container and ephemeral container
   `allowPrivilegeEscalation: false`, `capabilities.drop: [ALL]`,
   `seccompProfile.type: RuntimeDefault`;
 - the run id as the label `prefect-launch/run-id` on the object and its pods.
 
-A job's own resource args (the user's, not the admin's queue config) may not
-ask for privileged containers, host namespaces, host ports, hostPath volumes,
-another service account or other secrets: `check_overrides` refuses them.
+A job's own resource args (the user's, not the admin's queue config) may set
+anything but what widens a pod's access (`RestrictedPods`, the target's job
+policy): privileged containers, privilege escalation, added capabilities, root
+users, unconfined seccomp or AppArmor profiles, host namespaces, paths and
+ports, Bidirectional mount propagation, sysctls, a chosen node, another service
+account or its token, or another Secret; a queue config opts a field back in with
+`job_may_set`.
 
 An image the agent pushed to a registry that needs a login (ECR, Artifact
 Registry, ACR, or a `docker login` of the agent's) is pulled with that login:
@@ -55,7 +60,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+import re
+from typing import Any, Callable, Iterator
 
 from pydantic import Field, model_validator
 
@@ -65,6 +71,7 @@ from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods
+from prefect_launch.targets.policy import Refusal
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
 
@@ -73,12 +80,7 @@ RUN_ID_LABEL = "prefect-launch/run-id"
 ATTEMPT_LABEL = "prefect-launch/attempt"
 DEFAULT_NAMESPACE = "default"
 JOB_DEFAULTS = {"backoffLimit": 0, "ttlSecondsAfterFinished": 60}
-CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-_POD_HOST_KEYS = ("hostNetwork", "hostPID", "hostIPC")
+CONTAINER_KINDS = ("containers", "initContainers", "ephemeralContainers")
 
 
 def object_name(run_id: str) -> str:
@@ -213,31 +215,95 @@ def _fill_pod(pod: dict[str, Any], job: ResolvedJob, first: bool, secrets: list[
             container.pop("args", None)
         own = [e for e in env if first and index == 0 or e["name"] != "WANDB_RUN_ID"]
         container["env"] = [e for e in container.get("env", []) if e.get("name") not in ours] + copy.deepcopy(own)
-        security = container.setdefault("securityContext", {})
-        for key, value in CONTAINER_SECURITY.items():
-            security.setdefault(key, copy.deepcopy(value))
+    for kind in CONTAINER_KINDS:
+        for container in pod.get(kind) or []:
+            restrict(container)
 
 
-def _privileged(value: Any, where: str) -> Iterator[tuple[str, str]]:
-    """(path, what) for every setting that widens a pod's access to its node or the cluster."""
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _privileged(item, f"{where}[{index}]")
-        return
-    if not isinstance(value, dict):
-        return
-    for key, item in value.items():
-        path = f"{where}.{key}"
-        if key in _POD_HOST_KEYS and item:
-            yield path, f"{key}: true"
-        elif key in ("privileged", "allowPrivilegeEscalation") and item:
-            yield path, f"{key}: true"
-        elif key in ("serviceAccountName", "serviceAccount"):
-            yield path, "another service account"
-        elif key in ("hostPath", "hostPort"):
-            yield path, key
-        else:
-            yield from _privileged(item, path)
+def restrict(container: dict[str, Any]) -> None:
+    """The seeds' security defaults, field by field, where the config left each unset: no privilege
+    escalation, every capability dropped, the runtime's default seccomp profile.
+
+    >>> container = {"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}, "runAsUser": 1000}}
+    >>> restrict(container); container["securityContext"]  # doctest: +NORMALIZE_WHITESPACE
+    {'capabilities': {'add': ['NET_BIND_SERVICE'], 'drop': ['ALL']}, 'runAsUser': 1000,
+     'allowPrivilegeEscalation': False, 'seccompProfile': {'type': 'RuntimeDefault'}}
+    """
+    security = container.get("securityContext")
+    if not isinstance(security, dict):
+        security = container["securityContext"] = {}
+    capabilities = security.get("capabilities")
+    if not isinstance(capabilities, dict):
+        capabilities = security["capabilities"] = {}
+    capabilities.setdefault("drop", ["ALL"])
+    security.setdefault("allowPrivilegeEscalation", False)
+    security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0) or (
+        isinstance(value, str) and value.strip().lower() in ("1", "true", "yes"))
+
+
+def _unconfined(profile: Any) -> bool:
+    return isinstance(profile, dict) and str(profile.get("type", "")).lower() == "unconfined"
+
+
+# key -> (refused when its value is..., why): every field that widens a pod's access to its node, the
+# cluster's API or other Secrets. A key refused wherever it stands, so custom resources are covered too.
+_WIDENING: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (_truthy, "shares the node's namespaces") for key in
+       ("hostNetwork", "hostPID", "hostIPC", "hostUsers", "shareProcessNamespace")},
+    "privileged": (_truthy, "a privileged container"),
+    "allowPrivilegeEscalation": (_truthy, "privilege escalation"),
+    "procMount": (lambda value: str(value) == "Unmasked", "an unmasked /proc"),
+    "hostProcess": (_truthy, "a host process"),
+    "runAsUser": (lambda value: value == 0, "runs as root"),
+    "runAsGroup": (lambda value: value == 0, "runs as root's group"),
+    "runAsNonRoot": (lambda value: value is False, "may run as root"),
+    "seccompProfile": (_unconfined, "an unconfined seccomp profile"),
+    "appArmorProfile": (_unconfined, "an unconfined AppArmor profile"),
+    "sysctls": (lambda value: bool(value), "kernel parameters"),
+    "hostPath": (lambda value: value is not None, "a folder of the node"),
+    "hostPort": (_truthy, "a port of the node"),
+    "mountPropagation": (lambda value: str(value) == "Bidirectional", "mounts shared with the node"),
+    "nodeName": (lambda value: bool(value), "a node chosen past the scheduler"),
+    "serviceAccountName": (lambda value: bool(value), "another service account"),
+    "serviceAccount": (lambda value: bool(value), "another service account"),
+    "automountServiceAccountToken": (_truthy, "the service account's API token"),
+    "serviceAccountToken": (lambda value: value is not None, "a service account token"),
+    **{key: (lambda value: value is not None, "another Secret") for key in
+       ("secrets", "secret", "secretKeyRef", "secretRef", "imagePullSecrets")},
+}
+
+
+class RestrictedPods:
+    """The Kubernetes target's job policy: a job's own resource args may set anything but what `_WIDENING`
+    names (and AppArmor or seccomp annotations that unconfine), and no capability beyond the defaults."""
+
+    def refusals(self, own: dict[str, Any]) -> list[Refusal]:
+        return list(self._walk(own, ""))
+
+    def _walk(self, value: Any, path: str) -> Iterator[Refusal]:
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from self._walk(item, f"{path}[{index}]")
+            return
+        if not isinstance(value, dict):
+            return
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            rule = _WIDENING.get(key)
+            if rule is not None and rule[0](item):
+                yield Refusal(key, where, rule[1])
+            elif key == "capabilities" and isinstance(item, dict) and item.get("add"):
+                yield Refusal("capabilities.add", f"{where}.add", "capabilities beyond the defaults")
+            elif key == "annotations" and isinstance(item, dict):
+                yield from (Refusal("annotations", f"{where}.{name}", "an unconfined profile")
+                            for name, text in item.items()
+                            if re.search("apparmor|seccomp", str(name), re.I) and "unconfined" in str(text).lower())
+            else:
+                yield from self._walk(item, where)
 
 
 def _labelled(metadata: dict[str, Any], job: ResolvedJob) -> dict[str, Any]:
@@ -250,19 +316,10 @@ def _labelled(metadata: dict[str, Any], job: ResolvedJob) -> dict[str, Any]:
 class KubernetesTarget(Target):
     resource = Resource.kubernetes
     config_model = KubernetesConfig
+    job_policy = RestrictedPods()
     adoptable = True
     pulls_with_login = True
     runs_remotely = True
-
-    def check_overrides(self, overrides: dict[str, Any]) -> None:
-        refused = [f"{what} at {where}" for where, what in _privileged(overrides, "resource_args")]
-        if "secrets" in overrides:
-            refused.append("secrets at resource_args.secrets")
-        if refused:
-            raise LaunchError(
-                "a job's own resource args may not ask for " + "; ".join(refused)
-                + " on a kubernetes queue: only the queue's config (its admin) can"
-            )
 
     def render(self, job: ResolvedJob, config: KubernetesConfig) -> dict[str, Any]:
         if not job.image:

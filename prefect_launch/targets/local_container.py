@@ -11,16 +11,21 @@ is: `docker run`, the launch's own options (container name from the run id,
 labels, the run folder mounted as `WANDB_DIR`, the W&B variables), the queue's
 options in order, the image, then the entry point and its args.
 
-Secrets never appear in the command: `WANDB_API_KEY` is passed by name, so
-docker reads it from the agent's environment.
+Secrets never appear in the command: every environment variable is passed by
+name (`--env NAME`), its value in the environment of the `docker run` process
+(the submission's `env`), where docker reads it; `WANDB_API_KEY` comes from the
+agent's own environment that way. The job's entry point replaces the image's
+`ENTRYPOINT` (`--entrypoint`, as W&B's runner does); a job that gives none runs
+the image's own.
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
-    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
+    >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], entry_point=["python", "t.py"],
+    ...                   image="img:1")
     >>> config = LocalContainerTarget.parse_config({"gpus": "all", "rm": True}, "queue config")
     >>> argv = LocalContainerTarget().render(job, config)["argv"]
-    >>> argv[-6:]
-    ['--gpus', 'all', '--rm', 'img:1', 'python', 't.py']
+    >>> argv[argv.index("--entrypoint"):argv.index("--entrypoint") + 2], argv[-5:]
+    (['--entrypoint', 'python'], ['--gpus', 'all', '--rm', 'img:1', 't.py'])
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets import docker_run, process
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
+from prefect_launch.targets.local_process import env_entries
+from prefect_launch.targets.policy import AllowedFields
 from prefect_launch.targets.process import Log
 
 # Passed by name: docker copies the agent's value when it is set, and nothing shows in the command.
@@ -71,12 +78,25 @@ class LocalContainerConfig(TargetConfig):
         return options
 
     def flags(self) -> list[str]:
-        return docker_run.flags(self.model_extra or {})
+        """The options as `docker run` arguments, each `env` entry by name only (its value is in `environment`)."""
+        options = dict(self.model_extra or {})
+        for key in [key for key in options if docker_run.long_name(key) == "env"]:
+            options[key] = list(env_entries(options[key]))
+        return docker_run.flags(options)
+
+    def environment(self) -> dict[str, str]:
+        """The values of the `env` entries that give one (`NAME=value`): docker reads them from its environment."""
+        values: dict[str, str] = {}
+        for key, value in (self.model_extra or {}).items():
+            if docker_run.long_name(key) == "env":
+                values.update({name: item for name, item in env_entries(value).items() if item is not None})
+        return values
 
 
 class LocalContainerTarget(Target):
     resource = Resource.local_container
     config_model = LocalContainerConfig
+    job_policy = AllowedFields(docker_run.JOB_MAY_SET, key=docker_run.long_name)
     adoptable = True
     # `docker container wait` on an adopted container, started by `attach`.
     _exit_waiter: subprocess.Popen[str] | None = None
@@ -89,11 +109,16 @@ class LocalContainerTarget(Target):
         if job.run_dir is not None:
             own += ["--volume", f"{job.run_dir}:{RUN_DIR}"]
             env["WANDB_DIR"] = RUN_DIR
-        for name, value in env.items():
-            own += ["--env", f"{name}={value}"]
-        for name in PASS_THROUGH:
+        for name in [*env, *PASS_THROUGH]:
             own += ["--env", name]
-        return {"argv": ["docker", "run", *own, *config.flags(), job.image, *job.argv]}
+        # As W&B runs a container: the entry point's first word replaces the image's ENTRYPOINT, the rest and
+        # the job's arguments follow the image; a job without one runs the image's own.
+        entry_point = job.entry_point
+        if entry_point:
+            own += ["--entrypoint", entry_point[0]]
+        command = [*entry_point[1:], *job.argv[len(entry_point):]]
+        return {"argv": ["docker", "run", *own, *config.flags(), job.image, *command],
+                "env": {**env, **config.environment()}}
 
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:
         argv = submission["argv"]
@@ -102,7 +127,9 @@ class LocalContainerTarget(Target):
             # Created by the agent, not by dockerd, so the folder keeps the agent's owner.
             Path(volume).mkdir(parents=True, exist_ok=True)
         name = argv[argv.index("--name") + 1]
-        handle = process.start(argv, env=dict(os.environ), cwd=None, log=log)
+        # Every value docker passes into the container is in its own environment, named on its command line:
+        # nothing secret shows in `ps` or in the logged command.
+        handle = process.start(argv, env={**os.environ, **submission.get("env", {})}, cwd=None, log=log)
         handle.id = name
         return handle
 

@@ -36,6 +36,7 @@ from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets import process, process_tree
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
+from prefect_launch.targets.policy import AllowedFields
 from prefect_launch.targets.process import Log
 
 EnvName = Annotated[str, StringConstraints(pattern=r"^[^=\x00]+$")]
@@ -85,6 +86,8 @@ def _run_cookie() -> str | None:
 class LocalProcessTarget(Target):
     resource = Resource.local_process
     config_model = LocalProcessConfig
+    # The job runs as the agent's user on its machine already: its own environment widens nothing.
+    job_policy = AllowedFields({"env"})
     builds_image = False
 
     def render(self, job: ResolvedJob, config: LocalProcessConfig) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import split_long_config, wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
+from prefect_launch.targets.policy import AllowedFields
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
@@ -138,6 +139,13 @@ class SageMakerConfig(TargetConfig):
 class SageMakerTarget(Target):
     resource = Resource.sagemaker
     config_model = SageMakerConfig
+    # A job may size and time its training and pass it values; where it reads or writes with the queue's
+    # role (RoleArn, data and output locations, VPC, checkpoints, encryption) only the queue's config says.
+    job_policy = AllowedFields({
+        "ResourceConfig.InstanceType", "ResourceConfig.InstanceCount", "ResourceConfig.VolumeSizeInGB",
+        "StoppingCondition", "HyperParameters", "Environment", "Tags", "EnableManagedSpotTraining",
+        "AlgorithmSpecification.MetricDefinitions", "RetryStrategy",
+    }, key=_camel)
     adoptable = True
     runs_remotely = True
 

@@ -45,6 +45,7 @@ from prefect_launch.jobenv import wandb_env
 from prefect_launch.settings import settings
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
+from prefect_launch.targets.policy import AllowedFields
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
@@ -179,6 +180,16 @@ class VertexTarget(Target):
     resource = Resource.vertex
     config_model = VertexConfig
     runs_remotely = True
+    # A job may size its worker pools, name and label itself and bound its time (and name its image, as `-d`
+    # does; the launch sets every pool's command); the service account,
+    # network, project, buckets and encryption, which decide what it reaches, are the queue config's.
+    job_policy = AllowedFields({
+        "spec.display_name", "spec.labels", "spec.worker_pool_specs[].machine_spec",
+        "spec.worker_pool_specs[].replica_count", "spec.worker_pool_specs[].disk_spec",
+        "spec.worker_pool_specs[].container_spec.env", "spec.worker_pool_specs[].container_spec.image_uri",
+        "run.timeout", "run.restart_job_on_worker_restart",
+        "run.scheduling_strategy", "run.max_wait_duration",
+    })
 
     def render(self, job: ResolvedJob, config: VertexConfig) -> dict[str, Any]:
         spec = copy.deepcopy(config.spec.model_dump(exclude_unset=True))
