@@ -35,10 +35,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateName,
+    FlowRunFilterStateType,
     WorkPoolFilter,
     WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, WorkPool
+from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
@@ -53,6 +54,9 @@ from prefect_launch.timeline import Timeline, timeline_key
 AGENT_STALE_SECONDS = 90.0
 # A live agent takes a run within seconds; one Scheduled longer waits for a free slot.
 TAKE_SECONDS = 10.0
+# How many waiting runs `find_run` looks through for one not renamed after its W&B run id yet.
+WAITING_RUNS_SEARCHED = 1000
+PAGE = 200  # the most runs the server sends at once
 
 
 class UnknownRun(LaunchError):
@@ -107,9 +111,35 @@ async def find_run(client: PrefectClient, run: str) -> FlowRun:
         sort=FlowRunSort.EXPECTED_START_TIME_DESC,
         limit=1,
     )
-    if not runs:
+    if runs:
+        return runs[0]
+    waiting = await _waiting_run(client, run)
+    if waiting is None:
         raise UnknownRun(f"no launch run {run!r}: give a W&B run id (the flow run's name) or a flow run id")
-    return runs[0]
+    return waiting
+
+
+async def _waiting_run(client: PrefectClient, run_id: str) -> FlowRun | None:
+    """A run not yet taken by an agent, started where Prefect names it (the UI, `prefect deployment run`, a
+    schedule): its W&B run id is its spec's, or the one derived from its flow run id, until its agent renames it."""
+    for offset in range(0, WAITING_RUNS_SEARCHED, PAGE):
+        waiting = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
+                StateType.SCHEDULED, StateType.PENDING]))),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=PAGE,
+            offset=offset,
+        )
+        found = next((flow_run for flow_run in waiting if wandb_run_id(flow_run) == run_id), None)
+        if found is not None or len(waiting) < PAGE:
+            return found
+    return None
+
+
+def wandb_run_id(flow_run: FlowRun) -> str:
+    """A launch run's W&B run id: its spec's, else the one its flow run id gives (what its agent names it)."""
+    return (flow_run.parameters.get("spec") or {}).get("run_id") or run_id_for(flow_run.id)
 
 
 async def agents_of(client: PrefectClient, queue: str) -> list[Agent]:
@@ -123,7 +153,7 @@ async def run_status(client: PrefectClient, flow_run: FlowRun) -> RunStatus:
     owner = Owner.parse(state.message if state else None)
     agent = owner.agent if owner else await _last_agent(client, flow_run)
     status = RunStatus(
-        run_id=flow_run.name,
+        run_id=wandb_run_id(flow_run),
         flow_run_id=flow_run.id,
         state=state.name if state else "Unknown",
         message=state.message or "" if state else "",
@@ -155,7 +185,7 @@ async def _timeline(client: PrefectClient, flow_run: FlowRun) -> Timeline:
     artifacts = await client.read_artifacts(
         artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
-            key=ArtifactFilterKey(any_=[timeline_key(flow_run.name)]),
+            key=ArtifactFilterKey(any_=[timeline_key(wandb_run_id(flow_run))]),
         ),
         sort=ArtifactSort.UPDATED_DESC,
         limit=1,

@@ -57,6 +57,7 @@ from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.agent_setup import agent_setup
 from prefect_launch.deployments.flows import HANDED_OVER, hand_over, handed_over, job_of
 from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT
+from prefect_launch.deployments.queues import default_base_job_template
 from prefect_launch.errors import LaunchError
 from prefect_launch.flows.launch import Adoption, LaunchContext, current_launch, launch
 from prefect_launch.ownership import Owner
@@ -185,6 +186,12 @@ class LaunchWorker(BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, Lau
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = _run_settings()
         self._owner = Owner.this_process(self.name)
+
+    @classmethod
+    def get_default_base_job_template(cls) -> dict[str, Any]:
+        """A pool made with `prefect work-pool create --type launch` (or in the Prefect UI) is a local-process
+        queue, as `queue create NAME --resource local-process` makes one."""
+        return default_base_job_template()
 
     async def _worker_metadata(self) -> WorkerMetadata | None:
         """The integrations Prefect reports for a worker (each `prefect.collections` entry point

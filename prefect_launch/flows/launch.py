@@ -234,6 +234,11 @@ def launch(spec: LaunchSpec) -> State | None:
     flow_run = FlowRunContext.get().flow_run
     if spec.run_id is None:
         spec = spec.model_copy(update={"run_id": run_id_for(flow_run.id)})
+    if flow_run.name != spec.run_id:
+        # Started from the Prefect UI, `prefect deployment run` or a schedule, the run has a name of Prefect's
+        # own; from now on it is named after its W&B run id, as every launch run is.
+        FlowRunContext.get().client.update_flow_run(flow_run.id, name=spec.run_id)
+        log.info("Flow run %s is W&B run %s: renamed after it", flow_run.name, spec.run_id)
     timeline = Timeline(publish=_TimelineArtifact(spec.run_id, flow_run.id))
     if flow_run.expected_start_time:
         timeline.begin("queue wait", at=flow_run.expected_start_time.timestamp())
