@@ -49,6 +49,8 @@ from prefect_launch.templates import check_no_templates, defaulted_nulls
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
 
 
 class LaunchJobConfiguration(BaseJobConfiguration):
@@ -91,6 +93,11 @@ async def job_configuration(
     return await LaunchJobConfiguration.from_template_and_values(
         base_job_template=base_job_template, values=values, client=client
     )
+
+
+def job_variables(flow_run: FlowRun, deployment: DeploymentResponse | None) -> dict[str, Any]:
+    """The run's template values: its deployment's, then its own."""
+    return {**((deployment.job_variables or {}) if deployment is not None else {}), **(flow_run.job_variables or {})}
 
 
 # What W&B's agent locks in secure mode, wherever a job's own Kubernetes resource args set it.
