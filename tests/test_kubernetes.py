@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_attempts, wait_for_final, wait_for_log
 from helm_chart import render, unauthorized
 from kube_standin import KubeStandIn
 
@@ -203,12 +203,7 @@ def test_preemption_requeues_the_same_run_five_times_then_fails(kube, kube_agent
         kube.create_pod("spot", pod, _labels(run_id, attempt), phase="Running")
         kube.update_pod("spot", pod, phase="Failed", conditions=[
             {"type": "DisruptionTarget", "status": "True", "reason": reasons[attempt % 3]}])
-    runs = flow_runs_named(run_id)
-    deadline = time.monotonic() + 60
-    while not all(run.state.is_final() for run in runs) or len(runs) < 6:
-        assert time.monotonic() < deadline, [run.state for run in runs]
-        time.sleep(0.5)
-        runs = flow_runs_named(run_id)
+    runs = wait_for_attempts(run_id, 6, timeout=60)
     assert len(runs) == 6 and len(_job_creates(kube, run_id)) == 6  # 5 requeues, never a 7th submission
     names = sorted(run.state.name for run in runs)
     assert names == ["Failed"] + ["Preempted"] * 5, names

@@ -104,6 +104,16 @@ class Target(abc.ABC):
         except ValidationError as exc:
             raise invalid_config(exc, where) from None
 
+    def with_checkpoints(self, job: ResolvedJob, store: str | None) -> ResolvedJob:
+        """The job with the place it keeps checkpoints across requeues, from the queue config's `checkpoints`
+        (`store`): under it, one prefix per run id, an object-store URI (`checkpoint_uri`, the job syncs it) or a
+        folder the cluster's pods share (`checkpoint_dir`). Local targets keep them in the run's folder."""
+        if not store:
+            return job
+        location = f"{store.rstrip('/')}/{job.run_id}"
+        field = "checkpoint_uri" if "://" in store else "checkpoint_dir"
+        return job.model_copy(update={field: location})
+
     @abc.abstractmethod
     def render(self, job: ResolvedJob, config: Any) -> dict[str, Any]:
         """The exact payload the target receives, from its parsed config (`config_model`). Pure: no I/O."""
