@@ -2,7 +2,7 @@
 
 Keys: `queues` (or one `queue`), `max_jobs` (-1 = unlimited), `max_schedulers`,
 `entity`, `builder`, `registry`, `environment`, `secure_mode`, `verbosity`,
-`stopped_run_timeout`. An unknown key is an error. As W&B's agent does,
+`stopped_run_timeout`, and this package's `kubernetes.cluster`. An unknown key is an error. As W&B's agent does,
 `WANDB_ENTITY` and `WANDB_LAUNCH_MAX_JOBS` in the environment win over the
 file, and the agent's flags over both. The W&B docs' examples are
 full of placeholders (`<queue-name>`, `<n concurrent jobs>`,
@@ -113,6 +113,14 @@ class EnvironmentConfig(BaseModel):
     credentials: str | None = None
 
 
+class KubernetesConfig(BaseModel):
+    """Beyond W&B: `kubernetes.cluster` names the prefect-kubernetes block the agent reaches its cluster with
+    (`kubernetes-cluster-config/NAME` or `kubernetes-credentials/NAME`); without it, in-cluster or KUBECONFIG."""
+
+    model_config = ConfigDict(extra="forbid")
+    cluster: str | None = Field(default=None, pattern=r"^(kubernetes-cluster-config|kubernetes-credentials)/.+$")
+
+
 class AgentConfig(BaseModel):
     """A launch agent's configuration; CLI flags are applied over it with `with_flags`."""
 
@@ -126,6 +134,7 @@ class AgentConfig(BaseModel):
     builder: BuilderConfig | None = None
     registry: RegistryConfig | None = None
     environment: EnvironmentConfig | None = None
+    kubernetes: KubernetesConfig | None = None
     secure_mode: bool = False
     verbosity: int = 0
     stopped_run_timeout: int = 60

@@ -156,7 +156,7 @@ class KanikoBuilder(Builder):
 
     @functools.cached_property
     def _api(self):
-        return kube.api_client()
+        return kube.api_client(self.settings.cluster)
 
     def build(self, plan: BuildPlan, log: Log, cancel: threading.Event | None = None) -> None:
         # `cancel` is not watched: the launch flow checks it before its job is submitted.
