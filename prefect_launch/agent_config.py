@@ -179,13 +179,18 @@ class AgentConfig(BaseModel):
             return None
         return value
 
-    def with_flags(self, queues: list[str] | None, max_jobs: int | None) -> "AgentConfig":
-        """CLI flags win over the file."""
+    def with_flags(self, queues: list[str] | None, max_jobs: int | None, entity: str | None = None,
+                   verbosity: int = 0) -> "AgentConfig":
+        """CLI flags win over the file (`-v` only when given, as `wandb launch-agent` applies it)."""
         updates: dict[str, Any] = {}
         if queues:
             updates["queues"] = list(queues)
         if max_jobs is not None:
             updates["max_jobs"] = None if max_jobs == -1 else max_jobs
+        if entity is not None:
+            updates["entity"] = entity
+        if verbosity:
+            updates["verbosity"] = verbosity
         return self.model_copy(update=updates)
 
     def placeholders(self) -> list[str]:

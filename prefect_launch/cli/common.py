@@ -167,3 +167,18 @@ def parse_resource(name: str):
 
 def stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def store_code(folder, storage: str | None):
+    """Pack and store a code folder (a spinner meanwhile), then say what was packed and what its ignore files
+    left out; the stored source."""
+    from prefect_launch.cli.follow import working
+    from prefect_launch.sources import code
+
+    reports: list[str] = []
+    with working(f"Packing and storing code folder {folder}"):
+        source = code.upload(folder, code.code_storage(storage, launch_home()), lambda packed, gzipped: reports.append(
+            f"Code folder {folder}: {packed.summary(gzipped)}"))
+    for report in reports:
+        stderr(report)
+    return source
