@@ -20,9 +20,18 @@ from prefect_launch.server import configured_api_url, ensure_server, server_env
 
 T = TypeVar("T")
 
+# Prefect's background services (log and event shipping) log under their class names; at exit, while
+# they drain, they warn "Still processing items: N items remaining..." on stderr. A command's
+# stderr is its own messages: only their errors are let through.
+PREFECT_SERVICE_LOGGERS = ("APILogWorker", "EventsWorker")
+
 
 def connect() -> str:
     """Point this process at the configured Prefect API, or at the embedded server."""
+    import logging
+
+    for name in PREFECT_SERVICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     url = configured_api_url()
     if url:
         return url

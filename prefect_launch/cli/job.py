@@ -81,15 +81,21 @@ def create(
 
 @app.command("list")
 @clear_errors
-def list_(project: Optional[str] = typer.Option(None, "--project", "-p", help="Only this project")) -> None:
-    """List job definitions, per project as the W&B App's Jobs tab does."""
+def list_(
+    project: Optional[str] = typer.Option(None, "--project", "-p", help="Only this project"),
+    as_json: bool = typer.Option(False, "--json", help="A JSON list of jobs (name, project, entity, source, entry_point)"),
+) -> None:
+    """List job definitions, per project as the W&B App's Jobs tab does (projects compared as W&B does, ignoring case)."""
     connect()
     from prefect_launch.blocks.job import LaunchJob
 
-    for job in LaunchJob.list_all():
-        if project is None or job.project == project:
-            source = job.source.get("digest") or job.source.get("image") or job.source.get("uri")
-            typer.echo(f"{job.project}/{job.name}\t{job.source.get('type')}\t{source}\t{' '.join(job.entry_point)}")
+    jobs = [job for job in LaunchJob.list_all() if project is None or job.project.lower() == project.lower()]
+    if as_json:
+        echo_json([job.model_dump(include={"project", "name", "entity", "source", "entry_point"}) for job in jobs])
+        return
+    for job in jobs:
+        source = job.source.get("digest") or job.source.get("image") or job.source.get("uri")
+        typer.echo(f"{job.project}/{job.name}\t{job.source.get('type')}\t{source}\t{' '.join(job.entry_point)}")
 
 
 @app.command("describe")
