@@ -43,7 +43,7 @@ from prefect_launch.agent_setup import environment_problems
 from prefect_launch.deployments.queues import read_queue
 from prefect_launch.errors import LaunchError
 from prefect_launch.settings import settings
-from prefect_launch.worker import LaunchWorker
+from prefect_launch.worker.launch_worker import LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
 

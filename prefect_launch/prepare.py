@@ -49,6 +49,8 @@ from prefect_launch.templates import check_no_templates, defaulted_nulls, placeh
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
 
 
 class LaunchJobConfiguration(BaseJobConfiguration):
@@ -112,6 +114,11 @@ def check_not_the_queue_config(base_job_template: dict[str, Any], values: dict[s
         for name in whole & set(values):
             raise LaunchError(f"template value {name} fills the queue config's {key}: only the queue's config (its "
                               "admin) may set it; a job's own resource args go in its spec")
+
+
+def job_variables(flow_run: FlowRun, deployment: DeploymentResponse | None) -> dict[str, Any]:
+    """The run's template values: its deployment's, then its own."""
+    return {**((deployment.job_variables or {}) if deployment is not None else {}), **(flow_run.job_variables or {})}
 
 
 # What W&B's agent locks in secure mode, wherever a job's own Kubernetes resource args set it.

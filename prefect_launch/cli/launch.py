@@ -112,6 +112,7 @@ def _build_spec(file: LaunchConfigFile, flags: "LaunchFlags") -> tuple[Any, Path
         base_image=base_image,
         overrides={**file.overrides, **({"dockerfile": flags.dockerfile} if flags.dockerfile else {})},
         resource_args=file.resource_args,
+        ttl=flags.ttl,
     )
     return spec, folder
 
@@ -192,6 +193,7 @@ class LaunchFlags:
     run_id: str | None = None
     wait: bool = False
     run_async: bool = False
+    ttl: int | None = None
     dry_run: bool = False
     resource: str | None = None
     resource_args: str | None = None
@@ -245,6 +247,7 @@ def launch_command(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="W&B run id (default: a new one)"),
     wait: bool = typer.Option(False, "--wait", help="Follow the run, stream its logs, exit non-zero if it fails"),
     run_async: bool = typer.Option(False, "--async", help="Return once the job is queued (what launch does without --wait)"),
+    ttl: Optional[int] = typer.Option(None, "--ttl", min=1, help="Seconds the job may wait on the queue; then it ends Cancelled"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what the target would receive; submit nothing"),
     resource: Optional[str] = typer.Option(None, "--resource", "-r", help="With -q: must be the queue's; with --dry-run alone: the resource"),
     resource_args: Optional[str] = typer.Option(None, "--resource-args", "-R", help="With -q: the job's own resource args (the queue's guardrails apply); with --dry-run alone: the queue config. JSON/YAML, a file or @file"),
@@ -258,7 +261,7 @@ def launch_command(
                                                      ("project_queue", project_queue)) if value]
     flags = LaunchFlags(queue, entry_point, uri, git_ref, build_context, job_name, docker_image, job, base_image,
                         dockerfile, code_storage, config, priority, set_var, project, entity, name, run_id, wait,
-                        run_async, dry_run, resource, resource_args, templates)
+                        run_async, ttl, dry_run, resource, resource_args, templates)
     clear_errors(_launch)(flags, refused)
 
 

@@ -11,6 +11,7 @@ RUN is the W&B run id (the flow run's name) or the flow run id.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, TypeVar
 
 import typer
@@ -69,7 +70,8 @@ def _run_json(status) -> dict[str, Any]:
     """`status RUN --json`: the run's fields, its stages as the timeline artifact holds them (seconds None while one goes on)."""
     return {"run_id": status.run_id, "flow_run_id": str(status.flow_run_id), "state": status.state,
             "message": status.message, "queue": status.queue, "resource": status.resource, "agent": status.agent,
-            "waiting": status.waiting or None, "stages": status.timeline.rows()}
+            "waiting": status.waiting or None, "stages": status.timeline.rows(),
+            "place": dataclasses.asdict(status.place) if status.place else None}
 
 
 def _queue_json(queue) -> dict[str, Any]:
