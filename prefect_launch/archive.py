@@ -20,7 +20,7 @@ Example:
     >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "train.py").write_text("print(1)")
     >>> pack_tar(d) == pack_tar(d, {})
     True
-    >>> _ = (d / ".gitignore").write_text("*.ckpt\n"); _ = (d / "model.ckpt").write_text("weights")
+    >>> _ = (d / ".gitignore").write_text("*.ckpt\\n"); _ = (d / "model.ckpt").write_text("weights")
     >>> packed = write_tar(d, None, ignore=True)
     >>> packed.digest.startswith("sha256:"), packed.files, packed.left_out
     (True, 2, [('model.ckpt', '.gitignore')])

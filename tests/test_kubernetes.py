@@ -277,8 +277,11 @@ def test_the_cluster_comes_from_a_prefect_kubernetes_block_named_in_the_agent_co
         agent = start_agent("--config", str(agent_config))
         run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
         # Created through the block's cluster (the agent's first job also imports prefect-kubernetes: a longer deadline).
-        _wait_for(f"Job of {run_id}", lambda: kube.objects("batch/v1/jobs").get(("wandb", f"prefect-launch-{run_id}")),
-                  timeout=180)
+        try:
+            _wait_for(f"Job of {run_id}", lambda: kube.objects("batch/v1/jobs").get(("wandb", f"prefect-launch-{run_id}")),
+                      timeout=180)
+        except AssertionError:
+            raise AssertionError(f"{flow_run_of(run_id).state}\n{agent.output()[-3000:]}")
         kube.create_pod("wandb", f"prefect-launch-{run_id}-p1", _labels(run_id), phase="Succeeded")
         kube.set_job_status("wandb", f"prefect-launch-{run_id}", {"succeeded": 1})
         assert wait_for_final(run_id, timeout=90).state.is_completed()
