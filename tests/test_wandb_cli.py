@@ -114,14 +114,14 @@ def test_resource_args_with_a_queue_are_the_jobs_own_under_its_guardrails(make_q
     other = launch("-q", queue, "-d", "img:1", "-r", "kubernetes", check=False)
     assert other.returncode == 1 and f"queue {queue!r} runs local-process jobs" in other.stderr
 
-    config = json.dumps({"overrides": {"run_config": {"lr": 0.3}}, "author": "ada", "resource_args": {"env": {"A": "1"}}})
+    config = json.dumps({"overrides": {"run_config": {"lr": 0.3}}, "author": "ada", "resource_args": {"env": {"JOB_A": "1"}}})
     result = launch("-q", queue, "-r", "local-process", "-u", str(JOBS), "-E", "report.py", "-c", config,
-                    "-R", '{"local-process": {"env": {"FROM_R": "yes"}}}', "-p", "Proj", "--async")
+                    "-R", '{"local-process": {"env": {"JOB_FROM_R": "yes"}}}', "-p", "Proj", "--async")
     run_id = run_id_of(result)
     assert wait_for_final(run_id).state.is_completed()
     logs = run_logs(flow_run_of(run_id).id)
     env = job_report(logs, "ENV")
-    assert env["FROM_R"] == "yes" and "A" not in env  # -R replaces the spec's resource_args, as in wandb launch
+    assert env["JOB_FROM_R"] == "yes" and "JOB_A" not in env  # -R replaces the spec's resource_args, as in wandb launch
     assert env["WANDB_PROJECT"] == "proj" and env["WANDB_USERNAME"] == "ada"
     assert job_report(logs, "CONFIG")["lr"] == 0.3
     assert job_report(logs, "PROCESS")["argv"][1:2] == ["report.py"]  # `report.py` ran with python
