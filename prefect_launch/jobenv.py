@@ -38,6 +38,8 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
     }
     if job.entity:
         env["WANDB_ENTITY"] = job.entity
+    if job.author:
+        env["WANDB_USERNAME"] = job.author  # W&B's agent does the same for a spec's `author`
     if job.queue:
         env["WANDB_LAUNCH_QUEUE_NAME"] = job.queue
     if job.run_config:

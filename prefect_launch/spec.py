@@ -163,6 +163,7 @@ class LaunchSpec(BaseModel):
     entity: str | None = Field(default=None, description="W&B entity")
     run_name: str | None = Field(default=None, description="W&B run name")
     run_id: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,64}$", description="W&B run id")
+    author: str | None = Field(default=None, description="W&B user the run is made as (WANDB_USERNAME), as W&B's spec `author`")
     base_image: ImageReference | None = Field(default=None, description="Base image of the generated Dockerfile")
     overrides: Overrides = Field(default_factory=Overrides)
     resource_args: dict[str, Any] = Field(
@@ -345,6 +346,7 @@ class ResolvedJob(BaseModel):
     run_name: str
     project: str
     entity: str | None = None
+    author: str | None = None
     queue: str | None = None
     source_kind: Literal["code", "git", "image"] = "code"
     argv: list[str] = Field(description="Entry point followed by its args")

@@ -248,3 +248,43 @@ def test_status_shows_why_the_job_waits_then_its_start_and_run(kube, kube_agent)
     assert wait_for_final(run_id, timeout=60).state.is_completed()
     status = cli("status", run_id).stdout
     assert re.findall(r"^  (submit|start|run)\s", status, re.M) == ["submit", "start", "run"] and "ongoing" not in status
+
+
+def test_the_cluster_comes_from_a_prefect_kubernetes_block_named_in_the_agent_config(kube, make_queue, start_agent,
+                                                                                       monkeypatch, tmp_path):
+    """`kubernetes.cluster: kubernetes-cluster-config/NAME` in launch-config.yaml: the agent reaches the cluster the
+    block's kubeconfig names (KUBECONFIG points nowhere), as its AWS and GCP credentials come from blocks; a
+    `kubernetes-credentials/NAME` block holding that cluster config works the same."""
+    from conftest import unique
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+    cluster = KubernetesClusterConfig.from_file(kube.kubeconfig(tmp_path / "block-kubeconfig"))
+    config_block, credentials_block = unique("standin"), unique("standin-credentials")
+    cluster.save(config_block)
+    KubernetesCredentials(cluster_config=cluster).save(credentials_block)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("WANDB_API_KEY", API_KEY)
+    queue = make_queue("--resource", "kubernetes", prefix="k8s")
+    for reference in (f"kubernetes-cluster-config/{config_block}", f"kubernetes-credentials/{credentials_block}"):
+        agent_config = tmp_path / f"{reference.split('/')[0]}.yaml"
+        agent_config.write_text(yaml.safe_dump({"queues": [queue], "kubernetes": {"cluster": reference}}))
+        assert json.loads(cli("agent", "--config", str(agent_config), "--check").stdout)["kubernetes"] == {"cluster": reference}
+        agent = start_agent("--config", str(agent_config))
+        run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+        # Created through the block's cluster (the agent's first job also imports prefect-kubernetes: a longer deadline).
+        try:
+            _wait_for(f"Job of {run_id}", lambda: kube.objects("batch/v1/jobs").get(("wandb", f"prefect-launch-{run_id}")),
+                      timeout=180)
+        except AssertionError:
+            raise AssertionError(f"{flow_run_of(run_id).state}\n{agent.output()[-3000:]}")
+        kube.create_pod("wandb", f"prefect-launch-{run_id}-p1", _labels(run_id), phase="Succeeded")
+        kube.set_job_status("wandb", f"prefect-launch-{run_id}", {"succeeded": 1})
+        assert wait_for_final(run_id, timeout=90).state.is_completed()
+        agent.stop()
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"queues": [queue], "kubernetes": {"cluster": "kubernetes-cluster-config/nope"}}))
+    start_agent("--config", str(missing))
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    state = wait_for_final(run_id, timeout=90).state
+    assert state.is_failed() and "kubernetes.cluster 'kubernetes-cluster-config/nope': block not found" in state.message

@@ -87,11 +87,14 @@ class Target(abc.ABC):
     # environment is verified before a job is submitted.
     runs_remotely: ClassVar[bool] = False
 
-    def __init__(self, environment: Environment | None = None, registry: Registry | None = None) -> None:
+    def __init__(self, environment: Environment | None = None, registry: Registry | None = None,
+                 cluster: str | None = None) -> None:
         # The agent's cloud credentials and region; only the cloud targets use them.
         self.environment = environment
         # The agent's registry: a target whose cluster pulls with its own login (Kubernetes) asks it for one.
         self.registry = registry
+        # The agent config's `kubernetes.cluster` (a prefect-kubernetes block); only the kubernetes target uses it.
+        self.cluster = cluster
 
     @classmethod
     def parse_config(cls, payload: dict[str, Any], where: str) -> TargetConfig:
