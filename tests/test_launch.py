@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 from prefect.client.orchestration import get_client
 
-from conftest import EXAMPLES, JOBS, cancel_run, cli, dry_run_submission, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
+from conftest import EXAMPLES, JOBS, cancel_run, cli, dry_run_submission, flow_run_of, job_report, launch, peak_overlap, run_id_of, run_logs, unique, wait_for_final
 
 STAGES = ["resolve-source", "build", "push", "submit", "monitor"]
 
@@ -131,13 +131,8 @@ def test_max_jobs_bounds_running_jobs_across_queues(make_queue, start_agent, tmp
     start_agent("-q", first, "-q", second, "--max-jobs", "2")
     for run_id in ids:
         assert wait_for_final(run_id).state.is_completed()
-    intervals = [tuple(map(float, line.split())) for line in stamps.read_text().splitlines()]
+    peak, intervals = peak_overlap(stamps)
     assert len(intervals) == 6
-    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running, peak = 0, 0
-    for _, delta in points:
-        running += delta
-        peak = max(peak, running)
     assert peak == 2, f"expected 2 jobs at once at most and at least once, saw {peak}"
 
 

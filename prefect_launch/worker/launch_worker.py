@@ -40,6 +40,7 @@ from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.agent_setup import agent_setup
 from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT, default_base_job_template
 from prefect_launch.errors import LaunchError
+from prefect_launch.fair_share import Leases, caps_of
 from prefect_launch.flows.launch import Adoption, LaunchContext
 from prefect_launch.home import launch_home
 from prefect_launch.ownership import Owner
@@ -87,12 +88,19 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = run_settings()
         self._owner = Owner.this_process(self.name)
+        # Fair-share slots outlive a missed heartbeat or two, never a dead agent by much (client: at setup).
+        self._leases = Leases(None, lease_seconds=3 * self.heartbeat_interval_seconds)
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:
         """A pool made with `prefect work-pool create --type launch` (or in the Prefect UI) is a local-process
         queue, as `queue create NAME --resource local-process` makes one."""
         return default_base_job_template()
+
+    async def sync_with_backend(self) -> None:
+        """The worker's heartbeat, which also keeps the fair-share slots of its running jobs."""
+        await super().sync_with_backend()
+        await self._leases.renew()
 
     async def _worker_metadata(self) -> WorkerMetadata | None:
         """The integrations Prefect reports for a worker (each `prefect.collections` entry point
@@ -106,6 +114,7 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
 
     async def setup(self) -> None:
         await super().setup()
+        self._leases.client = self.client
         if self._shared_limiter is not None:
             # One agent serving several queues: max_jobs counts jobs across all of them.
             self._limiter = self._shared_limiter
@@ -198,12 +207,15 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         if self._runs_task_group is None or self._work_pool is None:
             return []
         free = self._limiter.available_tokens if self._limiter is not None else POLL_LIMIT
-        asked = int(max(1, min(free, POLL_LIMIT)))  # free is math.inf without max_jobs
+        caps = caps_of(self._work_pool)
+        # free is math.inf without max_jobs; with fair share, runs the cap holds may be first in line.
+        asked = POLL_LIMIT if caps else int(max(1, min(free, POLL_LIMIT)))
         responses = await self._scheduled_runs(asked)
         self._last_polled_time = datetime.now(timezone.utc)
         started: list[FlowRun] = []
         # As many runs as asked for: more may be waiting, so a job that ends should wake the next poll.
         self.saturated = len(responses) >= asked
+        full: set[frozenset[str]] = set()  # the fair-share limits found full in this poll
         for response in responses:
             flow_run = response.flow_run
             if flow_run.id in self._claimed:
@@ -214,8 +226,13 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
                 except anyio.WouldBlock:
                     self.saturated = True  # runs are waiting for a free slot
                     break
+            limits = caps.limits_of(flow_run.parameters)
+            if limits and (frozenset(limits) in full or not await self._leases.take(flow_run.id, limits)):
+                full.add(frozenset(limits))  # held by the cap: it stays Scheduled, the runs behind it may start
+                self._release_limit_slot(flow_run.id)
+                continue
             self._claimed.add(flow_run.id)
-            self._runs_task_group.start_soon(self._claim_and_run, flow_run)
+            self._runs_task_group.start_soon(self._claim_and_run, flow_run, None, bool(limits))
             started.append(flow_run)
         return started
 
@@ -233,17 +250,25 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         )
         return TypeAdapter(list[WorkerFlowRunResponse]).validate_python(response.json())
 
-    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
-        """Claim a run: Pending, tagged with this agent process (see `ownership`); False if someone else has it."""
+    async def _propose_pending_state(self, flow_run: FlowRun, recheck: bool = False) -> bool:
+        """Claim a run: Pending, tagged with this agent process (see `ownership`); False if someone else has it.
+
+        Prefect lets a finished run go back to Pending (its manual rerun), so a run another agent took and
+        finished since the poll would run again: a claim that waited on the server (`recheck`, after a
+        fair-share slot) first reads that the run still waits."""
+        if recheck:
+            current = await self.client.read_flow_run(flow_run.id)
+            if current.state is None or not current.state.is_scheduled():
+                return False
         try:
             state = await propose_state(self.client, Pending(message=f"Claimed {self._owner.tag()}"), flow_run_id=flow_run.id)
         except Abort:
             return False
         return state.is_pending()
 
-    async def _claim_and_run(self, flow_run: FlowRun, adoption: Adoption | None = None) -> None:
+    async def _claim_and_run(self, flow_run: FlowRun, adoption: Adoption | None = None, recheck: bool = False) -> None:
         try:
-            if adoption is None and not await self._propose_pending_state(flow_run):
+            if adoption is None and not await self._propose_pending_state(flow_run, recheck):
                 return  # another agent took it, or it was cancelled meanwhile
             try:
                 deployment = await self._deployment(flow_run.deployment_id)
@@ -266,6 +291,7 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         finally:
             self._claimed.discard(flow_run.id)
             self._release_limit_slot(flow_run.id)
+            await self._leases.release(flow_run.id)
 
     async def _job_configuration(self, flow_run: FlowRun, deployment: DeploymentResponse | None) -> LaunchJobConfiguration:
         """The queue config for this run: pool template <- deployment <- run job variables."""

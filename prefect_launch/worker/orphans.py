@@ -28,6 +28,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Running, Scheduled
 
 from prefect_launch.deployments.flows import handed_over
+from prefect_launch.fair_share import caps_of
 from prefect_launch.flows.launch import Adoption
 from prefect_launch.ownership import Owner
 
@@ -123,5 +124,7 @@ class OrphanRound:
             started=flow_run.start_time,
         )
         self._claimed.add(flow_run.id)
+        # Its job runs already: it takes its fair-share slot now, or once its dead agent's lease lapses.
+        await self._leases.take(flow_run.id, caps_of(self._work_pool).limits_of(flow_run.parameters), running=True)
         self._runs_task_group.start_soon(self._claim_and_run, flow_run, adoption)
         return True
