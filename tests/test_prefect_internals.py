@@ -65,7 +65,8 @@ def test_a_poll_is_recorded_where_the_health_check_reads_it():
     worker = LaunchWorker(work_pool_name=unique("never-created"))
     assert isinstance(getattr(worker, "_last_polled_time", None), datetime), broken(
         "BaseWorker._last_polled_time (no longer set by BaseWorker.__init__)")
-    worker._last_polled_time = datetime.now(timezone.utc) - timedelta(days=1)
+    # An hour, not a day: Prefect 3.8 reads the timedelta's `.seconds`, which leaves whole days out.
+    worker._last_polled_time = datetime.now(timezone.utc) - timedelta(hours=1)
     assert not worker.is_worker_still_polling(10), broken(
         "BaseWorker.is_worker_still_polling (no longer reads _last_polled_time)")
     worker.record_poll()
