@@ -40,7 +40,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.agent_setup import agent_setup
-from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT
+from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT, default_base_job_template
 from prefect_launch.errors import LaunchError
 from prefect_launch.flows.launch import Adoption, LaunchContext
 from prefect_launch.home import launch_home
@@ -114,6 +114,12 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
     @property
     def logger(self) -> logging.LoggerAdapter:
         return get_worker_logger(self)
+
+    @classmethod
+    def get_default_base_job_template(cls) -> dict[str, Any]:
+        """A pool made with `prefect work-pool create --type launch` (or in the Prefect UI) is a local-process
+        queue, as `queue create NAME --resource local-process` makes one."""
+        return default_base_job_template()
 
     async def setup(self) -> None:
         await super().setup()
