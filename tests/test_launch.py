@@ -189,19 +189,6 @@ def test_prefect_worker_start_type_launch_runs_jobs(make_queue):
     assert wait_for_final(run_id, timeout=30).state.is_completed()
 
 
-def test_the_agent_reports_the_integrations_prefect_would():
-    """The worker metadata (installed integrations) is read from package metadata, the same list
-    Prefect's own method builds by importing every integration."""
-    from prefect.workers.base import BaseWorker
-
-    from prefect_launch.worker.launch_worker import LaunchWorker
-
-    worker = LaunchWorker(work_pool_name=unique("never-created"))
-    ours, prefects = anyio.run(worker._worker_metadata), anyio.run(BaseWorker._worker_metadata, worker)
-    assert ours == prefects
-    assert {"prefect-launch", "prefect-aws", "prefect-gcp"} <= {integration.name for integration in ours.integrations}
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

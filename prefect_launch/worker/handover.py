@@ -108,14 +108,14 @@ class HandOver:
         if job is None:
             await self._fail(
                 flow_run,
-                f"deployment {deployment.name!r} on queue {self._work_pool_name!r} was not created by "
+                f"deployment {deployment.name!r} on queue {self.queue_name!r} was not created by "
                 "prefect_launch.deploy: launch queues run the launch flow and flows sent with prefect_launch.deploy(flow, queue=...)",
             )
             return
-        message = f"{HANDED_OVER} {run_id_for(flow_run.id)} on queue {self._work_pool_name}, which builds and runs it"
+        message = f"{HANDED_OVER} {run_id_for(flow_run.id)} on queue {self.queue_name}, which builds and runs it"
         await self.client.set_flow_run_state(flow_run.id, Pending(message=message), force=True)
         try:
-            launch_run = await hand_over(self.client, self._work_pool_name, flow_run, job, job_variables(flow_run, deployment))
+            launch_run = await hand_over(self.client, self.queue_name, flow_run, job, job_variables(flow_run, deployment))
         except LaunchError as exc:
             await self._fail(flow_run, str(exc))
             return
