@@ -40,6 +40,7 @@ from prefect_launch.redact import for_display
 from prefect_launch.spec import LaunchSpec, ResolvedJob, run_id_for
 from prefect_launch.targets import Handle, Outcome, Progress
 from prefect_launch.timeline import Rows, Timeline, timeline_key
+from prefect_launch.wandb_files import run_created
 
 
 @dataclass
@@ -215,10 +216,8 @@ def executed_flow_outcome(flow_run_id: UUID, outcome: Outcome) -> Outcome:
 
 
 def wandb_run_created(job: ResolvedJob) -> bool:
-    """wandb writes `<WANDB_DIR>/wandb/[offline-]run-<time>-<run id>/` for every run it creates."""
-    if job.run_dir is None:
-        return True
-    return any((job.run_dir / "wandb").glob(f"*run-*-{job.run_id}"))
+    """Whether the job created its W&B run, where its run folder is the agent's to read (a remote job's is not)."""
+    return job.run_dir is None or run_created(job.run_dir, job.run_id)
 
 
 @flow(name="launch", persist_result=False, log_prints=False)
