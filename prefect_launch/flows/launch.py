@@ -159,7 +159,7 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
     if adoption is not None:
         # Attach first even when the dead agent's submit task is not on record yet (task states reach the
         # server a moment late): whatever exists under the run's name is followed, never created again.
-        handle = context.target.attach(rendered["submission"], log)
+        handle = context.target.attach(rendered["submission"], log, adoption.started)
         if handle is not None:
             return rendered, handle
         if adoption.submitted:

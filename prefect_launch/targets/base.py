@@ -112,9 +112,13 @@ class Target(abc.ABC):
     def submit(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle:
         """Start the job; return once it is running (or raise LaunchError)."""
 
-    def attach(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle | None:
-        """The job this submission started, found by its name after the agent that submitted it died; None if gone.
+    def attach(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter,
+               since: datetime | None) -> Handle | None:
+        """The job this submission started, found after the agent that submitted it died; None if gone.
 
+        `since` is when the run first went Running: its job was not created before (a job of an earlier
+        run with the same run id is not this one). A job that is gone but whose end the target can still
+        read (from its events, or its W&B run's own record) is a handle whose `wait` returns that end.
         Never creates anything: an adopted run is followed, not submitted again.
         """
         raise AdoptionFailed(

@@ -133,7 +133,7 @@ class LocalContainerTarget(Target):
         handle.id = name
         return handle
 
-    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+    def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
         argv = submission["argv"]
         name = argv[argv.index("--name") + 1]
         # Waiting from the moment the container is found: a `--rm` container is removed as it exits,
