@@ -8,8 +8,11 @@
 - The Prefect server restarted mid-run: a job that ends during the outage,
   one waiting on the queue and one enqueued after the restart all complete.
 
-Adoption on Kubernetes and SageMaker is in `test_kubernetes.py` and
-`test_sagemaker.py`, next to their stand-ins.
+- The restart drill on the Kubernetes stand-in, whose TTL controller removes
+  finished Jobs 2 s after they end.
+
+Adoption on Kubernetes, SageMaker and Vertex AI is in `test_kubernetes.py`,
+`test_sagemaker.py` and `test_vertex.py`, next to their stand-ins.
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ def test_restart_drill_loses_nothing_runs_nothing_twice_and_fails_nothing(engine
     logs = tmp_path / "agents"
     logs.mkdir()
     result = restart.run_round(_container_queue(tmp_path, rm=rm), home, jobs=8, kills=2, logs=logs, rng=random.Random(7))
+    print(restart.table([result]))
+    assert result.lost == [] and result.twice == [] and result.false_failures == [], restart.table([result])
+    assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
+
+
+def test_restart_drill_on_kubernetes_with_a_ttl_loses_nothing_runs_nothing_twice_and_fails_nothing(home, tmp_path):
+    """The stand-in's TTL controller removes a finished Job and its pods 2 s after it ends, while agents are
+    killed and restarted: runs whose Jobs ended unseen are settled from the Jobs' events."""
+    logs = tmp_path / "agents"
+    logs.mkdir()
+    queue = f"adopt-k8s-{random.randrange(16**8):08x}"
+    with restart.kubernetes_cluster(tmp_path) as agent_env:
+        restart.create_kubernetes_queue(queue, tmp_path, home)
+        result = restart.run_round(queue, home, jobs=8, kills=2, logs=logs, rng=random.Random(7), agent_env=agent_env)
     print(restart.table([result]))
     assert result.lost == [] and result.twice == [] and result.false_failures == [], restart.table([result])
     assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
