@@ -40,9 +40,11 @@ from prefect.events.filters import (
 
 from prefect_launch.agent_config import AgentConfig
 from prefect_launch.agent_setup import environment_problems
-from prefect_launch.deployments.queues import read_queue
+from prefect_launch.deployments.queues import queue_config_of, read_queue
 from prefect_launch.errors import LaunchError
+from prefect_launch.leftovers import clean_leftovers
 from prefect_launch.settings import settings
+from prefect_launch.targets import Target, target_class
 from prefect_launch.worker import LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
@@ -111,6 +113,8 @@ class Agent:
         self.name = name or f"launch-agent-{socket.gethostname()}"
         self.poll_seconds = poll_seconds
         self.workers: list[LaunchWorker] = []
+        # Each queue's target, for the leftovers its jobs may leave (`leftovers.py`).
+        self._targets: dict[str, Target] = {}
         self._wake = anyio.Event()
         self._pending_timeout = settings().pending_timeout
 
@@ -129,6 +133,8 @@ class Agent:
             client = await stack.enter_async_context(get_client())
             await wait_for_server(client)
             pools = [await read_queue(client, queue) for queue in self.config.queues]
+            self._targets = {pool.name: target_class(config.resource)() for pool in pools
+                             if (config := queue_config_of(pool)) is not None}
             for pool in pools:
                 worker = LaunchWorker(
                     work_pool_name=pool.name,
@@ -145,7 +151,8 @@ class Agent:
                 ", ".join(self.config.queues),
                 self.config.max_jobs or "unlimited",
             )
-            # Adopt a dead predecessor's running jobs before claiming new work, so they get the job slots.
+            # Adopt a dead predecessor's running jobs before claiming new work, so they get the job slots;
+            # remove what dead agents left of ended runs (a container left Exited or Created).
             await self._take_over_orphans()
             async with anyio.create_task_group() as loops:
                 loops.start_soon(self._poll_loop)
@@ -200,9 +207,14 @@ class Agent:
         for worker in self.workers:
             try:
                 requeued, adopted = await worker.take_over_orphans(self._pending_timeout, stale_after)
+                target = self._targets.get(worker.queue_name)
+                removed = await clean_leftovers(worker.client, worker.queue_name, target, logger) if target else []
             except Exception as exc:
                 logger.warning("Checking queue %s for orphaned runs failed: %s", worker.queue_name, exc)
                 continue
+            if removed:
+                logger.warning("Removed %d leftover(s) of ended or unstarted runs on queue %s: %s", len(removed),
+                               worker.queue_name, ", ".join(f"{leftover.name} ({leftover.state})" for leftover in removed))
             if requeued:
                 logger.warning("Put %d orphaned run(s) back on queue %s", len(requeued), worker.queue_name)
                 self.wake()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -27,10 +28,10 @@ from pathlib import Path
 import anyio
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.states import Running
+from prefect.states import Cancelled, Completed, Running
 
 import restart  # drills/restart.py (conftest puts drills/ on the path)
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from conftest import cli, dry_run_submission, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
 from prefect_launch.server import free_port, start_server, stop_server
 from services import BASE_IMAGE, docker_engine
 
@@ -119,6 +120,69 @@ def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agen
     why = "whose events show it was never created" if rm else "where a job stays once created"
     assert any(why in line and "agent gone [" in line and "died before creating it" in line for line in lines)
     assert "Adopted 1 running job(s)" in agent.output()
+
+
+def _start_ticks() -> int:
+    """This process's start time in clock ticks (`/proc/self/stat` field 22), as an owner tag holds it."""
+    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def _exists(container: str) -> bool:
+    return subprocess.run(["docker", "container", "inspect", container], capture_output=True).returncode == 0
+
+
+def test_what_dead_agents_left_on_docker_is_removed_when_its_run_is_done_or_waiting_and_run_once_when_adopted(
+        engine, start_agent, tmp_path, home):
+    """An agent killed between a run's final state and `docker rm` leaves its container Exited; a `docker run` killed
+    between create and start leaves it Created. A starting agent removes those of runs that ended or wait on the
+    queue (which then runs without a name conflict), leaves those of a live agent's run or of runs it does not know,
+    and an adopter starts a Created container of a Running orphan once."""
+    queue = _container_queue(tmp_path)
+    job = "python -c 'print(\"trained once\")'"
+    ended, waiting, live, adopted = (run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", job)) for _ in range(4))
+    unknown = f"unkn{random.randrange(16**4):04x}"
+    ran = ["docker", "run", "--network", "host", "--label"]
+    for run_id in (ended, live):  # exited, its run's final state (or a live agent) on record
+        subprocess.run([*ran, f"prefect-launch.run-id={run_id}", "--name", f"prefect-launch-{run_id}", BASE_IMAGE, "true"],
+                       check=True, capture_output=True)
+    for run_id in (waiting, unknown):  # created, never started
+        subprocess.run(["docker", "create", "--label", f"prefect-launch.run-id={run_id}", "--name",
+                        f"prefect-launch-{run_id}", BASE_IMAGE, "true"], check=True, capture_output=True)
+    # The adopted run's container as its dead agent's `docker run` created it, from the same submission.
+    submission = dry_run_submission("-q", queue, "-d", BASE_IMAGE, "-E", job, "--run-id", adopted, home_dir=tmp_path / "h")
+    (home / "runs" / adopted).mkdir(parents=True, exist_ok=True)
+    subprocess.run(["docker", "create", *submission["argv"][2:]], env={**os.environ, **submission["env"]}, check=True,
+                   capture_output=True)
+    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
+    alive = f"on agent tester [{socket.gethostname()}:{os.getpid()}:{_start_ticks()}]"  # this test's own process
+
+    async def set_states() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_of(ended).id, Completed(), force=True)
+            await client.set_flow_run_state(flow_run_of(live).id, Running(message=f"Running {alive}"), force=True)
+            await client.set_flow_run_state(flow_run_of(adopted).id, Running(message=f"Running {dead}"), force=True)
+            await client.update_flow_run(flow_run_of(adopted).id, infrastructure_pid=f"local-container/{adopted}")
+
+    anyio.run(set_states)
+    try:
+        agent = start_agent("-q", queue)
+        for run_id in (waiting, adopted):
+            final = wait_for_final(run_id, timeout=90)
+            assert final.state.is_completed(), final.state  # `waiting` ran: its stale container was gone
+            assert run_logs(final.id).count("trained once") == 1
+        assert any("was created but never started: starting it" in line for line in run_logs(flow_run_of(adopted).id))
+        assert not _exists(f"prefect-launch-{ended}")
+        assert _exists(f"prefect-launch-{live}") and _exists(f"prefect-launch-{unknown}")
+        assert re.search(rf"Removed 2 leftover\(s\) .*: prefect-launch-({ended}|{waiting}) .*prefect-launch-({ended}|{waiting})",
+                         agent.output()), agent.output()
+    finally:
+        subprocess.run(["docker", "rm", "--force", f"prefect-launch-{live}", f"prefect-launch-{unknown}"], capture_output=True)
+        anyio.run(lambda: _force_cancelled(flow_run_of(live).id))
+
+
+async def _force_cancelled(flow_run_id) -> None:
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
 
 
 def _wait_until_gone(container: str, timeout: float = 60) -> None:

@@ -58,6 +58,15 @@ class Progress(Protocol):
         """The job runs now (a pod Running, a SageMaker job Training); reporting it again changes nothing."""
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """Something a run's job left on its target that only that run's end makes removable (a stopped container)."""
+
+    name: str
+    run_id: str
+    state: str  # the target's word for it: `exited`, `created`
+
+
 @dataclass
 class Outcome:
     # preempted: the infrastructure took the job away; the run may go back to its queue.
@@ -141,6 +150,14 @@ class Target(abc.ABC):
         submits it instead of ending the run Crashed.
         """
         return False
+
+    def leftovers(self) -> list[Leftover]:
+        """What jobs left on the target that `release` did not remove (their agent died first, or a `docker run`
+        died between create and start); `prefect_launch.leftovers` removes those whose run is done or not started."""
+        return []
+
+    def remove_leftover(self, leftover: Leftover, log: logging.Logger | logging.LoggerAdapter) -> None:
+        """Remove one of `leftovers()`."""
 
     def release(self, handle: Handle, log: logging.Logger | logging.LoggerAdapter) -> None:
         """Remove what the job left on its target, once its outcome is on record (the run's final state).
