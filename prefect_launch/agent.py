@@ -37,12 +37,14 @@ from prefect.events.filters import (
     EventNameFilter,
     EventOccurredFilter,
 )
+from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
 
 from prefect_launch.agent_config import AgentConfig
 from prefect_launch.agent_setup import environment_problems
 from prefect_launch.deployments.queues import queue_config_of, read_queue
 from prefect_launch.errors import LaunchError
 from prefect_launch.leftovers import clean_leftovers
+from prefect_launch.ownership import MISSED_HEARTBEATS
 from prefect_launch.settings import settings
 from prefect_launch.targets import Target, target_class
 from prefect_launch.worker import LaunchWorker
@@ -50,7 +52,6 @@ from prefect_launch.worker import LaunchWorker
 logger = logging.getLogger("prefect_launch.agent")
 
 FALLBACK_POLL_SECONDS = 5.0
-HEARTBEAT_SECONDS = 30.0
 STARTUP_RETRY_FIRST_SECONDS = 1.0
 STARTUP_RETRY_MAX_SECONDS = 30.0
 STARTUP_ATTEMPT_TIMEOUT_SECONDS = 10.0
@@ -117,6 +118,9 @@ class Agent:
         self._targets: dict[str, Target] = {}
         self._wake = anyio.Event()
         self._pending_timeout = settings().pending_timeout
+        # Prefect's worker heartbeat interval: this agent beats that often, and takes an agent on another host
+        # for gone once its heartbeat is MISSED_HEARTBEATS of them old (every agent of a queue uses the same).
+        self._heartbeat_seconds = float(PREFECT_WORKER_HEARTBEAT_SECONDS.value())
 
     def wake(self) -> None:
         self._wake.set()
@@ -183,7 +187,7 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await anyio.sleep(HEARTBEAT_SECONDS)
+            await anyio.sleep(self._heartbeat_seconds)
             for worker in self.workers:
                 try:
                     await worker.sync_with_backend()
@@ -199,11 +203,11 @@ class Agent:
         server outage.
         """
         while True:
-            await anyio.sleep(min(HEARTBEAT_SECONDS, self._pending_timeout / 3))
+            await anyio.sleep(min(self._heartbeat_seconds, self._pending_timeout / 3))
             await self._take_over_orphans()
 
     async def _take_over_orphans(self) -> None:
-        stale_after = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+        stale_after = timedelta(seconds=MISSED_HEARTBEATS * self._heartbeat_seconds)
         for worker in self.workers:
             try:
                 requeued, adopted = await worker.take_over_orphans(self._pending_timeout, stale_after)

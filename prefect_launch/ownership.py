@@ -9,7 +9,9 @@ over: a Pending run goes back to its queue, a Running one is adopted.
 
 A process on this host is alive if `/proc/<pid>` still shows the same start
 time (so a reused pid is not mistaken for the agent). A process on another
-host is alive while its agent's worker heartbeat on the queue is fresh.
+host is alive while its agent's worker heartbeat on the queue is fresh: younger
+than `MISSED_HEARTBEATS` of its heartbeat intervals (Prefect's
+`PREFECT_WORKER_HEARTBEAT_SECONDS`, 30 s by default).
 
 Example:
     >>> owner = Owner(agent="gpu-agent", host="node-1", pid=4242, started=987654)
@@ -28,6 +30,9 @@ import re
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+
+# A remote agent that missed this many heartbeats in a row is gone.
+MISSED_HEARTBEATS = 3
 
 _TAG = re.compile(r"on agent (?P<agent>.+?) \[(?P<host>[^\[\]:]+):(?P<pid>\d+):(?P<started>\d+)\]")
 
