@@ -10,6 +10,10 @@
 
 - The restart drill on the Kubernetes stand-in, whose TTL controller removes
   finished Jobs 2 s after they end.
+- Containers that dead agents left Exited or Created: removed when their run
+  has ended or not started, started once when their run is adopted.
+- Agents on hosts of their own (namespaces): the heartbeat rule, not the pid,
+  decides a takeover (`drills/cross_host.py` at CI size).
 
 Adoption on Kubernetes, SageMaker and Vertex AI is in `test_kubernetes.py`,
 `test_sagemaker.py` and `test_vertex.py`, next to their stand-ins.
@@ -30,7 +34,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelled, Completed, Running
 
-import restart  # drills/restart.py (conftest puts drills/ on the path)
+import cross_host  # drills/cross_host.py (conftest puts drills/ on the path)
+import restart  # drills/restart.py
 from conftest import cli, dry_run_submission, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
 from prefect_launch.server import free_port, start_server, stop_server
 from services import BASE_IMAGE, docker_engine
@@ -72,6 +77,18 @@ def test_restart_drill_on_kubernetes_with_a_ttl_loses_nothing_runs_nothing_twice
     print(restart.table([result]))
     assert result.lost == [] and result.twice == [] and result.false_failures == [], restart.table([result])
     assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
+
+
+def test_an_agent_on_another_host_takes_over_by_the_heartbeat_rule_not_the_pid(home, tmp_path):
+    """Two agents in separate PID, UTS, mount and network namespaces (`drills/hosts.py`) cannot see each other's
+    pids: the second leaves the first's job alone while the first beats, and takes it over within the heartbeat
+    rule's window once the first's node is lost; the job runs once and completes."""
+    queue = f"cross-host-{random.randrange(16**8):08x}"
+    with restart.kubernetes_cluster(tmp_path) as agent_env:
+        restart.create_kubernetes_queue(queue, tmp_path, home)
+        result = cross_host.run_takeover(queue, home, tmp_path / "hosts", 2.0, Path(agent_env["KUBECONFIG"]))
+    print(cross_host.table([result]))
+    assert result.ok, cross_host.table([result])
 
 
 def test_a_job_removed_while_no_agent_followed_it_ends_as_it_exited_and_is_not_submitted_again(engine, start_agent,
