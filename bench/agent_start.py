@@ -44,7 +44,7 @@ import sys
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseWorker
 import prefect_launch.sources.code as code
-import prefect_launch.worker as worker
+import prefect_launch.worker.launch_worker as worker
 worker.LaunchWorker._worker_metadata = BaseWorker._worker_metadata
 code._load_storage = lambda name: Block.load(name, _sync=True)
 from prefect_launch.cli.main import app

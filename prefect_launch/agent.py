@@ -47,7 +47,7 @@ from prefect_launch.leftovers import clean_leftovers
 from prefect_launch.ownership import MISSED_HEARTBEATS
 from prefect_launch.settings import settings
 from prefect_launch.targets import Target, target_class
-from prefect_launch.worker import LaunchWorker
+from prefect_launch.worker.launch_worker import LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
 

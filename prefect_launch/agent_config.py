@@ -46,7 +46,7 @@ Placeholder = Annotated[str, StringConstraints(pattern=PLACEHOLDER.pattern)]
 
 class BuilderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    type: Literal["docker", "kaniko", "noop"] | Placeholder | None = None
+    type: Literal["docker", "kaniko", "buildkit", "noop"] | Placeholder | None = None
     destination: str | None = None
     # Some W&B docs (GCP) name the destination `uri`.
     uri: str | None = None
@@ -56,6 +56,8 @@ class BuilderConfig(BaseModel):
     secret_name: str | None = Field(default=None, alias="secret-name")
     secret_key: str | None = Field(default=None, alias="secret-key")
     kaniko_image: ImageReference | None = Field(default=None, alias="kaniko-image")
+    # Beyond W&B: the image of the `buildkit` builder (rootless BuildKit in a Job).
+    buildkit_image: ImageReference | None = Field(default=None, alias="buildkit-image")
     kaniko_config: dict[str, Any] | None = Field(default=None, alias="kaniko-config")
     base_image: ImageReference | None = Field(default=None, alias="base_image")
 

@@ -2,7 +2,7 @@
 
 The axes meet here: the config's `environment:` becomes an Environment, its
 registry (`builder.destination`, `registry.type`) a Registry holding that
-environment's credentials. Both the agent (`worker.py`) and `launch --dry-run`
+environment's credentials. Both the agent (`worker/`) and `launch --dry-run`
 start from `agent_setup`; `agent --check` and the agent at start refuse what
 `environment_problems` finds. Kept apart from `prepare.py`, which imports
 Prefect's worker machinery, so that `agent --check` stays quick.

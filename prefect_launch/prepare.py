@@ -45,10 +45,12 @@ from prefect_launch.registries.local import LocalImages
 from prefect_launch.render import check_job_args, launch_keys, render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
 from prefect_launch.targets import Target, get_target
-from prefect_launch.templates import check_no_templates, defaulted_nulls
+from prefect_launch.templates import check_no_templates, defaulted_nulls, placeholders
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
 
 
 class LaunchJobConfiguration(BaseJobConfiguration):
@@ -87,10 +89,36 @@ async def job_configuration(
     the job the admin's Secret blocks.
     """
     check_no_templates(values)
+    check_not_the_queue_config(base_job_template, values)
     values = defaulted_nulls(base_job_template.get("variables", {}), values)
     return await LaunchJobConfiguration.from_template_and_values(
         base_job_template=base_job_template, values=values, client=client
     )
+
+
+def check_not_the_queue_config(base_job_template: dict[str, Any], values: dict[str, Any]) -> None:
+    """Refuse a value (a job's) that would fill the queue config itself: a pool whose job template reads its
+    `resource_args` (or resource) from a variable, as Prefect's default template did, would let a job choose
+    its own queue config, policy and all.
+
+    >>> check_not_the_queue_config({"job_configuration": {"resource_args": "{{ resource_args }}"}},
+    ...                            {"resource_args": {"privileged": True}})
+    Traceback (most recent call last):
+    ...
+    prefect_launch.errors.LaunchError: template value resource_args fills the queue config's resource_args: only the queue's config (its admin) may set it; a job's own resource args go in its spec
+    """
+    job_configuration = base_job_template.get("job_configuration") or {}
+    for key in QueueConfig.model_fields:
+        template = job_configuration.get(key)
+        whole = placeholders(template) if isinstance(template, str) and template.strip().startswith("{{") else set()
+        for name in whole & set(values):
+            raise LaunchError(f"template value {name} fills the queue config's {key}: only the queue's config (its "
+                              "admin) may set it; a job's own resource args go in its spec")
+
+
+def job_variables(flow_run: FlowRun, deployment: DeploymentResponse | None) -> dict[str, Any]:
+    """The run's template values: its deployment's, then its own."""
+    return {**((deployment.job_variables or {}) if deployment is not None else {}), **(flow_run.job_variables or {})}
 
 
 # What W&B's agent locks in secure mode, wherever a job's own Kubernetes resource args set it.

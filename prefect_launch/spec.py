@@ -168,6 +168,9 @@ class LaunchSpec(BaseModel):
     resource_args: dict[str, Any] = Field(
         default_factory=dict, description="Merged over the queue's resource args"
     )
+    ttl: int | None = Field(
+        default=None, ge=1, description="Seconds the job may wait on its queue; past them, still waiting, it ends Cancelled"
+    )
     preemptions: int = Field(
         default=0, ge=0, description="Times this run was preempted and put back on its queue (set by the agent)"
     )
@@ -235,7 +238,8 @@ class SchedulerKeys(BaseModel):
 class LaunchKeys(BaseModel):
     """The keys W&B lets any queue config carry beside the target's own: they configure the build and
     sweeps, never the target, and are taken off before a target parses its config. `job_may_set` is
-    prefect-launch's: the fields a queue's admin lets jobs set beyond their target's policy.
+    prefect-launch's: the fields a queue's admin lets jobs set beyond their target's policy; `ttl` is the
+    queue's default time-to-live of a waiting job.
 
     >>> own, rest = LaunchKeys.split({"gpus": "all", "builder": {"accelerator": {"base_image": "tf:gpu"}}})
     >>> LaunchKeys.parse(own, "queue config").builder.accelerator_base_image, rest
@@ -249,6 +253,7 @@ class LaunchKeys(BaseModel):
         default_factory=list,
         description="Fields a job's own resource args may set beyond what its target permits (the admin opts them in)",
     )
+    ttl: int | None = Field(default=None, ge=1, description="Seconds a job may wait on the queue, for jobs that give none")
 
     @classmethod
     def split(cls, resource_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

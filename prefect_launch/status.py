@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
@@ -33,12 +33,16 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
     FlowRunFilter,
     FlowRunFilterName,
+    FlowRunFilterEndTime,
+    FlowRunFilterExpectedStartTime,
     FlowRunFilterState,
     FlowRunFilterStateName,
+    FlowRunFilterStateType,
+    FlowRunFilterWorkQueueName,
     WorkPoolFilter,
     WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, WorkPool
+from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
@@ -53,6 +57,11 @@ from prefect_launch.timeline import Timeline, timeline_key
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 # A live agent takes a run within seconds; one Scheduled longer waits for a free slot.
 TAKE_SECONDS = 10.0
+# The recent past a waiting run's start is estimated from: runs of its queue that ended in it.
+THROUGHPUT_WINDOW = 900
+# How many waiting runs `find_run` looks through for one not renamed after its W&B run id yet.
+WAITING_RUNS_SEARCHED = 1000
+PAGE = 200  # the most runs the server sends at once
 
 
 class UnknownRun(LaunchError):
@@ -90,6 +99,24 @@ class RunStatus:
     agent: str | None
     timeline: Timeline
     waiting: str = ""  # why the run does not run yet, when it waits
+    place: Place | None = None  # where it stands on its queue, while Scheduled
+
+
+@dataclass
+class Place:
+    """Where a waiting run stands on its queue: `position` 1 is next."""
+
+    position: int
+    waiting: int
+    eta_seconds: float | None  # from the queue's recent throughput; None when it finished nothing lately
+
+    def describe(self) -> str:
+        """`position 3 of 7, starts in about 1m40s (at this queue's rate of the last 15 minutes)`."""
+        text = f"position {self.position} of {self.waiting}"
+        if self.eta_seconds is None:
+            return text + f", no job ended on this queue in the last {THROUGHPUT_WINDOW // 60} minutes to estimate a start"
+        return text + (f", starts in about {human_seconds(self.eta_seconds)} "
+                       f"(at this queue's rate of the last {THROUGHPUT_WINDOW // 60} minutes)")
 
 
 @dataclass
@@ -113,9 +140,35 @@ async def find_run(client: PrefectClient, run: str) -> FlowRun:
         sort=FlowRunSort.EXPECTED_START_TIME_DESC,
         limit=1,
     )
-    if not runs:
+    if runs:
+        return runs[0]
+    waiting = await _waiting_run(client, run)
+    if waiting is None:
         raise UnknownRun(f"no launch run {run!r}: give a W&B run id (the flow run's name) or a flow run id")
-    return runs[0]
+    return waiting
+
+
+async def _waiting_run(client: PrefectClient, run_id: str) -> FlowRun | None:
+    """A run not yet taken by an agent, started where Prefect names it (the UI, `prefect deployment run`, a
+    schedule): its W&B run id is its spec's, or the one derived from its flow run id, until its agent renames it."""
+    for offset in range(0, WAITING_RUNS_SEARCHED, PAGE):
+        waiting = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
+                StateType.SCHEDULED, StateType.PENDING]))),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=PAGE,
+            offset=offset,
+        )
+        found = next((flow_run for flow_run in waiting if wandb_run_id(flow_run) == run_id), None)
+        if found is not None or len(waiting) < PAGE:
+            return found
+    return None
+
+
+def wandb_run_id(flow_run: FlowRun) -> str:
+    """A launch run's W&B run id: its spec's, else the one its flow run id gives (what its agent names it)."""
+    return (flow_run.parameters.get("spec") or {}).get("run_id") or run_id_for(flow_run.id)
 
 
 async def agents_of(client: PrefectClient, queue: str) -> list[Agent]:
@@ -130,7 +183,7 @@ async def run_status(client: PrefectClient, flow_run: FlowRun) -> RunStatus:
     owner = Owner.parse(state.message if state else None)
     agent = owner.agent if owner else await _last_agent(client, flow_run)
     status = RunStatus(
-        run_id=flow_run.name,
+        run_id=wandb_run_id(flow_run),
         flow_run_id=flow_run.id,
         state=state.name if state else "Unknown",
         message=state.message or "" if state else "",
@@ -141,9 +194,40 @@ async def run_status(client: PrefectClient, flow_run: FlowRun) -> RunStatus:
     )
     if state is not None and (state.is_scheduled() or state.is_pending()) and pool is not None:
         status.waiting = await _why_on_queue(client, pool, flow_run, owner)
+        if state.is_scheduled() and not handed_over(state.message):
+            status.place = await queue_place(client, pool.name, flow_run)
+            status.waiting += f"; {status.place.describe()}"
+            if status.timeline.current is not None:
+                status.timeline.current.note = status.place.describe()
     elif state is not None and state.is_running() and status.timeline.current is not None:
         status.waiting = status.timeline.current.note
     return status
+
+
+async def queue_place(client: PrefectClient, queue: str, flow_run: FlowRun) -> Place:
+    """Where a Scheduled run stands on its queue: the runs before it in priority order (a work queue of a lower
+    priority number first), FIFO inside one; and when it should start at the queue's recent rate."""
+    priorities = {work_queue.name: work_queue.priority for work_queue in await client.read_work_queues(work_pool_name=queue)}
+    mine = priorities.get(flow_run.work_queue_name or "", 0)
+    pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[queue]))
+    scheduled = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+
+    async def waiting(queues: list[str], before: datetime | None = None) -> int:
+        if not queues:
+            return 0
+        return await client.count_flow_runs(work_pool_filter=pool, flow_run_filter=FlowRunFilter(
+            state=scheduled, work_queue_name=FlowRunFilterWorkQueueName(any_=queues),
+            expected_start_time=FlowRunFilterExpectedStartTime(before_=before) if before else None))
+
+    ahead = await waiting([name for name, priority in priorities.items() if priority < mine])
+    if flow_run.work_queue_name and flow_run.expected_start_time:  # the filter's bound is inclusive: not the run itself
+        ahead += await waiting([flow_run.work_queue_name], before=flow_run.expected_start_time - timedelta(microseconds=1))
+    now = datetime.now(timezone.utc)
+    ended = await client.count_flow_runs(work_pool_filter=pool, flow_run_filter=FlowRunFilter(
+        end_time=FlowRunFilterEndTime(after_=now - timedelta(seconds=THROUGHPUT_WINDOW))))
+    total = await waiting(list(priorities))
+    eta = (ahead + 1) * THROUGHPUT_WINDOW / ended if ended else None
+    return Place(position=ahead + 1, waiting=max(total, ahead + 1), eta_seconds=eta)
 
 
 async def _last_agent(client: PrefectClient, flow_run: FlowRun) -> str | None:
@@ -162,7 +246,7 @@ async def _timeline(client: PrefectClient, flow_run: FlowRun) -> Timeline:
     artifacts = await client.read_artifacts(
         artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
-            key=ArtifactFilterKey(any_=[timeline_key(flow_run.name)]),
+            key=ArtifactFilterKey(any_=[timeline_key(wandb_run_id(flow_run))]),
         ),
         sort=ArtifactSort.UPDATED_DESC,
         limit=1,

@@ -91,6 +91,22 @@ def variables_schema(fields: dict[str, TemplateField]) -> dict[str, Any]:
 PREFECT_REFERENCE = "prefect."
 
 
+def templates_of(schema: dict[str, Any]) -> dict[str, TemplateField]:
+    """The template fields a pool's `variables` schema declares (the inverse of `variables_schema`); a property
+    that is no template field (a Prefect default template's `env`, say) is left out.
+
+    >>> templates_of(variables_schema(parse_templates({"gpus": {"type": "integer", "default": 1, "maximum": 4}})))
+    {'gpus': TemplateField(type='integer', default=1, minimum=None, maximum=4, enum=None, description=None)}
+    """
+    fields = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        try:
+            fields[name] = TemplateField.model_validate({key: value for key, value in prop.items() if key != "title"})
+        except ValueError:
+            continue
+    return fields
+
+
 def placeholders(template: Any) -> set[str]:
     """Names of every `{{ name }}` field used in a config (Prefect's own `{{ prefect.* }}` references are none)."""
     if isinstance(template, dict):

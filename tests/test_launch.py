@@ -199,7 +199,7 @@ def test_the_agent_reports_the_integrations_prefect_would():
     Prefect's own method builds by importing every integration."""
     from prefect.workers.base import BaseWorker
 
-    from prefect_launch.worker import LaunchWorker
+    from prefect_launch.worker.launch_worker import LaunchWorker
 
     worker = LaunchWorker(work_pool_name=unique("never-created"))
     ours, prefects = anyio.run(worker._worker_metadata), anyio.run(BaseWorker._worker_metadata, worker)

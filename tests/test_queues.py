@@ -1,10 +1,13 @@
 """Queues on a real Prefect server: pools, priority work queues, template schemas."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from conftest import JOBS, cli, flow_run_of, job_report, launch, run_id_of, run_logs, unique
+from conftest import JOBS, cli, flow_run_of, job_report, launch, on_server, run_id_of, run_logs, unique, wait_for_final, wait_for_log
 
 
 def write(path: Path, text: str) -> Path:
@@ -151,3 +154,106 @@ def test_duplicate_queue_is_refused(make_queue):
     name = make_queue("--resource", "local-process")
     result = cli("queue", "create", name, "--resource", "local-process", check=False)
     assert result.returncode == 1 and "already exists" in result.stderr
+
+
+def _prefect(*args: str) -> subprocess.CompletedProcess:
+    """Prefect's own command line, as a Prefect user types it, against this worker's server."""
+    return subprocess.run([str(Path(sys.executable).with_name("prefect")), *args], capture_output=True, text=True,
+                          timeout=120, env=os.environ, check=True)
+
+
+def test_a_pool_made_with_prefects_own_command_is_a_working_queue(start_agent):
+    """`prefect work-pool create NAME --type launch` makes the local-process queue `queue create` would make;
+    every command works on it, and its launch deployment is made on first use."""
+    from prefect_launch.deployments.queues import default_base_job_template
+
+    name = unique("pool")
+    _prefect("work-pool", "create", name, "--type", "launch")
+    try:
+        assert on_server("read_work_pool", name).base_job_template == default_base_job_template()
+        shown = json.loads(cli("queue", "show", name).stdout)
+        assert (shown["resource"], shown["runs"]) == ("local-process", {})
+        assert f"queue {name} (local-process)" in cli("status").stdout
+        start_agent("-q", name)
+        run_id = run_id_of(launch("-q", name, "-u", str(JOBS), "-E", "python report.py", "--wait"))
+        assert flow_run_of(run_id).state.is_completed()
+    finally:
+        cli("queue", "delete", name, check=False)
+
+
+def test_a_pool_whose_template_reads_its_config_from_variables_takes_none_from_a_job(start_agent):
+    """Prefect's generic default template filled `resource_args` from a job variable: a job could have chosen
+    its queue config. Such a pool still runs jobs, and refuses that value."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    name = unique("oldpool")
+    template = {"job_configuration": {"resource": "{{ resource }}", "resource_args": "{{ resource_args }}",
+                                      "require_wandb_run": "{{ require_wandb_run }}"},
+                "variables": {"type": "object", "properties": {
+                    "resource": {"type": "string", "default": "local-process"},
+                    "resource_args": {"type": "object", "default": {}},
+                    "require_wandb_run": {"type": "boolean", "default": True}}}}
+    on_server("create_work_pool", WorkPoolCreate(name=name, type="launch", base_job_template=template))
+    try:
+        assert json.loads(cli("queue", "show", name).stdout)["name"] == name
+        start_agent("-q", name)
+        assert flow_run_of(run_id_of(launch("-q", name, "-u", str(JOBS), "-E", "python report.py",
+                                            "--wait"))).state.is_completed()
+        deployment = on_server("read_deployment_by_name", f"launch/{name}")
+        run_id = unique("esc").replace("-", "")
+        on_server("create_flow_run_from_deployment", deployment.id, name=run_id,
+                  parameters={"spec": {"source": {"type": "image", "image": "img:1"}, "run_id": run_id}},
+                  job_variables={"resource_args": {"env": {"ESCALATED": "1"}}})
+        state = wait_for_final(run_id).state
+        assert state.is_failed() and "template value resource_args fills the queue config's resource_args" in state.message
+    finally:
+        cli("queue", "delete", name, check=False)
+
+
+def test_a_queue_is_changed_in_place(make_queue, start_agent, tmp_path):
+    name = make_queue("--resource", "local-process", "--config", str(write(tmp_path / "a.yaml", "env:\n  TEMPLATE_LEVEL: one\n")))
+    waiting = run_id_of(launch("-q", name, "-u", str(JOBS), "-E", "python report.py"))  # no agent yet: it waits
+    config = write(tmp_path / "b.yaml", "env:\n  TEMPLATE_LEVEL: '{{ level }}'\n")
+    templates = write(tmp_path / "t.yaml", "level: {type: string, default: two, enum: [two, three]}\n")
+    cli("queue", "update", name, "--config", str(config), "--templates", str(templates), "--prioritization")
+    shown = json.loads(cli("queue", "show", name).stdout)
+    assert shown["resource_args"] == {"env": {"TEMPLATE_LEVEL": "{{ level }}"}} and shown["templates"]["level"]["default"] == "two"
+    assert shown["priorities"] == ["critical", "high", "medium", "low"]
+    bad = cli("queue", "update", name, "--config", str(write(tmp_path / "c.yaml", "envv: {}\n")), check=False)
+    assert bad.returncode == 1 and "envv: unknown key" in bad.stderr
+    start_agent("-q", name)
+    assert job_report(run_logs(wait_for_final(waiting).id), "ENV")["TEMPLATE_LEVEL"] == "two"  # the run kept its place
+    high = run_id_of(launch("-q", name, "-u", str(JOBS), "-E", "python report.py", "-P", "high", "-v", "level=three",
+                            "--wait"))
+    assert job_report(run_logs(flow_run_of(high).id), "ENV")["TEMPLATE_LEVEL"] == "three"
+
+
+def test_a_run_started_by_prefect_is_named_after_its_w_and_b_run_id(make_queue, start_agent):
+    """`prefect deployment run 'launch/Q'` (or the UI, or a schedule) names a run as Prefect does; its W&B run id
+    finds it while it waits, and its agent renames it after that id."""
+    from prefect_launch.spec import run_id_for
+
+    name = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    spec = json.dumps({"source": _stored_jobs(), "entry_point": ["python", "report.py", "--no-wandb"]})
+    created = _prefect("deployment", "run", f"launch/{name}", "--param", f"spec={spec}")
+    flow_run_id = next(line.split()[-1] for line in created.stdout.splitlines() if "UUID" in line)
+    from uuid import UUID
+
+    run_id = run_id_for(UUID(flow_run_id))
+    assert on_server("read_flow_run", UUID(flow_run_id)).name != run_id
+    waiting = cli("status", run_id).stdout
+    assert waiting.startswith(f"run {run_id}: Scheduled") and f"no agent on queue {name}" in waiting
+    start_agent("-q", name)
+    assert wait_for_final(run_id).state.is_completed()
+    assert on_server("read_flow_run", UUID(flow_run_id)).name == run_id
+    assert cli("status", run_id).stdout.startswith(f"run {run_id}: Completed")
+    wait_for_log(run_id, lambda line: line.startswith("ARGS"))  # logs land a moment after the final state
+    assert any(line.startswith("ARGS") for line in cli("logs", run_id).stdout.splitlines())
+
+
+def _stored_jobs() -> dict:
+    """The tests' job folder, stored as `launch -u` stores it: its code source."""
+    from prefect_launch.home import launch_home
+    from prefect_launch.sources import code
+
+    return code.upload(JOBS, code.code_storage(None, launch_home())).model_dump(mode="json")

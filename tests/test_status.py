@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
-from conftest import CLI, JOBS, REPO, cli, flow_run_of, launch, run_id_of
+from conftest import CLI, JOBS, REPO, cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final
 
 STAGES = ("queue wait", "resolve", "build", "push", "submit", "start", "run")
 
@@ -69,3 +70,45 @@ def test_a_run_on_a_queue_without_agent_says_so_and_unknown_runs_exit_2(make_que
     unknown = subprocess.run([CLI, "status", "no-such-run"], capture_output=True, text=True, cwd=REPO)
     assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0 and "no launch run 'no-such-run'" in unknown.stderr
     assert subprocess.run([CLI, "logs", "no-such-run"], capture_output=True, text=True, cwd=REPO).returncode == 2
+
+
+def test_a_waiting_run_shows_its_place_and_when_it_should_start(make_queue, start_agent):
+    """Priority order, then FIFO; the start estimated from the queue's recent rate, once it has one."""
+    queue = make_queue("--resource", "local-process", "--prioritization", "--no-require-wandb-run")
+    job = ("-q", queue, "-u", str(JOBS), "-E", "python report.py --no-wandb")
+    low, high, medium = (run_id_of(launch(*job, "-P", priority)) for priority in ("low", "high", "medium"))
+    places = {run_id: re.search(r"position (\d+) of (\d+)", cli("status", run_id).stdout).groups()
+              for run_id in (low, high, medium)}
+    assert places == {high: ("1", "3"), medium: ("2", "3"), low: ("3", "3")}
+    status = cli("status", low).stdout
+    assert "no job ended on this queue in the last 15 minutes to estimate a start" in status
+    assert "position 3 of 3" in stage_rows(status)["queue wait"]  # its timeline shows it too
+
+    agent = start_agent("-q", queue, "--max-jobs", "1")
+    for run_id in (high, medium, low):
+        assert flow_run_of(run_id) and wait_for_final(run_id).state.is_completed()
+    agent.stop()
+    first, second = (run_id_of(launch(*job)) for _ in range(2))
+    status = cli("status", second).stdout
+    estimate = re.search(r"position 2 of 2, starts in about (\S+ ?s|\d+m\d+s)", status)
+    assert estimate, status
+
+
+def test_a_run_past_its_time_to_live_is_never_started(make_queue, start_agent, tmp_path):
+    """`launch --ttl`, or the queue config's `ttl` for jobs that give none: still waiting past it, the run ends
+    Cancelled, its job never started."""
+    config = tmp_path / "queue.yaml"
+    config.write_text("ttl: 1\n")
+    queue = make_queue("--resource", "local-process", "--config", str(config))
+    job = ("-q", queue, "-u", str(JOBS), "-E", "python report.py")
+    own, default = run_id_of(launch(*job, "--ttl", "1")), run_id_of(launch(*job))
+    kept = run_id_of(launch(*job, "--ttl", "3600"))
+    launched = time.monotonic()
+    while time.monotonic() - launched < 2:  # past both time-to-lives, before any agent serves the queue
+        time.sleep(0.1)
+    start_agent("-q", queue)
+    for run_id in (own, default):
+        state = wait_for_final(run_id).state
+        assert state.is_cancelled() and "longer than its time-to-live of 1 s" in state.message, state
+        assert not any(line.startswith("Started process") for line in run_logs(flow_run_of(run_id).id))
+    assert wait_for_final(kept).state.is_completed()

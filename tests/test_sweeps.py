@@ -317,6 +317,17 @@ def test_a_sweep_whose_trials_all_fail_fails(tmp_path: Path, make_queue, start_a
     assert [line.split()[3] for line in result.stdout.splitlines() if line.startswith("trial ")] == ["Failed", "Failed"]
 
 
+def test_a_sweep_stops_after_trials_fail_in_a_row(tmp_path: Path, make_queue, start_agent) -> None:
+    """A broken job would fail every trial of a 10-trial sweep: it stops after 3 in a row and says why."""
+    job, queue = _trainer_on_a_queue(tmp_path, make_queue, start_agent, "raise SystemExit(3)\n")
+    config = write(tmp_path, {**BASE, "run_cap": 10, "scheduler": {"num_workers": 1, "max_consecutive_failures": 3},
+                              **job})
+    result = cli("sweep", "create", str(config), "-q", queue, "--wait", check=False, timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "stopped after 3 trials in a row failed (scheduler.max_consecutive_failures: 3)" in result.stderr
+    assert [line.split()[3] for line in result.stdout.splitlines() if line.startswith("trial ")] == ["Failed"] * 3
+
+
 PAUSABLE_TRAIN = """
 import time
 import wandb

@@ -1,7 +1,7 @@
 """Builders: turn a code or git job into an image. One file per builder.
 
-`builder_for(settings, ...)` picks the agent's builder: `docker`, `kaniko`
-(in the cluster), `noop` (build nothing: only image jobs run) or, with none
+`builder_for(settings, ...)` picks the agent's builder: `docker`, `kaniko` or
+`buildkit` (in the cluster), `noop` (build nothing: only image jobs run) or, with none
 configured, docker when an engine answers and noop otherwise, as W&B's agent
 does.
 """
@@ -25,7 +25,7 @@ def builder_for(
     environment: Environment | None = None,
 ) -> Builder:
     """The builder for a job that needs an image; a clear refusal when the agent cannot build."""
-    from prefect_launch.builders import docker, kaniko
+    from prefect_launch.builders import buildkit, docker, kaniko
 
     kind = settings.builder
     if kind is None:
@@ -37,12 +37,14 @@ def builder_for(
         return docker.DockerBuilder()
     if kind == "kaniko":
         return kaniko.KanikoBuilder(settings, registry, environment)
+    if kind == "buildkit":
+        return buildkit.BuildKitBuilder(settings, registry, environment)
     if kind == "noop":
         raise LaunchError(
             f"queue {queue_name!r} uses the noop builder ({why}), but this job's {source_kind} source needs "
             "an image build; launch a prebuilt image with -d/--docker-image, or set builder.type: docker"
         )
-    raise LaunchError(f"queue {queue_name!r}: unknown builder.type {kind!r} (docker, kaniko or noop)")
+    raise LaunchError(f"queue {queue_name!r}: unknown builder.type {kind!r} (docker, kaniko, buildkit or noop)")
 
 
 def plan_for(

@@ -35,7 +35,7 @@ class BuildSettings(BaseModel):
     """The agent's builder and registry keys, as one object the build and push tasks read."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    builder: Literal["docker", "kaniko", "noop"] | None = Field(
+    builder: Literal["docker", "kaniko", "buildkit", "noop"] | None = Field(
         default=None, description="None: docker when an engine answers, else noop (as W&B does)"
     )
     destination: str | None = Field(default=None, description="Registry repository images are pushed to")
@@ -43,10 +43,11 @@ class BuildSettings(BaseModel):
         default=None, description="`registry.type`; None = read from the destination's host"
     )
     base_image: str = DEFAULT_BASE_IMAGE
-    # The kaniko builder's keys (W&B's names with dashes).
+    # The in-cluster builders' keys (W&B's names with dashes).
     build_context_store: str | None = None
     build_job_name: str | None = None
     kaniko_image: str | None = None
+    buildkit_image: str | None = None
     kaniko_config: dict[str, Any] | None = None
     secret_name: str | None = None
     secret_key: str | None = None
@@ -67,7 +68,8 @@ class BuildSettings(BaseModel):
         )
 
 
-_KANIKO_KEYS = ("build_context_store", "build_job_name", "kaniko_image", "kaniko_config", "secret_name", "secret_key")
+_KANIKO_KEYS = ("build_context_store", "build_job_name", "kaniko_image", "buildkit_image", "kaniko_config", "secret_name",
+                "secret_key")
 _ECR_ARN = re.compile(r"^arn:aws[\w-]*:ecr:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):repository/(?P<name>.+)$")
 
 

@@ -1,4 +1,4 @@
-"""Build-context stores: where the Kaniko builder leaves a build's context for the build pod.
+"""Build-context stores: where an in-cluster builder (kaniko, BuildKit) leaves a build's context for its pod.
 
 `builder.build-context-store` is a bucket URL, as in W&B's agent configs:
 
@@ -8,7 +8,9 @@
   `DefaultAzureCredential`).
 
 The context is a gzipped tar (what Kaniko reads from a bucket) named by the
-image tag, so the same source is stored once, whichever agent builds it.
+image tag, so the same source is stored once, whichever agent builds it. A
+builder that cannot read a bucket (BuildKit) fetches it over a presigned
+HTTPS URL that expires with the build (`presigned_url`; S3 stores).
 
 Example:
     >>> context_url("s3://launch-builds/contexts/", "3f2a")
@@ -69,3 +71,13 @@ def upload(store: str, tag: str, context: bytes, environment: Environment | None
     except Exception as exc:
         raise LaunchError(f"could not upload the build context to {url}: {exc.__class__.__name__}: {exc}") from None
     return url
+
+
+def presigned_url(url: str, environment: Environment | None, seconds: int) -> str:
+    """A URL anyone may GET `url` (a stored context) from for `seconds`, signed with the environment's credentials."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3":
+        raise LaunchError(f"the buildkit builder fetches its context over a presigned URL, made for s3:// stores "
+                          f"only so far; {url} is not one: use an s3:// build-context-store, or the kaniko builder")
+    return environment.client("s3").generate_presigned_url(
+        "get_object", Params={"Bucket": parts.netloc, "Key": parts.path.lstrip("/")}, ExpiresIn=seconds)

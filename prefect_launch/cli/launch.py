@@ -66,7 +66,7 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
                 entry_point: str | None, project: str | None, entity: str | None,
                 name: str | None, run_id: str | None, store: bool, git_ref: str | None = None,
                 base_image: str | None = None, dockerfile: str | None = None,
-                code_storage: str | None = None) -> tuple[Any, Path | None]:
+                code_storage: str | None = None, ttl: int | None = None) -> tuple[Any, Path | None]:
     """The LaunchSpec (flags over the -c file) and the local code folder, if any."""
     from prefect_launch.errors import LaunchError
     from prefect_launch.sources import check_entry_point_file, code
@@ -121,6 +121,7 @@ def _build_spec(file: LaunchConfigFile, uri: str | None, docker_image: str | Non
         base_image=base_image or file.base_image,
         overrides={**file.overrides, **({"dockerfile": dockerfile} if dockerfile else {})},
         resource_args=file.resource_args,
+        ttl=ttl,
     )
     return spec, folder
 
@@ -182,6 +183,7 @@ def launch_command(
     name: Optional[str] = typer.Option(None, "--name", help="W&B run name"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="W&B run id (default: a new one)"),
     wait: bool = typer.Option(False, "--wait", help="Follow the run, stream its logs, exit non-zero if it fails"),
+    ttl: Optional[int] = typer.Option(None, "--ttl", min=1, help="Seconds the job may wait on the queue; then it ends Cancelled"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what the target would receive; submit nothing"),
     resource: Optional[str] = typer.Option(None, "--resource", "-r", help="Dry run without a server: the resource"),
     resource_args: Optional[str] = typer.Option(None, "--resource-args", "-R", help="Dry run: resource args JSON/YAML or @file"),
@@ -192,7 +194,7 @@ def launch_command(
 
 
 def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, dockerfile, code_storage, config, priority,
-            set_var, project, entity, name, run_id, wait, dry_run, resource, resource_args, templates) -> None:
+            set_var, project, entity, name, run_id, wait, ttl, dry_run, resource, resource_args, templates) -> None:
     from prefect_launch.config_files import load_config_file
     from prefect_launch.errors import LaunchError
     from prefect_launch.redact import redact
@@ -227,7 +229,7 @@ def _launch(queue, entry_point, uri, git_ref, docker_image, job, base_image, doc
     connect()
     spec, _ = _build_spec(file, uri, docker_image, job, entry_point, project, entity, name, run_id,
                           store=True, git_ref=git_ref, base_image=base_image, dockerfile=dockerfile,
-                          code_storage=code_storage)
+                          code_storage=code_storage, ttl=ttl)
     flow_run = run(_enqueue, queue, spec, priority, values)
     from prefect.utilities.urls import url_for
 

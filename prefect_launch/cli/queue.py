@@ -1,4 +1,4 @@
-"""`prefect-launch queue create|list|show|delete`."""
+"""`prefect-launch queue create|update|list|show|delete`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,37 @@ def create(
 
     run(_create)
     typer.echo(f"Created queue {name!r} ({definition.resource.value})")
+
+
+@app.command("update")
+@clear_errors
+def update(
+    name: str = typer.Argument(..., help="Queue name"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A new queue config (resource args), YAML or JSON"),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="New template fields, YAML (replace the old)"),
+    prioritization: bool = typer.Option(False, "--prioritization", help="Add the priority work queues critical..low"),
+    require_wandb_run: Optional[bool] = typer.Option(None, "--require-wandb-run/--no-require-wandb-run",
+                                                     help="Fail jobs that never call wandb.init"),
+    description: Optional[str] = typer.Option(None, "--description"),
+) -> None:
+    """Change a queue in place: its config, template fields, priorities; runs on it keep their place."""
+    from prefect_launch.config_files import load_config_file
+    from prefect_launch.templates import parse_templates
+
+    new_config = load_config_file(config, "queue config") if config else None
+    new_templates = parse_templates(load_config_file(templates, "templates")) if templates else None
+    connect()
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import update_queue
+
+    async def _update() -> None:
+        async with get_client() as client:
+            await update_queue(client, name, new_config, new_templates, prioritization, require_wandb_run,
+                               description, source=str(config) if config else "queue config")
+
+    run(_update)
+    typer.echo(f"Updated queue {name!r}")
 
 
 @app.command("list")

@@ -18,10 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
@@ -29,9 +27,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
     WorkPoolFilter,
+    WorkPoolFilterName,
     WorkPoolFilterType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -44,6 +44,7 @@ from prefect_launch.templates import (
     TemplateField,
     check_no_templates,
     check_placeholders_declared,
+    templates_of,
     variables_schema,
 )
 
@@ -90,11 +91,7 @@ def deployment_name(queue: str) -> str:
 
 async def create_queue(client: PrefectClient, queue: QueueDefinition, source: str = "queue config") -> WorkPool:
     """Create the pool, its priority work queues and the launch deployment, once `queue.check` passes."""
-    if queue.resource.value not in SUPPORTED_RESOURCES:
-        raise LaunchError(
-            f"queue {queue.name!r}: resource {queue.resource.value!r} is not supported yet; "
-            f"supported: {', '.join(SUPPORTED_RESOURCES)}"
-        )
+    _check_supported(queue)
     queue.check(source)
     try:
         pool = await client.create_work_pool(
@@ -106,32 +103,96 @@ async def create_queue(client: PrefectClient, queue: QueueDefinition, source: st
             )
         )
     except ObjectAlreadyExists:
-        raise LaunchError(f"queue {queue.name!r} already exists; delete it first to change it") from None
-
-    work_queue = "default"
+        raise LaunchError(f"queue {queue.name!r} already exists; change it with `prefect-launch queue update "
+                          f"{queue.name} ...`") from None
     if queue.prioritization:
-        # The pool's own default queue becomes `critical`; the others follow in order.
-        default = (await client.read_work_queues(work_pool_name=queue.name))[0]
-        await client.update_work_queue(default.id, name="critical", priority=1)
-        for name, priority in PRIORITIES.items():
-            if name != "critical":
-                await client.create_work_queue(name=name, priority=priority, work_pool_name=queue.name)
-        work_queue = DEFAULT_PRIORITY
+        await _prioritize(client, queue.name)
+    await ensure_launch_deployment(client, pool)
+    return pool
 
+
+async def update_queue(client: PrefectClient, name: str, config: dict[str, Any] | None = None,
+                       templates: dict[str, TemplateField] | None = None, prioritization: bool = False,
+                       require_wandb_run: bool | None = None, description: str | None = None,
+                       source: str = "queue config") -> WorkPool:
+    """Change a queue in place: its config, template fields (given together or alone, each replacing the
+    old), its W&B-run rule and description; `prioritization` adds the priority work queues it lacks.
+    Runs already on it keep their place. The result is checked as `queue create` checks a new one."""
+    pool = await read_queue(client, name)
+    # A pool whose template holds no queue config (made before prefect-launch wrote the default template)
+    # runs as a local-process queue: it is changed from there.
+    current = queue_definition_of(pool) or QueueDefinition(name=name, resource=Resource.local_process)
+    updates: dict[str, Any] = {"prioritization": prioritization or bool(await queue_priorities(client, name))}
+    if config is not None:
+        updates["resource_args"] = config
+    if templates is not None:
+        updates["templates"] = templates
+    if require_wandb_run is not None:
+        updates["require_wandb_run"] = require_wandb_run
+    if description is not None:
+        updates["description"] = description
+    queue = QueueDefinition.model_validate({**current.model_dump(), **updates}).check(source)
+    await client.update_work_pool(name, WorkPoolUpdate(base_job_template=queue.base_job_template(),
+                                                       description=queue.description or pool.description))
+    if queue.prioritization and not await queue_priorities(client, name):
+        await _prioritize(client, name)
+    await ensure_launch_deployment(client, await read_queue(client, name))
+    return await read_queue(client, name)
+
+
+def _check_supported(queue: QueueDefinition) -> None:
+    if queue.resource.value not in SUPPORTED_RESOURCES:
+        raise LaunchError(
+            f"queue {queue.name!r}: resource {queue.resource.value!r} is not supported yet; "
+            f"supported: {', '.join(SUPPORTED_RESOURCES)}"
+        )
+
+
+async def _prioritize(client: PrefectClient, name: str) -> None:
+    """Work queues critical, high, medium, low (priorities 1..4): the pool's default queue becomes `critical`."""
+    default = (await client.read_work_queues(work_pool_name=name))[0]
+    await client.update_work_queue(default.id, name="critical", priority=1)
+    for queue_name, priority in PRIORITIES.items():
+        if queue_name != "critical":
+            await client.create_work_queue(name=queue_name, priority=priority, work_pool_name=name)
+    deployment = await _launch_deployment(client, name)
+    if deployment is not None:
+        await client.update_deployment(deployment.id, DeploymentUpdate(work_queue_name=DEFAULT_PRIORITY))
+
+
+async def _launch_deployment(client: PrefectClient, name: str) -> DeploymentResponse | None:
+    try:
+        return await client.read_deployment_by_name(deployment_name(name))
+    except ObjectNotFound:
+        return None
+
+
+async def ensure_launch_deployment(client: PrefectClient, pool: WorkPool) -> DeploymentResponse:
+    """The queue's `launch/<queue>` deployment, made if the pool lacks it (one made with `prefect work-pool
+    create --type launch`, or in the Prefect UI, is a queue as soon as it has one)."""
+    deployment = await _launch_deployment(client, pool.name)
+    if deployment is not None:
+        return deployment
     from prefect_launch.flows.launch import launch  # the flow module is heavy; only creation needs it
 
-    flow_id = await client.create_flow_from_name(FLOW_NAME)
+    priorities = await queue_priorities(client, pool.name)
     await client.create_deployment(
-        flow_id=flow_id,
-        name=queue.name,
-        work_pool_name=queue.name,
-        work_queue_name=work_queue,
+        flow_id=await client.create_flow_from_name(FLOW_NAME),
+        name=pool.name,
+        work_pool_name=pool.name,
+        work_queue_name=DEFAULT_PRIORITY if DEFAULT_PRIORITY in priorities else "default",
         entrypoint=LAUNCH_ENTRYPOINT,
         parameter_openapi_schema=parameter_schema(launch).model_dump_for_openapi(),
         enforce_parameter_schema=True,
-        description=f"Launch jobs on queue {queue.name} ({queue.resource.value})",
+        description=f"Launch jobs on queue {pool.name}",
     )
-    return pool
+    return await client.read_deployment_by_name(deployment_name(pool.name))
+
+
+def default_base_job_template() -> dict[str, Any]:
+    """What a pool made without prefect-launch (`prefect work-pool create --type launch`, the Prefect UI) gets:
+    a local-process queue with no template fields, as `queue create NAME --resource local-process` makes."""
+    return QueueDefinition(name="default", resource=Resource.local_process).base_job_template()
 
 
 async def list_queues(client: PrefectClient) -> list[WorkPool]:
@@ -150,6 +211,18 @@ async def read_queue(client: PrefectClient, name: str) -> WorkPool:
     if pool.type != WORKER_TYPE:
         raise LaunchError(f"work pool {name!r} is of type {pool.type!r}, not a prefect-launch queue")
     return pool
+
+
+def queue_definition_of(pool: WorkPool) -> QueueDefinition | None:
+    """The definition `queue create` would have made this pool from (priorities aside); None if its job template
+    holds no queue config."""
+    config = queue_config_of(pool)
+    if config is None:
+        return None
+    variables = (pool.base_job_template or {}).get("variables") or {}
+    return QueueDefinition(name=pool.name, resource=config.resource, resource_args=config.resource_args,
+                           templates=templates_of(variables), require_wandb_run=config.require_wandb_run,
+                           description=pool.description)
 
 
 def queue_config_of(pool: WorkPool) -> QueueConfig | None:
@@ -208,12 +281,7 @@ async def enqueue(
     What its submitter sends is checked first, as the agent checks it again before anything is built:
     its resource args against the target's policy, its template values for `{{ ... }}` references.
     """
-    try:
-        deployment = await client.read_deployment_by_name(deployment_name(queue))
-    except ObjectNotFound:
-        raise LaunchError(
-            f"queue {queue!r} not found; create it first with `prefect-launch queue create {queue} ...`"
-        ) from None
+    deployment = await _launch_deployment(client, queue) or await ensure_launch_deployment(client, await read_queue(client, queue))
     check_no_templates(values)
     if spec.resource_args:
         config = queue_config_of(await read_queue(client, queue))
@@ -246,12 +314,12 @@ async def enqueue(
 
 
 async def runs_per_state(client: PrefectClient, queue: str) -> dict[str, int]:
-    deployment = await client.read_deployment_by_name(deployment_name(queue))
+    """How many of the queue's runs are in each state (launch jobs and flows deployed to it alike)."""
     counts: dict[str, int] = {}
     offset = 0
     while True:
         runs = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[queue])),
             limit=200,
             offset=offset,
         )

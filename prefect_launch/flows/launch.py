@@ -21,7 +21,7 @@ import logging
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +37,7 @@ from prefect_launch.deployments.queues import holders_of, run_id_in_use
 from prefect_launch.errors import AdoptionFailed, LaunchError, missing_extra
 from prefect_launch.prepare import Preparation
 from prefect_launch.redact import for_display
-from prefect_launch.spec import LaunchSpec, ResolvedJob, run_id_for
+from prefect_launch.spec import LaunchKeys, LaunchSpec, QueueConfig, ResolvedJob, run_id_for, unwrap_resource_key
 from prefect_launch.targets import Handle, Outcome, Progress
 from prefect_launch.timeline import Rows, Timeline, timeline_key
 from prefect_launch.wandb_files import run_created
@@ -233,6 +233,11 @@ def launch(spec: LaunchSpec) -> State | None:
     flow_run = FlowRunContext.get().flow_run
     if spec.run_id is None:
         spec = spec.model_copy(update={"run_id": run_id_for(flow_run.id)})
+    if flow_run.name != spec.run_id:
+        # Started from the Prefect UI, `prefect deployment run` or a schedule, the run has a name of Prefect's
+        # own; from now on it is named after its W&B run id, as every launch run is.
+        FlowRunContext.get().client.update_flow_run(flow_run.id, name=spec.run_id)
+        log.info("Flow run %s is W&B run %s: renamed after it", flow_run.name, spec.run_id)
     timeline = Timeline(publish=_TimelineArtifact(spec.run_id, flow_run.id))
     if flow_run.expected_start_time:
         timeline.begin("queue wait", at=flow_run.expected_start_time.timestamp())
@@ -243,6 +248,10 @@ def launch(spec: LaunchSpec) -> State | None:
         log.warning("Adopted %s: agent %s is gone; %s", context.owner, context.adoption.previous_owner,
                     "following its job" if context.adoption.submitted
                     else "its submit is not on record: following its job if it exists, else submitting it")
+    expired = _expired(spec, context, flow_run)
+    if expired:
+        log.warning("%s", expired)
+        return Cancelled(name="Expired", message=expired)
     try:
         _check_run_id_free(spec, flow_run)
         timeline.begin("resolve")
@@ -285,6 +294,23 @@ def launch(spec: LaunchSpec) -> State | None:
         return Cancelled(message=outcome.message)
     log.info("Run %s completed", job.run_id if job else "")
     return None
+
+
+def _expired(spec: LaunchSpec, context: LaunchContext, flow_run) -> str:
+    """Why the run may not start, having waited on its queue past its time-to-live (the spec's `ttl`, else the
+    queue config's); "" when it may. A requeued run's wait counts from its requeue."""
+    ttl = spec.ttl or time_to_live(context.queue)
+    waited = (datetime.now(timezone.utc) - flow_run.expected_start_time).total_seconds() if flow_run.expected_start_time else 0
+    if ttl and waited > ttl:
+        return (f"expired: waited {waited:.0f} s on queue {context.queue_name}, longer than its time-to-live of "
+                f"{ttl} s; it was never started")
+    return ""
+
+
+def time_to_live(queue: QueueConfig) -> int | None:
+    """The queue config's `ttl`: how long a job that gives none may wait."""
+    own, _ = LaunchKeys.split(unwrap_resource_key(queue.resource_args, queue.resource))
+    return LaunchKeys.parse(own, f"{queue.resource.value} queue config").ttl
 
 
 def _check_run_id_free(spec: LaunchSpec, flow_run) -> None:

@@ -36,6 +36,7 @@ SUPPORTED_DISTRIBUTIONS = (
 UNBOUNDED_DISTRIBUTIONS = ("normal", "q_normal", "log_normal", "q_log_normal", "q_log_uniform", "inv_log_uniform",
                            "inv_log_uniform_values", "beta", "q_beta")
 DEFAULT_NUM_WORKERS = 8
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 
 
 class Metric(BaseModel):
@@ -124,10 +125,12 @@ class EarlyTerminate(BaseModel):
 
 
 class Scheduler(BaseModel):
-    """How the sweep runs on the queue: at most `num_workers` trials in flight (W&B's default 8)."""
+    """How the sweep runs on the queue: at most `num_workers` trials in flight (W&B's default 8); it stops after
+    `max_consecutive_failures` trials in a row failed (a broken job would otherwise fail every trial of it)."""
 
     model_config = ConfigDict(extra="allow")  # W&B's scheduler job keys (job, resource...) are accepted, unused
     num_workers: PositiveInt = DEFAULT_NUM_WORKERS
+    max_consecutive_failures: PositiveInt = DEFAULT_MAX_CONSECUTIVE_FAILURES
 
 
 class LaunchSection(BaseModel):

@@ -6,7 +6,10 @@ parameters, so the training script reads them from `wandb.config`), and waits fo
 before putting more on, so the queue never holds more than `scheduler.num_workers` of its trials
 at once. A finished trial's metric comes from its W&B run (see metrics.py) and goes back to the
 search. The sweep ends at `run_cap`, when a grid is exhausted, or when a trial reaches
-`metric.target`. Cancelling the sweep's flow run cancels the trials it has in flight.
+`metric.target`; it stops, Failed and saying why in its artifact, after
+`scheduler.max_consecutive_failures` trials in a row failed (default 5). Cancelling the sweep's
+flow run, or its stopping or crashing, cancels the trials it has in flight, so none of them holds
+a job slot after it.
 
 Its progress is a Prefect progress artifact (`sweep-<id>-progress`); at the end, a markdown
 artifact `sweep-<id>` lists every trial and the best one.
@@ -122,6 +125,7 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
     trials: list[TrialRecord] = []
     in_flight: dict[UUID, TrialRecord] = {}
     exhausted = reached_target = False
+    failed_in_a_row, stopped = 0, ""  # why the sweep stopped before its end, if it did
     progress = await create_progress_artifact(0.0, key=f"sweep-{sweep_id}-progress",
                                               description=f"Sweep {sweep_id}: trials finished")
 
@@ -143,7 +147,7 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                 if paused != was_paused:
                     logger.info("sweep paused: no new trials until it is resumed" if paused else "sweep resumed")
                     was_paused = paused
-                more_to_run = not exhausted and not reached_target and (cap is None or len(trials) < cap)
+                more_to_run = not exhausted and not reached_target and not stopped and (cap is None or len(trials) < cap)
                 while more_to_run and not paused and len(in_flight) < workers:
                     trial = search.ask()
                     if trial is None:
@@ -179,6 +183,12 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                         continue
                     record.value = final
                     search.tell(record.trial, record.value)
+                    failed_in_a_row = failed_in_a_row + 1 if flow_run.state.is_failed() or flow_run.state.is_crashed() else 0
+                    if failed_in_a_row >= config.scheduler.max_consecutive_failures and not stopped:
+                        stopped = (f"stopped after {failed_in_a_row} trials in a row failed "
+                                   f"(scheduler.max_consecutive_failures: {config.scheduler.max_consecutive_failures})")
+                        logger.error(f"sweep {sweep_id} {stopped}; cancelling its {len(in_flight)} trials in flight")
+                        await _cancel_trials(client, in_flight, logger)
                     logger.info(f"trial {record.number} ({record.run_id}) {record.state}: "
                                 f"{config.metric.name if config.metric else 'metric'} = {record.value}")
                     if _reaches_target(config, record.value):
@@ -200,7 +210,7 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
             raise
 
     best = best_trial(config, trials)
-    await _record(sweep_id, queue, config, workers, trials, best)
+    await _record(sweep_id, queue, config, workers, trials, best, stopped)
     cancelled = await _cancel_requested_now(own_id)
     if best:
         logger.info(f"best: trial {best.number} ({best.run_id}) {best.params} -> {config.metric.name} = {best.value}")
@@ -210,6 +220,10 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
         from prefect.states import Cancelled
 
         return Cancelled(message=f"sweep {sweep_id} cancelled; its trials in flight were cancelled", data=result)
+    if stopped:
+        from prefect.states import Failed
+
+        return Failed(message=f"sweep {sweep_id} {stopped}; see their runs' logs", data=result)
     if trials and not any(t.state == "Completed" for t in trials):
         from prefect.states import Failed
 
@@ -266,7 +280,7 @@ async def _cancel_requested_now(own_id: UUID) -> bool:
 
 
 async def _cancel_trials(client: PrefectClient, in_flight: dict[UUID, TrialRecord], logger) -> None:
-    logger.info(f"sweep cancelled: cancelling {len(in_flight)} trials in flight")
+    logger.info(f"cancelling the sweep's {len(in_flight)} trials in flight")
     for flow_run_id, record in in_flight.items():
         await _cancel_run(client, flow_run_id)
         record.state = "Cancelled"
@@ -292,13 +306,15 @@ async def _sleep(seconds: float) -> None:
 
 
 async def _record(sweep_id: str, queue: str, config: SweepConfig, workers: int, trials: list[TrialRecord],
-                  best: TrialRecord | None) -> None:
+                  best: TrialRecord | None, stopped: str = "") -> None:
     from prefect.artifacts import create_markdown_artifact
 
     metric = config.metric.name if config.metric else "metric"
     names = list(config.parameters)
     lines = [f"# Sweep {sweep_id}", "",
              f"Queue `{queue}`, method `{config.method}`, {len(trials)} trials, at most {workers} in flight.", ""]
+    if stopped:
+        lines += [f"**Stopped:** {stopped}.", ""]
     if best:
         lines += [f"**Best:** trial {best.number} (run `{best.run_id}`): {metric} = {best.value}, "
                   + ", ".join(f"{k} = {v}" for k, v in best.params.items()), ""]

@@ -1,0 +1,313 @@
+"""The `launch` worker type: Prefect's worker protocol and the fast claim path.
+
+A claimed launch run runs on a thread of the worker's own process
+(`worker.engine`), not in a new interpreter; runs of deployed flows are
+handed to launch runs (`worker.handover`); runs whose agent is gone are put
+back or adopted (`worker.orphans`).
+
+Registered through the `prefect.collections` entry point, so both
+`prefect worker start --pool gpu --type launch` and the Prefect UI know it.
+`prefect-launch agent` drives several of these (one per queue) with a shared
+`max_jobs` limit and event-driven wake-ups.
+
+Example::
+
+    async with LaunchWorker(work_pool_name="demo", limit=4) as worker:
+        await worker.get_and_submit_flow_runs()
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from importlib.metadata import distributions, entry_points
+from typing import Any, Callable
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateName
+from prefect.client.schemas.objects import FlowRun, Integration, WorkerMetadata
+from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
+from prefect.exceptions import Abort, ObjectNotFound
+from prefect.states import Cancelled, Failed, Pending
+from prefect.utilities.engine import propose_state
+from prefect.workers.base import BaseWorker, BaseWorkerResult
+from pydantic import TypeAdapter, ValidationError
+
+from prefect_launch.agent_config import AgentConfig, load_agent_config
+from prefect_launch.agent_setup import agent_setup
+from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT, default_base_job_template
+from prefect_launch.errors import LaunchError
+from prefect_launch.flows.launch import Adoption, LaunchContext
+from prefect_launch.home import launch_home
+from prefect_launch.ownership import Owner
+from prefect_launch.prepare import LaunchJobConfiguration, LaunchWorkerVariables, job_configuration, job_variables
+from prefect_launch.worker.engine import run_in_thread, run_settings
+from prefect_launch.worker.handover import HandOver, executed_flow_run
+from prefect_launch.worker.orphans import OrphanRound
+
+DEPLOYMENT_CACHE_SECONDS = 30.0
+POLL_LIMIT = 100
+
+
+class LaunchWorkerResult(BaseWorkerResult):
+    pass
+
+
+class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, LaunchWorkerResult]):
+    type = "launch"
+    job_configuration = LaunchJobConfiguration
+    job_configuration_variables = LaunchWorkerVariables
+    _description = "Runs prefect-launch jobs (W&B Launch on Prefect) on local processes, Docker, Kubernetes, SageMaker and Vertex AI."
+    _documentation_url = "https://github.com/prefect-launch/prefect-launch"
+
+    def __init__(
+        self,
+        *args: Any,
+        shared_limiter: anyio.CapacityLimiter | None = None,
+        on_job_done: Callable[[], None] | None = None,
+        agent_config: AgentConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        # `prefect worker start --type launch` has no agent: read W&B's default launch-config.yaml.
+        agent_config = agent_config or load_agent_config(None)
+        self._build_settings, self._environment, self._registry = agent_setup(agent_config)
+        self._secure_mode = agent_config.secure_mode
+        self._shared_limiter = shared_limiter
+        self._on_job_done = on_job_done
+        self._in_flight: dict[UUID, LaunchContext] = {}
+        self._claimed: set[UUID] = set()
+        self._deployments: dict[UUID, tuple[float, DeploymentResponse]] = {}
+        # A deployed flow's run -> the launch run in flight that executes it (see `deployments.flows`).
+        self._launch_run_of: dict[UUID, UUID] = {}
+        self.saturated = False
+        self._threads = anyio.CapacityLimiter(10_000)
+        self._run_settings = run_settings()
+        self._owner = Owner.this_process(self.name)
+
+    @classmethod
+    def get_default_base_job_template(cls) -> dict[str, Any]:
+        """A pool made with `prefect work-pool create --type launch` (or in the Prefect UI) is a local-process
+        queue, as `queue create NAME --resource local-process` makes one."""
+        return default_base_job_template()
+
+    async def _worker_metadata(self) -> WorkerMetadata | None:
+        """The integrations Prefect reports for a worker (each `prefect.collections` entry point
+        with its package's version), read from package metadata. Prefect's own version imports
+        every integration to list them, prefect_gcp pulling in google-cloud-aiplatform: that was
+        half of an agent's start-up CPU. An integration a job needs is still imported when used."""
+        names = {entry.name or entry.value for entry in entry_points(group="prefect.collections")}
+        integrations = [Integration(name=dist.metadata["Name"], version=dist.version) for dist in distributions()
+                        if dist.metadata and dist.metadata.get("Name", "").replace("-", "_") in names]
+        return WorkerMetadata(integrations=integrations) if integrations else None
+
+    async def setup(self) -> None:
+        await super().setup()
+        if self._shared_limiter is not None:
+            # One agent serving several queues: max_jobs counts jobs across all of them.
+            self._limiter = self._shared_limiter
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: LaunchJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+        adoption: Adoption | None = None,
+    ) -> LaunchWorkerResult:
+        try:
+            queue = configuration.queue_config()
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            await self._fail(flow_run, f"queue {self._work_pool_name!r} config: {where}: {error['msg']}")
+            if task_status:
+                task_status.started(os.getpid())
+            return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
+
+        context = LaunchContext(
+            queue_name=self._work_pool_name,
+            queue=queue,
+            home=launch_home(),
+            build_settings=self._build_settings,
+            environment=self._environment,
+            registry=self._registry,
+            secure_mode=self._secure_mode,
+            owner=self._owner.tag(),
+            adoption=adoption,
+        )
+        self._in_flight[flow_run.id] = context
+        executed = executed_flow_run(flow_run)
+        if executed is not None:
+            self._launch_run_of[executed] = flow_run.id
+        if task_status:
+            task_status.started(os.getpid())
+        try:
+            state = await anyio.to_thread.run_sync(run_in_thread, flow_run, context, self._run_settings, limiter=self._threads)
+            if state.is_cancelling():
+                # Cancelled as its job ended: the server refused the engine's final state, and no job is left to stop.
+                state = Cancelled(message="Cancelled as its job ended")
+                await self.client.set_flow_run_state(flow_run.id, state, force=True)
+            # The final state is on record (the engine raises if it could not propose it): only now may the job go.
+            if context.handle is not None:
+                await anyio.to_thread.run_sync(context.target.release, context.handle, self.get_flow_run_logger(flow_run))
+            if executed is not None:
+                await self._settle_executed_run(executed, flow_run, state)
+        finally:
+            self._in_flight.pop(flow_run.id, None)
+            if executed is not None:
+                self._launch_run_of.pop(executed, None)
+            if self._on_job_done:
+                self._on_job_done()
+        return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
+
+    async def cancel(self, flow_run_id: UUID) -> None:
+        """A run was asked to cancel: stop its job if this agent runs it, else, for a deployed flow's
+        run of this queue, cancel its launch run (`cancel_handed_over`)."""
+        if self.cancel_in_flight(flow_run_id):
+            return
+        flow_run = await self.client.read_flow_run(flow_run_id)
+        if flow_run.work_pool_name == self._work_pool_name and flow_run.state and flow_run.state.is_cancelling():
+            await self.cancel_handed_over(flow_run)
+
+    def cancel_in_flight(self, flow_run_id: UUID) -> bool:
+        """Stop a running job of this worker; True if it was one.
+
+        Cancelling a deployed flow's run cancels the launch run that executes it.
+        """
+        context = self._in_flight.get(self._launch_run_of.get(flow_run_id, flow_run_id))
+        if context is None:
+            return False
+        context.cancel.set()
+        return True
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        """Claim scheduled runs and start them; the hot path from enqueue to job start.
+
+        Prefect's generic submit path spends four more API calls per run (a
+        deployment check, labels, a Submitting state, the infrastructure pid)
+        before anything starts; three of them are writes that contend for the
+        server's database. A launch run needs none of them: claiming it
+        (Pending) is what keeps two agents from running it twice, and the
+        flow engine takes it to Running at once. `prefect==3.9.1` is pinned
+        for the base-class attributes used here.
+        """
+        await self.check_cancellations()
+        if self._runs_task_group is None or self._work_pool is None:
+            return []
+        free = self._limiter.available_tokens if self._limiter is not None else POLL_LIMIT
+        asked = int(max(1, min(free, POLL_LIMIT)))  # free is math.inf without max_jobs
+        responses = await self._scheduled_runs(asked)
+        self._last_polled_time = datetime.now(timezone.utc)
+        started: list[FlowRun] = []
+        # As many runs as asked for: more may be waiting, so a job that ends should wake the next poll.
+        self.saturated = len(responses) >= asked
+        for response in responses:
+            flow_run = response.flow_run
+            if flow_run.id in self._claimed:
+                continue
+            if self._limiter is not None:
+                try:
+                    self._limiter.acquire_on_behalf_of_nowait(flow_run.id)
+                except anyio.WouldBlock:
+                    self.saturated = True  # runs are waiting for a free slot
+                    break
+            self._claimed.add(flow_run.id)
+            self._runs_task_group.start_soon(self._claim_and_run, flow_run)
+            started.append(flow_run)
+        return started
+
+    async def _scheduled_runs(self, limit: int) -> list[WorkerFlowRunResponse]:
+        """At most `limit` scheduled runs (as many as there are free slots).
+
+        The client method has no `limit`; without one, every poll of a long
+        backlog makes the server load and send the whole backlog.
+        """
+        body: dict[str, Any] = {"scheduled_before": datetime.now(timezone.utc).isoformat(), "limit": limit}
+        if self._work_queues:
+            body["work_queue_names"] = list(self._work_queues)
+        response = await self.client.request(
+            "POST", "/work_pools/{name}/get_scheduled_flow_runs", path_params={"name": self._work_pool_name}, json=body
+        )
+        return TypeAdapter(list[WorkerFlowRunResponse]).validate_python(response.json())
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        """Claim a run: Pending, tagged with this agent process (see `ownership`); False if someone else has it."""
+        try:
+            state = await propose_state(self.client, Pending(message=f"Claimed {self._owner.tag()}"), flow_run_id=flow_run.id)
+        except Abort:
+            return False
+        return state.is_pending()
+
+    async def _claim_and_run(self, flow_run: FlowRun, adoption: Adoption | None = None) -> None:
+        try:
+            if adoption is None and not await self._propose_pending_state(flow_run):
+                return  # another agent took it, or it was cancelled meanwhile
+            try:
+                deployment = await self._deployment(flow_run.deployment_id)
+            except ObjectNotFound:
+                await self._fail(flow_run, f"queue {self._work_pool_name!r}: the run's deployment no longer exists")
+                return
+            if deployment is not None and deployment.entrypoint != LAUNCH_ENTRYPOINT:
+                await self._hand_over(flow_run, deployment)
+                return
+            try:
+                configuration = await self._job_configuration(flow_run, deployment)
+            except LaunchError as exc:  # the run's own template values: its job fails, the agent goes on
+                self.get_flow_run_logger(flow_run).error("%s", exc)
+                await self._fail(flow_run, str(exc))
+                return
+            await self.run(flow_run, configuration, adoption=adoption)
+        except Exception as exc:
+            self.get_flow_run_logger(flow_run).exception("The agent could not run this job")
+            await self._propose_crashed_state(flow_run, f"The agent could not run this job: {type(exc).__name__}: {exc}")
+        finally:
+            self._claimed.discard(flow_run.id)
+            self._release_limit_slot(flow_run.id)
+
+    async def _job_configuration(self, flow_run: FlowRun, deployment: DeploymentResponse | None) -> LaunchJobConfiguration:
+        """The queue config for this run: pool template <- deployment <- run job variables."""
+        return await job_configuration(self.work_pool.base_job_template, job_variables(flow_run, deployment), self.client)
+
+    async def _deployment(self, deployment_id: UUID | None) -> DeploymentResponse | None:
+        """Prefect's `resolve_for_flow_run` reads the deployment and the flow for
+        every run; a queue's deployment rarely changes, so it is cached for a while instead."""
+        if deployment_id is None:
+            return None
+        cached = self._deployments.get(deployment_id)
+        if cached is None or time.monotonic() - cached[0] > DEPLOYMENT_CACHE_SECONDS:
+            cached = (time.monotonic(), await self.client.read_deployment(deployment_id))
+            self._deployments[deployment_id] = cached
+        return cached[1]
+
+    async def _fail(self, flow_run: FlowRun, message: str) -> None:
+        await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
+
+    async def check_cancellations(self) -> None:
+        """Stop in-flight jobs whose runs were asked to cancel (one query per poll)."""
+        if not self._in_flight:
+            return
+        cancelling = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[*self._in_flight, *self._launch_run_of]),
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Cancelling"])),
+            )
+        )
+        for flow_run in cancelling:
+            self.cancel_in_flight(flow_run.id)
+
+    def stop_all(self, reason: str) -> None:
+        """Agent shutdown: stop every running job so none is left orphaned."""
+        for context in self._in_flight.values():
+            context.cancel.set()
+        if self._in_flight:
+            self._logger.info("Stopping %d running job(s): %s", len(self._in_flight), reason)
+
+    @property
+    def queue_name(self) -> str:
+        return self._work_pool_name
+
+
+__all__ = ["LaunchWorker", "LaunchJobConfiguration", "LaunchWorkerVariables"]
