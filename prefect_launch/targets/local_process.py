@@ -27,6 +27,7 @@ import os
 import sys
 import threading
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator
@@ -108,7 +109,7 @@ class LocalProcessTarget(Target):
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         return process.start(submission["argv"], env, submission["cwd"], log, cookie=_run_cookie() or str(uuid.uuid4()))
 
-    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+    def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
         """A dead agent's job is not followed (its output went to the dead agent): what is left of it on
         this machine is stopped first, then the run ends Crashed."""
         cookie = _run_cookie()
