@@ -157,24 +157,26 @@ def run_round(queue: str, home: Path, jobs: int, kills: int, logs: Path, rng: ra
     return result
 
 
-def create_queue(name: str, folder: Path, **docker_options: object) -> None:
-    """A local-container queue for the drill's jobs (host network: this engine has no bridge)."""
-    _create(name, folder, "local-container", {"network": "host", **docker_options})
+def create_queue(name: str, folder: Path, env: dict[str, str] | None = None, **docker_options: object) -> None:
+    """A local-container queue for the drill's jobs (host network: this engine has no bridge), made by the CLI
+    with `env` (default: this process's)."""
+    _create(name, folder, "local-container", {"network": "host", **docker_options}, env)
 
 
-def create_kubernetes_queue(name: str, folder: Path, home: Path) -> None:
+def create_kubernetes_queue(name: str, folder: Path, home: Path, env: dict[str, str] | None = None) -> None:
     """A kubernetes queue whose Jobs go within KUBERNETES_TTL_SECONDS of their end, each job's WANDB_DIR
     its run folder in `home` (where the drill reads what it did)."""
-    env = [{"name": "WANDB_DIR", "value": f"{home}/runs/${{run_id}}"}]
+    job_env = [{"name": "WANDB_DIR", "value": f"{home}/runs/${{run_id}}"}]
     _create(name, folder, "kubernetes", {"namespace": KUBERNETES_NAMESPACE, "spec": {
-        "ttlSecondsAfterFinished": KUBERNETES_TTL_SECONDS, "template": {"spec": {"containers": [{"env": env}]}}}})
+        "ttlSecondsAfterFinished": KUBERNETES_TTL_SECONDS, "template": {"spec": {"containers": [{"env": job_env}]}}}},
+        env)
 
 
-def _create(name: str, folder: Path, resource: str, config: dict[str, object]) -> None:
+def _create(name: str, folder: Path, resource: str, config: dict[str, object], env: dict[str, str] | None) -> None:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(config))
     subprocess.run([CLI, "queue", "create", name, "--resource", resource, "--config", str(path),
-                    "--no-require-wandb-run"], check=True, capture_output=True)
+                    "--no-require-wandb-run"], check=True, capture_output=True, env=env)
 
 
 @contextlib.contextmanager
