@@ -6,7 +6,9 @@ which both hosts reach, as two nodes reach one cluster). Host A's agent takes a 
 until it is released; then host B's agent starts on the same queue. B cannot see A's pid: only
 A's heartbeat says A is alive, and B must leave the job to A. Then A's node is lost (everything
 in its namespaces killed at once), and B adopts the job once A's heartbeat is MISSED_HEARTBEATS
-intervals old (`PREFECT_WORKER_HEARTBEAT_SECONDS`, 30 s by default).
+intervals old (`PREFECT_WORKER_HEARTBEAT_SECONDS`, 30 s by default). With `--name`, both agents
+have the same name, as two hosts started from one config would: B's heartbeats must not keep A
+alive (they go out under `<name>@<host>`).
 
 Measured, per trial: whether B left the job to A while A was alive, the takeover time (the kill
 to B's adopting claim on the server), the job's end and how often it started. The rule gives the
@@ -18,6 +20,7 @@ Run it as root (namespaces) from the repository root:
 
     .venv/bin/python drills/cross_host.py                          # 30 s heartbeats: takeover in 60-120 s
     .venv/bin/python drills/cross_host.py --heartbeat 2 --trials 3   # about the CI size (tests/test_recovery.py)
+    .venv/bin/python drills/cross_host.py --name twin                # both agents started with one --name
 """
 
 from __future__ import annotations
@@ -67,8 +70,10 @@ class Takeover:
                 and self.completed and self.starts == 1)
 
 
-def run_takeover(queue: str, home: Path, folder: Path, heartbeat: float, kubeconfig: Path) -> Takeover:
-    """One trial against the Prefect server in PREFECT_API_URL and a kubernetes queue made for it."""
+def run_takeover(queue: str, home: Path, folder: Path, heartbeat: float, kubeconfig: Path,
+                 name: str | None = None) -> Takeover:
+    """One trial against the Prefect server in PREFECT_API_URL and a kubernetes queue made for it; with `name`,
+    both agents are started with that `--name` (the live one must not keep the dead one alive)."""
     import anyio
     from prefect.client.orchestration import get_client
 
@@ -99,8 +104,9 @@ def run_takeover(queue: str, home: Path, folder: Path, heartbeat: float, kubecon
             time.sleep(0.2)
         return value
 
-    a = Host("node-a", ports, folder, ["-q", queue], env).start().wait_ready()
-    b = Host("node-b", ports, folder, ["-q", queue], env)
+    agent_args = ["-q", queue, *(["--name", name] if name else [])]
+    a = Host("node-a", ports, folder, agent_args, env).start().wait_ready()
+    b = Host("node-b", ports, folder, agent_args, env)
     try:
         flow_run_id = anyio.run(put_on_queue)
         wait_for("job running on node-a", lambda: True if (home / "runs" / run_id / "starts").exists()
@@ -138,6 +144,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--heartbeat", type=float, default=30.0, help="PREFECT_WORKER_HEARTBEAT_SECONDS of both agents")
     parser.add_argument("--trials", type=int, default=1)
+    parser.add_argument("--name", help="start both agents with this --name (each has its own by default)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home (server and agent logs)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -160,7 +167,8 @@ def main() -> int:
                 create_kubernetes_queue(queue, home, home)
                 print(f"Trial {number}: heartbeat {args.heartbeat:g} s ...", file=sys.stderr)
                 folder = home / f"trial-{number}"
-                results.append(run_takeover(queue, home, folder, args.heartbeat, Path(agent_env["KUBECONFIG"])))
+                results.append(run_takeover(queue, home, folder, args.heartbeat, Path(agent_env["KUBECONFIG"]),
+                                            args.name))
     finally:
         stop_server(home)
         if not args.keep:
