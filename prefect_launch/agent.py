@@ -117,6 +117,7 @@ class Agent:
         # Each queue's target, for the leftovers its jobs may leave (`leftovers.py`).
         self._targets: dict[str, Target] = {}
         self._wake = anyio.Event()
+        self._orphans_wake = anyio.Event()
         self._pending_timeout = settings().pending_timeout
         # Prefect's worker heartbeat interval: this agent beats that often, and takes an agent on another host
         # for gone once its heartbeat is MISSED_HEARTBEATS of them old (every agent of a queue uses the same).
@@ -126,10 +127,16 @@ class Agent:
         self._wake.set()
 
     def _job_done(self) -> None:
-        # A freed slot matters only if runs were left waiting for one; every
-        # poll costs the server writes (it marks the pool's queues as polled).
-        if any(worker.saturated for worker in self.workers):
+        # A freed slot goes to an orphan waiting for one first (`OrphanRound`); else it matters only if runs
+        # were left waiting for one: every poll costs the server writes (it marks the pool's queues as polled).
+        if self._orphans_waiting():
+            self._orphans_wake.set()
+        elif any(worker.saturated for worker in self.workers):
             self.wake()
+
+    def _orphans_waiting(self) -> bool:
+        """An orphaned run waits for a free job slot: until it has one, this agent claims no new run."""
+        return any(worker.orphans_waiting for worker in self.workers)
 
     async def run(self, on_ready: Callable[[], Any] | None = None) -> None:
         limiter = anyio.CapacityLimiter(self.config.max_jobs or math.inf)
@@ -177,8 +184,9 @@ class Agent:
                 await self._wake.wait()
             self._wake = anyio.Event()
             try:
+                claiming = not self._orphans_waiting()
                 for worker in self.workers:
-                    await worker.get_and_submit_flow_runs()
+                    await (worker.get_and_submit_flow_runs() if claiming else worker.check_cancellations())
                 backoff = 1.0
             except Exception as exc:  # the server may be restarting; keep serving
                 logger.warning("Polling failed (%s); retrying in %.0f s", exc, backoff)
@@ -203,8 +211,13 @@ class Agent:
         server outage.
         """
         while True:
-            await anyio.sleep(min(self._heartbeat_seconds, self._pending_timeout / 3))
+            with anyio.move_on_after(min(self._heartbeat_seconds, self._pending_timeout / 3)):
+                await self._orphans_wake.wait()  # or sooner: a job ended, and an orphan waits for its slot
+            self._orphans_wake = anyio.Event()
+            waited = self._orphans_waiting()
             await self._take_over_orphans()
+            if waited and not self._orphans_waiting():
+                self.wake()  # claiming resumes
 
     async def _take_over_orphans(self) -> None:
         stale_after = timedelta(seconds=MISSED_HEARTBEATS * self._heartbeat_seconds)

@@ -36,8 +36,10 @@ from prefect.states import Cancelled, Completed, Running
 
 import cross_host  # drills/cross_host.py (conftest puts drills/ on the path)
 import restart  # drills/restart.py
-from conftest import cli, dry_run_submission, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
-from prefect_launch.server import free_port, start_server, stop_server
+from prefect_server import stable_port  # drills/prefect_server.py
+from conftest import (AgentProcess, cancel_run, cli, dry_run_submission, flow_run_of, launch, on_server, run_id_of, run_logs,
+                      wait_for_final, wait_for_log)
+from prefect_launch.server import start_server, stop_server
 from services import BASE_IMAGE, docker_engine
 
 WAIT_FOR_RELEASE = "import os, time\nwhile not os.path.exists({release!r}): time.sleep(0.1)\nprint('released', flush=True)\n"
@@ -79,14 +81,16 @@ def test_restart_drill_on_kubernetes_with_a_ttl_loses_nothing_runs_nothing_twice
     assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
 
 
-def test_an_agent_on_another_host_takes_over_by_the_heartbeat_rule_not_the_pid(home, tmp_path):
+def test_an_agent_on_another_host_with_the_same_name_takes_over_by_the_heartbeat_rule_not_the_pid(home, tmp_path):
     """Two agents in separate PID, UTS, mount and network namespaces (`drills/hosts.py`) cannot see each other's
     pids: the second leaves the first's job alone while the first beats, and takes it over within the heartbeat
-    rule's window once the first's node is lost; the job runs once and completes."""
+    rule's window once the first's node is lost; the job runs once and completes. Both are started with one
+    `--name`: the second's heartbeats do not keep the first alive."""
     queue = f"cross-host-{random.randrange(16**8):08x}"
     with restart.kubernetes_cluster(tmp_path) as agent_env:
         restart.create_kubernetes_queue(queue, tmp_path, home)
-        result = cross_host.run_takeover(queue, home, tmp_path / "hosts", 2.0, Path(agent_env["KUBECONFIG"]))
+        result = cross_host.run_takeover(queue, home, tmp_path / "hosts", 2.0, Path(agent_env["KUBECONFIG"]),
+                                         name="twin")
     print(cross_host.table([result]))
     assert result.ok, cross_host.table([result])
 
@@ -137,6 +141,61 @@ def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agen
     why = "whose events show it was never created" if rm else "where a job stays once created"
     assert any(why in line and "agent gone [" in line and "died before creating it" in line for line in lines)
     assert "Adopted 1 running job(s)" in agent.output()
+
+
+def _wait_for_file_job(release: Path, line: str) -> str:
+    """A container job that says `line`, then runs until `release` (in its run folder, /launch/run) exists."""
+    return f"sh -c 'echo {line}; until [ -e /launch/run/{release.name} ]; do sleep 0.1; done'"
+
+
+def test_a_run_cancelled_while_its_agent_is_dead_has_its_job_stopped_and_ends_cancelled(engine, start_agent, tmp_path,
+                                                                                       home):
+    queue = _container_queue(tmp_path)
+    agent = start_agent("-q", queue)
+    run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", _wait_for_file_job(Path("never"), "up")))
+    wait_for_log(run_id, lambda line: line == "up")
+    agent.kill()
+    cancel_run(run_id)  # its job was submitted (infrastructure_pid): the server leaves it Cancelling for an agent
+    assert flow_run_of(run_id).state.is_cancelling()
+
+    start_agent("-q", queue)
+    final = wait_for_final(run_id, timeout=90)
+    assert final.state.is_cancelled(), final.state
+    assert "Cancelled while its agent launch-agent-" in final.state.message and "its job was stopped" in final.state.message
+    _wait_until_gone(f"prefect-launch-{run_id}")  # stopped, and removed once Cancelled was on record
+
+
+def test_an_orphan_is_adopted_into_a_free_job_slot_before_any_new_run_is_claimed(engine, start_agent, tmp_path, home):
+    """Agent B (max_jobs 1) is busy when agent A dies: A's running job waits, unfollowed, for B's slot; B claims
+    nothing new meanwhile, and adopts the orphan the moment its own job ends, before the run waiting on the queue."""
+    queue = _container_queue(tmp_path)
+    runs = home / "runs"
+    a = start_agent("-q", queue, "--max-jobs", "1")
+    orphan = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", _wait_for_file_job(Path("release"), "orphan up")))
+    wait_for_log(orphan, lambda line: line == "orphan up")
+    b = AgentProcess(["-q", queue, "--max-jobs", "1"], tmp_path / "agent-b.log",
+                     env={**os.environ, "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}).wait_ready()  # a round every 2 s
+    start_agent.agents.append(b)
+    busy = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", _wait_for_file_job(Path("release"), "busy up")))
+    wait_for_log(busy, lambda line: line == "busy up")
+    waiting = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", "echo waited"))
+    a.kill()
+    deadline = time.monotonic() + 60
+    while f"Run {orphan} is orphaned" not in b.output():
+        assert time.monotonic() < deadline, b.output()[-3000:]
+        time.sleep(0.2)
+    assert "adopted" not in (flow_run_of(orphan).state.message or "") and flow_run_of(waiting).state.is_scheduled()
+
+    (runs / busy / "release").touch()
+    wait_for_log(orphan, lambda line: "Adopted on agent" in line)
+    assert wait_for_final(busy, timeout=60).state.is_completed()
+    (runs / orphan / "release").touch()
+    assert wait_for_final(orphan, timeout=90).state.is_completed()
+    assert wait_for_final(waiting, timeout=90).state.is_completed()
+    states = {run_id: on_server("read_flow_run_states", flow_run_of(run_id).id) for run_id in (orphan, waiting)}
+    adoption = next(state for state in states[orphan] if "adopted" in (state.message or ""))
+    claim = next(state for state in states[waiting] if state.is_pending())
+    assert claim.timestamp > adoption.timestamp  # the orphan took the freed slot first
 
 
 def _start_ticks() -> int:
@@ -224,17 +283,33 @@ def test_a_local_process_job_ends_crashed_when_its_agent_dies(start_agent, make_
     assert state.is_crashed() and "local-process jobs cannot be adopted by another agent" in state.message, state
 
 
-def _port_below_the_ephemeral_range() -> int:
-    """A free port the kernel never hands out by itself, as the embedded server's default (4200) is.
+def test_a_local_process_job_that_exited_before_its_agent_recorded_it_ends_as_it_exited(start_agent, make_queue,
+                                                                                        tmp_path, home):
+    """The agent died between its job's exit and the run's final state: the exit code the agent wrote into the
+    run folder as the job exited settles the run (the adopter is on the same machine), not Crashed."""
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "job.py").write_text("print('never run again')\n")
+    runs = {exit_code: run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py")) for exit_code in (0, 3)}
+    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
 
-    A port from bind(0) is ephemeral: while its server is down, any client socket or bind(0) on
-    the machine (another test worker's) may take it, and the server cannot come back on it.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 10_000), low), 100):
-        if free_port(port) == port:
-            return port
-    raise AssertionError(f"no free port below the ephemeral range ({low})")
+    async def run_and_die() -> None:
+        async with get_client() as client:
+            for run_id in runs.values():
+                await client.set_flow_run_state(flow_run_of(run_id).id, Running(message=f"Running {dead}"), force=True)
+
+    anyio.run(run_and_die)
+    for exit_code, run_id in runs.items():  # what the dead agent wrote as its job exited
+        (home / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+        (home / "runs" / run_id / ".prefect-launch-exit-code").write_text(f"{exit_code}\n")
+    start_agent("-q", queue)
+    completed, failed = (wait_for_final(run_id, timeout=90) for run_id in runs.values())
+    assert completed.state.is_completed(), completed.state
+    assert failed.state.is_failed() and failed.state.message == "process exited with code 3", failed.state
+    lines = run_logs(completed.id)
+    assert any("exited with code 0 before its agent died" in line for line in lines)
+    assert "never run again" not in lines  # followed to its recorded end, never started again
 
 
 @pytest.fixture
@@ -243,7 +318,7 @@ def own_server(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server_home = tmp_path / "server"
-    url = start_server(server_home, port=_port_below_the_ephemeral_range())
+    url = start_server(server_home, port=stable_port())
     monkeypatch.setenv("PREFECT_API_URL", url)  # the CLI and agents
     with temporary_settings({PREFECT_API_URL: url}):  # this process's client (settings are read at import)
         yield server_home, url

@@ -201,6 +201,28 @@ def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle, progress: 
     return outcome
 
 
+def stop_orphaned_job(context: LaunchContext, spec: LaunchSpec, since: datetime | None,
+                      log: logging.Logger | logging.LoggerAdapter) -> tuple[str, Handle | None]:
+    """Stop the job of a run asked to cancel after its agent died: what was done, and the handle to release.
+
+    The job is found as an adopter finds it (its submission prepared as this flow prepares it, then
+    `Target.attach`) and stopped as a cancel stops it (`Target.wait` with the run cancelled). Its
+    leftovers are for the caller to release once the run's Cancelled state is on record.
+    """
+    job = context.resolve(spec)
+    image = context.plan_image(job, spec.resource_args).ref
+    rendered = context.render(context.with_image(job, image), spec.resource_args)
+    try:
+        handle = context.target.attach(rendered["submission"], log, since)
+    except AdoptionFailed as exc:  # a job that died with its agent (local-process)
+        return str(exc), None
+    if handle is None:
+        return f"its job is no longer on {context.queue.resource.value}: nothing to stop", None
+    context.cancel.set()
+    outcome = context.target.wait(handle, context.cancel, log, Timeline())
+    return f"its job was stopped ({outcome.message or outcome.state})", handle
+
+
 def executed_flow_outcome(flow_run_id: UUID, outcome: Outcome) -> Outcome:
     """How the deployed flow's run the job executed ended: Prefect's engine exits 0 once the flow's
     final state is on record, failed or not, so the launch run takes that state's outcome."""
