@@ -283,33 +283,40 @@ def test_a_local_process_job_ends_crashed_when_its_agent_dies(start_agent, make_
     assert state.is_crashed() and "local-process jobs cannot be adopted by another agent" in state.message, state
 
 
-def test_a_local_process_job_that_exited_before_its_agent_recorded_it_ends_as_it_exited(start_agent, make_queue,
-                                                                                        tmp_path, home):
-    """The agent died between its job's exit and the run's final state: the exit code the agent wrote into the
-    run folder as the job exited settles the run (the adopter is on the same machine), not Crashed."""
+def test_a_local_process_job_whose_agent_died_is_settled_by_its_record_or_started_if_it_never_was(
+        start_agent, make_queue, tmp_path, home):
+    """An agent died between its job's exit and the run's final state: the exit code it wrote into the run
+    folder as the job exited settles the run (the adopter is on the same machine), not Crashed. One that died
+    before it put the job's submission on record never started the job: the adopter starts it, once."""
     queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
     code = tmp_path / "code"
     code.mkdir()
-    (code / "job.py").write_text("print('never run again')\n")
-    runs = {exit_code: run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py")) for exit_code in (0, 3)}
+    (code / "job.py").write_text("print('job ran', flush=True)\n")
+    runs = {end: run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py")) for end in ("0", "3", "unstarted")}
     dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
 
     async def run_and_die() -> None:
         async with get_client() as client:
-            for run_id in runs.values():
-                await client.set_flow_run_state(flow_run_of(run_id).id, Running(message=f"Running {dead}"), force=True)
+            for end, run_id in runs.items():
+                flow_run_id = flow_run_of(run_id).id
+                await client.set_flow_run_state(flow_run_id, Running(message=f"Running {dead}"), force=True)
+                if end != "unstarted":
+                    await client.update_flow_run(flow_run_id, infrastructure_pid=f"local-process/{run_id}")
 
     anyio.run(run_and_die)
-    for exit_code, run_id in runs.items():  # what the dead agent wrote as its job exited
-        (home / "runs" / run_id).mkdir(parents=True, exist_ok=True)
-        (home / "runs" / run_id / ".prefect-launch-exit-code").write_text(f"{exit_code}\n")
+    for end in ("0", "3"):  # what the dead agent wrote as its job exited
+        (home / "runs" / runs[end]).mkdir(parents=True, exist_ok=True)
+        (home / "runs" / runs[end] / ".prefect-launch-exit-code").write_text(f"{end}\n")
     start_agent("-q", queue)
-    completed, failed = (wait_for_final(run_id, timeout=90) for run_id in runs.values())
+    completed, failed, unstarted = (wait_for_final(run_id, timeout=90) for run_id in runs.values())
     assert completed.state.is_completed(), completed.state
     assert failed.state.is_failed() and failed.state.message == "process exited with code 3", failed.state
-    lines = run_logs(completed.id)
-    assert any("exited with code 0 before its agent died" in line for line in lines)
-    assert "never run again" not in lines  # followed to its recorded end, never started again
+    assert unstarted.state.is_completed(), unstarted.state
+    lines = {end: run_logs(flow_run_of(run_id).id) for end, run_id in runs.items()}
+    assert any("exited with code 0 before its agent died" in line for line in lines["0"])
+    assert "job ran" not in lines["0"] and "job ran" not in lines["3"]  # followed to their recorded end
+    assert lines["unstarted"].count("job ran") == 1
+    assert any("died before it started the job: starting it" in line for line in lines["unstarted"])
 
 
 @pytest.fixture

@@ -156,7 +156,10 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
         log.info("Using %s", environment.verify())
     rendered = context.render(job, overrides)
     adoption = context.adoption
-    if adoption is not None:
+    if adoption is not None and not adoption.submitted and not context.target.adoptable:
+        # Its submission is on record before a job can start: a job that dies with its agent never started.
+        log.info("Agent %s died before it started the job: starting it", adoption.previous_owner)
+    elif adoption is not None:
         # Attach first even when the dead agent's submit task is not on record yet (task states reach the
         # server a moment late): whatever exists under the run's name is followed, never created again.
         handle = context.target.attach(rendered["submission"], log, adoption.started)
@@ -172,11 +175,11 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
             log.info("Not on %s, %s: agent %s died before creating it", queue.resource.value,
                      "whose events show it was never created" if vanishes else "where a job stays once created",
                      adoption.previous_owner)
-    if context.target.adoptable:
-        # On record before the job can exist, so an agent adopting this run after this one dies knows that a
-        # job missing from the target was submitted once and must not be submitted again.
-        run_context = FlowRunContext.get()
-        run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
+    # On record before the job can exist, so an agent adopting this run after this one dies knows that a job
+    # missing from the target was submitted once and must not be submitted again, and that a job which dies
+    # with its agent (local-process) and is not on record never started.
+    run_context = FlowRunContext.get()
+    run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
     _not_cancelled(context, "before the submit")
     log.info("Submitting to %s: %s", queue.resource.value, json.dumps(for_display(rendered["submission"])))
     handle = context.target.submit(rendered["submission"], log)
