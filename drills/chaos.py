@@ -39,11 +39,9 @@ import contextlib
 import os
 import random
 import secrets
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,8 +50,7 @@ from typing import Any
 
 from agent_process import AgentProcess
 from load import max_overlap
-from prefect_server import (DrillError, PostgresCluster, child_env, cli, migrate, postgres_bin_dir, progress,
-                            stable_port, start_server_on)
+from prefect_server import DrillError, child_env, cli, progress, stable_port, start_drill_server, start_server_on
 from restart import BASE_IMAGE, create_kubernetes_queue, create_queue, kubernetes_cluster
 
 QUEUES = ("process", "container", "container-rm", "kubernetes")
@@ -408,32 +405,14 @@ def run_drill(jobs: int = 1000, agents: int = 3, max_jobs: int = 4, kills: int =
 
     rng = random.Random(seed)
     result = Result(jobs=jobs, agents=agents, max_jobs=max_jobs)
-    bin_dir = postgres_bin_dir()
     with contextlib.ExitStack() as cleanup:
-        workdir = Path(tempfile.mkdtemp(prefix="chaos-drill-"))
-        pg_root = Path(tempfile.mkdtemp(prefix="chaos-drill-pg-"))
-        if keep:
-            cleanup.callback(progress, f"kept {workdir} (server, agents, runs) and {pg_root} (PostgreSQL)")
-        else:
-            cleanup.callback(shutil.rmtree, pg_root, ignore_errors=True)
-            cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
-        home, logs, job_dir = workdir / "home", workdir / "agents", workdir / "job"
-        for folder in (home, logs, job_dir):
+        server = start_drill_server(cleanup, "chaos-drill", keep, port=stable_port())
+        workdir, home, api_url = server.workdir, server.home, server.api_url
+        result.postgres_version = server.cluster.version()
+        logs, job_dir = workdir / "agents", workdir / "job"
+        for folder in (logs, job_dir):
             folder.mkdir()
         (job_dir / "job.py").write_text(JOB_PY)
-
-        from prefect_launch.server import free_port, stop_server
-
-        cluster = PostgresCluster(bin_dir, pg_root, port=free_port())
-        cleanup.callback(cluster.stop)
-        progress(f"starting PostgreSQL in {pg_root}")
-        cluster.start()
-        result.postgres_version = cluster.version()
-        migrate(home, cluster.url)
-        cleanup.callback(stop_server, home)
-        port = stable_port()
-        api_url = start_server_on(home, cluster.url, port)
-        progress(f"Prefect server at {api_url} on {result.postgres_version}")
         agent_env = cleanup.enter_context(kubernetes_cluster(workdir))
         env = {**child_env(home, api_url), **agent_env}
 
@@ -443,7 +422,7 @@ def run_drill(jobs: int = 1000, agents: int = 3, max_jobs: int = 4, kills: int =
         create_queue(queues["container"], workdir, env)
         create_queue(queues["container-rm"], workdir, env, rm=True)
         create_kubernetes_queue(queues["kubernetes"], workdir, home, env)
-        chaos = Chaos(list(queues.values()), agents, max_jobs, env, logs, home, cluster.url, port, rng)
+        chaos = Chaos(list(queues.values()), agents, max_jobs, env, logs, home, server.cluster.url, server.port, rng)
         cleanup.callback(chaos.stop)
         progress(f"{agents} agents ready on {', '.join(queues.values())}")
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from urllib.parse import urlsplit
 
 from hosts import Host
 from prefect_launch.ownership import MISSED_HEARTBEATS
+from prefect_server import sqlite_server
 from restart import BASE_IMAGE, create_kubernetes_queue, kubernetes_cluster
 
 SLACK_SECONDS = 15.0
@@ -151,28 +150,15 @@ def main() -> int:
         print("the drill makes namespaces: run it as root", file=sys.stderr)
         return 2
 
-    home = Path(tempfile.mkdtemp(prefix="cross-host-drill-"))
-    os.environ.update(PREFECT_LAUNCH_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="offline")
-    os.environ.pop("PREFECT_API_URL", None)
-    from prefect_launch.server import server_env, start_server, stop_server
-
-    os.environ.update(server_env(home))
-    print(f"Starting a Prefect server in {home} ...", file=sys.stderr)
-    os.environ["PREFECT_API_URL"] = start_server(home, port=0)
     results = []
-    try:
-        with kubernetes_cluster(home) as agent_env:
-            for number in range(1, args.trials + 1):
-                queue = f"cross-host-{number}"
-                create_kubernetes_queue(queue, home, home)
-                print(f"Trial {number}: heartbeat {args.heartbeat:g} s ...", file=sys.stderr)
-                folder = home / f"trial-{number}"
-                results.append(run_takeover(queue, home, folder, args.heartbeat, Path(agent_env["KUBECONFIG"]),
-                                            args.name))
-    finally:
-        stop_server(home)
-        if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
+    with sqlite_server("cross-host-drill", args.keep) as home, kubernetes_cluster(home) as agent_env:
+        for number in range(1, args.trials + 1):
+            queue = f"cross-host-{number}"
+            create_kubernetes_queue(queue, home, home)
+            print(f"Trial {number}: heartbeat {args.heartbeat:g} s ...", file=sys.stderr)
+            folder = home / f"trial-{number}"
+            results.append(run_takeover(queue, home, folder, args.heartbeat, Path(agent_env["KUBECONFIG"]),
+                                        args.name))
     print(table(results))
     return 0 if all(r.ok for r in results) else 1
 

@@ -46,20 +46,17 @@ import contextlib
 import json
 import os
 import random
-import re
 import secrets
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent_process import AgentProcess
-from prefect_server import DrillError, PostgresCluster, child_env, cli, migrate, postgres_bin_dir, progress, start_server_on
+from prefect_server import DrillError, child_env, cli, progress, start_drill_server
 
 QUEUE_PREFIX = "load"
 SAMPLE_SECONDS = 0.5
@@ -355,33 +352,15 @@ def run_drill(jobs: int = 500, agents: int = 3, max_jobs: int = 4, keep: bool = 
     """
     import anyio
 
-    bin_dir = postgres_bin_dir()
     result = Result(jobs=jobs, agents=agents, max_jobs=max_jobs)
     with contextlib.ExitStack() as cleanup:
-        workdir = Path(tempfile.mkdtemp(prefix="load-drill-"))
-        pg_root = Path(tempfile.mkdtemp(prefix="load-drill-pg-"))
-        if keep:
-            cleanup.callback(progress, f"kept {workdir} (server, agent logs, job records) and {pg_root} (PostgreSQL)")
-        else:
-            cleanup.callback(shutil.rmtree, pg_root, ignore_errors=True)
-            cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
-        home, records, job_dir = workdir / "home", workdir / "records", workdir / "job"
-        for folder in (home, records, job_dir):
+        server = start_drill_server(cleanup, "load-drill", keep)
+        workdir, home, cluster, api_url = server.workdir, server.home, server.cluster, server.api_url
+        result.postgres_version = cluster.version()
+        records, job_dir = workdir / "records", workdir / "job"
+        for folder in (records, job_dir):
             folder.mkdir()
         (job_dir / "job.py").write_text(JOB_PY)
-
-        from prefect_launch.server import free_port, stop_server
-
-        cluster = PostgresCluster(bin_dir, pg_root, port=free_port())
-        cleanup.callback(cluster.stop)
-        progress(f"starting PostgreSQL in {pg_root} on 127.0.0.1:{cluster.port}")
-        cluster.start()
-        result.postgres_version = cluster.version()
-        progress(f"{result.postgres_version} up; migrating Prefect's schema")
-        migrate(home, cluster.url)
-        cleanup.callback(stop_server, home)
-        api_url = start_server_on(home, cluster.url)
-        progress(f"Prefect server at {api_url} (log {home / 'server.log'})")
 
         env = child_env(home, api_url)
         queue = f"{QUEUE_PREFIX}-{secrets.token_hex(4)}"

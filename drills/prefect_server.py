@@ -11,6 +11,9 @@ What the load and chaos drills share, all on 127.0.0.1 and stopped by the drill:
    ephemeral range, so it can come back on the same port after a restart (any client socket may
    take a port from the ephemeral range while the server is down).
 3. The environment the drill's CLI and agents get: only its server, only its home.
+
+`start_drill_server` does all three in a work folder of its own; `sqlite_server` is the smaller
+setup of the restart and cross-host drills: the embedded server on SQLite in a temporary home.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ import contextlib
 import os
 import pwd
 import random
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 from agent_process import CLI, REPO
 
@@ -226,3 +234,61 @@ def cli(env: dict[str, str], *args: str) -> str:
     if result.returncode != 0:
         raise DrillError(f"prefect-launch {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result.stdout
+
+
+@dataclass
+class DrillServer:
+    """A drill's work folder, the Prefect home in it, and its server on PostgreSQL."""
+
+    workdir: Path
+    home: Path
+    cluster: PostgresCluster
+    api_url: str
+    port: int  # the one it took: a restart brings it back there
+
+
+def start_drill_server(cleanup: contextlib.ExitStack, prefix: str, keep: bool, port: int = 0) -> DrillServer:
+    """A work folder, PostgreSQL and a Prefect server on it (on `port`, 0 for any), each undone by `cleanup`;
+    the folders are kept with `keep`. DrillError when PostgreSQL is missing."""
+    from prefect_launch.server import free_port, stop_server
+
+    bin_dir = postgres_bin_dir()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    pg_root = Path(tempfile.mkdtemp(prefix=f"{prefix}-pg-"))
+    if keep:
+        cleanup.callback(progress, f"kept {workdir} (server, agents, jobs) and {pg_root} (PostgreSQL)")
+    else:
+        cleanup.callback(shutil.rmtree, pg_root, ignore_errors=True)
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+    home = workdir / "home"
+    home.mkdir()
+    cluster = PostgresCluster(bin_dir, pg_root, port=free_port())
+    cleanup.callback(cluster.stop)
+    progress(f"starting PostgreSQL in {pg_root} on 127.0.0.1:{cluster.port}")
+    cluster.start()
+    progress(f"{cluster.version()} up; migrating Prefect's schema")
+    migrate(home, cluster.url)
+    cleanup.callback(stop_server, home)
+    api_url = start_server_on(home, cluster.url, port)
+    progress(f"Prefect server at {api_url} (log {home / 'server.log'})")
+    return DrillServer(workdir, home, cluster, api_url, urlsplit(api_url).port)
+
+
+@contextlib.contextmanager
+def sqlite_server(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary home with the embedded Prefect server on SQLite, this process's settings pointed at both;
+    the server is stopped and the home removed (unless `keep`) at the end."""
+    home = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    os.environ.update(PREFECT_LAUNCH_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="offline")
+    os.environ.pop("PREFECT_API_URL", None)
+    from prefect_launch.server import server_env, start_server, stop_server
+
+    os.environ.update(server_env(home))
+    progress(f"starting a Prefect server in {home}")
+    os.environ["PREFECT_API_URL"] = start_server(home, port=0)
+    try:
+        yield home
+    finally:
+        stop_server(home)
+        if not keep:
+            shutil.rmtree(home, ignore_errors=True)

@@ -45,10 +45,8 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -57,6 +55,7 @@ from pathlib import Path
 from typing import Iterator
 
 from agent_process import CLI, REPO, AgentProcess
+from prefect_server import sqlite_server
 
 BASE_IMAGE = "prefect-launch/python:3.11"
 MAX_JOBS = 4
@@ -218,38 +217,26 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     rng = random.Random(seed)
 
-    home = Path(tempfile.mkdtemp(prefix="restart-drill-"))
-    os.environ.update(PREFECT_LAUNCH_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", WANDB_MODE="offline")
-    os.environ.pop("PREFECT_API_URL", None)
-    from prefect_launch.server import server_env, start_server, stop_server
-
-    os.environ.update(server_env(home))
-    print(f"Starting a Prefect server in {home} (seed {seed}) ...", file=sys.stderr)
-    os.environ["PREFECT_API_URL"] = start_server(home, port=0)
+    print(f"Seed {seed}", file=sys.stderr)
     results = []
-    try:
-        with contextlib.ExitStack() as stack:
-            agent_env = stack.enter_context(kubernetes_cluster(home)) if args.target == "kubernetes" else None
-            for number in range(1, args.rounds + 1):
-                queue = f"restart-drill-{number}"
-                if agent_env is None:
-                    create_queue(queue, home, **({"rm": True} if args.rm else {}))
-                else:
-                    create_kubernetes_queue(queue, home, home)
-                logs = home / f"round-{number}"
-                logs.mkdir()
-                print(f"Round {number}: {args.jobs} jobs, {args.kills} kills ...", file=sys.stderr)
-                results.append(run_round(queue, home, args.jobs, args.kills, logs, rng, agent_env))
-                for kill, caught in enumerate(results[-1].caught, 1):
-                    print(f"  kill {kill} caught: {caught}", file=sys.stderr)
-                problems = (results[-1].lost + [f"{r} failed falsely" for r in results[-1].false_failures]
-                            + [f"{r} started twice" for r in results[-1].twice])
-                for problem in problems:
-                    print(f"  {problem}", file=sys.stderr)
-    finally:
-        stop_server(home)
-        if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
+    with sqlite_server("restart-drill", args.keep) as home, contextlib.ExitStack() as stack:
+        agent_env = stack.enter_context(kubernetes_cluster(home)) if args.target == "kubernetes" else None
+        for number in range(1, args.rounds + 1):
+            queue = f"restart-drill-{number}"
+            if agent_env is None:
+                create_queue(queue, home, **({"rm": True} if args.rm else {}))
+            else:
+                create_kubernetes_queue(queue, home, home)
+            logs = home / f"round-{number}"
+            logs.mkdir()
+            print(f"Round {number}: {args.jobs} jobs, {args.kills} kills ...", file=sys.stderr)
+            results.append(run_round(queue, home, args.jobs, args.kills, logs, rng, agent_env))
+            for kill, caught in enumerate(results[-1].caught, 1):
+                print(f"  kill {kill} caught: {caught}", file=sys.stderr)
+            problems = (results[-1].lost + [f"{r} failed falsely" for r in results[-1].false_failures]
+                        + [f"{r} started twice" for r in results[-1].twice])
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
     print(table(results))
     return 0 if all(r.ok for r in results) else 1
 
