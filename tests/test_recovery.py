@@ -29,16 +29,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import anyio
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.states import Cancelled, Completed, Running
+from prefect.states import Cancelled, Completed
 
 import cross_host  # drills/cross_host.py (conftest puts drills/ on the path)
 import restart  # drills/restart.py
 from prefect_server import stable_port  # drills/prefect_server.py
-from conftest import (AgentProcess, cancel_run, cli, dry_run_submission, flow_run_of, launch, on_server, run_id_of, run_logs,
-                      wait_for_final, wait_for_log)
+from conftest import (DEAD_AGENT, AgentProcess, cancel_run, cli, dry_run_submission, flow_run_of, held_by, launch, on_server,
+                      run_id_of, run_logs, wait_for_final, wait_for_log)
 from prefect_launch.server import start_server, stop_server
 from services import BASE_IMAGE, docker_engine
 
@@ -124,15 +122,7 @@ def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agen
     which reach back before the run started and never name it, show it was never created."""
     queue = _container_queue(tmp_path, rm=rm)
     run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", "python -c 'print(\"trained once\")'"))
-    flow_run = flow_run_of(run_id)
-    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
-
-    async def die_after_recording_the_submission() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run.id, Running(message=f"Running {dead}"), force=True)
-            await client.update_flow_run(flow_run.id, infrastructure_pid=f"local-container/{run_id}")
-
-    anyio.run(die_after_recording_the_submission)
+    held_by(run_id, DEAD_AGENT, submitted=True)  # its agent died after recording the submission
     agent = start_agent("-q", queue)
     final = wait_for_final(run_id, timeout=90)
     assert final.state.is_completed(), final.state
@@ -229,17 +219,10 @@ def test_what_dead_agents_left_on_docker_is_removed_when_its_run_is_done_or_wait
     (home / "runs" / adopted).mkdir(parents=True, exist_ok=True)
     subprocess.run(["docker", "create", *submission["argv"][2:]], env={**os.environ, **submission["env"]}, check=True,
                    capture_output=True)
-    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
     alive = f"on agent tester [{socket.gethostname()}:{os.getpid()}:{_start_ticks()}]"  # this test's own process
-
-    async def set_states() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run_of(ended).id, Completed(), force=True)
-            await client.set_flow_run_state(flow_run_of(live).id, Running(message=f"Running {alive}"), force=True)
-            await client.set_flow_run_state(flow_run_of(adopted).id, Running(message=f"Running {dead}"), force=True)
-            await client.update_flow_run(flow_run_of(adopted).id, infrastructure_pid=f"local-container/{adopted}")
-
-    anyio.run(set_states)
+    on_server("set_flow_run_state", flow_run_of(ended).id, Completed(), force=True)
+    held_by(live, alive, submitted=True)
+    held_by(adopted, DEAD_AGENT, submitted=True)
     try:
         agent = start_agent("-q", queue)
         for run_id in (waiting, adopted):
@@ -253,12 +236,7 @@ def test_what_dead_agents_left_on_docker_is_removed_when_its_run_is_done_or_wait
                          agent.output()), agent.output()
     finally:
         subprocess.run(["docker", "rm", "--force", f"prefect-launch-{live}", f"prefect-launch-{unknown}"], capture_output=True)
-        anyio.run(lambda: _force_cancelled(flow_run_of(live).id))
-
-
-async def _force_cancelled(flow_run_id) -> None:
-    async with get_client() as client:
-        await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
+        on_server("set_flow_run_state", flow_run_of(live).id, Cancelled(), force=True)
 
 
 def _wait_until_gone(container: str, timeout: float = 60) -> None:
@@ -293,17 +271,8 @@ def test_a_local_process_job_whose_agent_died_is_settled_by_its_record_or_starte
     code.mkdir()
     (code / "job.py").write_text("print('job ran', flush=True)\n")
     runs = {end: run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py")) for end in ("0", "3", "unstarted")}
-    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
-
-    async def run_and_die() -> None:
-        async with get_client() as client:
-            for end, run_id in runs.items():
-                flow_run_id = flow_run_of(run_id).id
-                await client.set_flow_run_state(flow_run_id, Running(message=f"Running {dead}"), force=True)
-                if end != "unstarted":
-                    await client.update_flow_run(flow_run_id, infrastructure_pid=f"local-process/{run_id}")
-
-    anyio.run(run_and_die)
+    for end, run_id in runs.items():
+        held_by(run_id, DEAD_AGENT, submitted=end != "unstarted")
     for end in ("0", "3"):  # what the dead agent wrote as its job exited
         (home / "runs" / runs[end]).mkdir(parents=True, exist_ok=True)
         (home / "runs" / runs[end] / ".prefect-launch-exit-code").write_text(f"{end}\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -22,7 +21,7 @@ import yaml
 
 from google.cloud.aiplatform_v1.types import WorkerPoolSpec
 
-from conftest import (SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, launch, run_id_of, run_logs, unique,
+from conftest import (DEAD_AGENT, SEEDS, cancel_run, cli, dry_run_submission, held_by, launch, run_id_of, run_logs, unique,
                       wait_for_final, wait_for_log, write_json)
 from services import BASE_IMAGE, Registry, docker_engine
 from vertex_standin import VertexStandIn
@@ -173,10 +172,6 @@ def test_a_new_agent_adopts_a_custom_job_by_its_label_and_creates_one_never_crea
     """CustomJob names are Vertex AI's numbers: the adopter lists the run-id label to find the dead agent's job.
     A run whose dead agent recorded the submission but never created the job (no CustomJob with its label: they
     stay listed) gets it created once."""
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.states import Running
-
     image = f"{artifact_registry.host}/{REPOSITORY}:prebuilt"
     before = _creates(vertex)
     followed = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
@@ -186,15 +181,7 @@ def test_a_new_agent_adopts_a_custom_job_by_its_label_and_creates_one_never_crea
     start_agent.agents[-1].kill()
 
     never_created = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
-    flow_run = flow_run_of(never_created)
-    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
-
-    async def die_after_recording_the_submission() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run.id, Running(message=f"Running {dead}"), force=True)
-            await client.update_flow_run(flow_run.id, infrastructure_pid=f"vertex/{never_created}")
-
-    anyio.run(die_after_recording_the_submission)
+    held_by(never_created, DEAD_AGENT, submitted=True)  # its agent died after recording the submission
     start_agent("-q", vertex_agent, "--config", str(tmp_path / "launch-config.yaml"))
     wait_for_log(followed, lambda line: line == f"Following Vertex AI CustomJob {name} (JOB_STATE_RUNNING)")
     listed = [r for r in vertex.requests if r.method == "GET" and r.path.endswith("/customJobs")]
