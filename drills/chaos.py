@@ -39,18 +39,17 @@ import contextlib
 import os
 import random
 import secrets
-import signal
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent_process import AgentProcess
 from load import max_overlap
-from prefect_server import DrillError, child_env, cli, progress, stable_port, start_drill_server, start_server_on
+from prefect_server import (child_env, cli, over_max_jobs, progress, run_and_report, stable_port, start_drill_server,
+                            start_server_on, table_row)
 from restart import BASE_IMAGE, create_kubernetes_queue, create_queue, kubernetes_cluster
 
 QUEUES = ("process", "container", "container-rm", "kubernetes")
@@ -113,17 +112,13 @@ class Result:
             ("lost (the job never ran)", self.lost), ("started twice", self.twice),
             ("failed falsely (exit 0, not Completed)", self.false_failures),
             ("ended in a state other than what the job did", self.mismatched)) if runs]
-        over = {agent: peak for agent, peak in self.max_running_per_agent.items() if peak > self.max_jobs}
-        if over:
-            problems.append(f"agents ran more than max_jobs {self.max_jobs} at once: {over}")
+        problems += over_max_jobs(self.max_running_per_agent, self.max_jobs)
         if not self.max_running_per_agent:
             problems.append("no run was seen Running")
         return problems
 
     def table(self) -> str:
-        def row(label: str, value: object, limit: object = "", ok: bool | None = None) -> str:
-            verdict = "" if ok is None else ("ok" if ok else "FAILED")
-            return f"  {label:58} {str(value):>16} {str(limit):>6}  {verdict}"
+        row = table_row(58, 16, 6)
 
         def waits(kind: str) -> str:
             seconds = sorted(self.orphan_waits.get(kind, []))
@@ -471,10 +466,6 @@ def run_drill(jobs: int = 1000, agents: int = 3, max_jobs: int = 4, kills: int =
     return result
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -485,21 +476,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, run folders, database)")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    load_before = os.getloadavg()[0]
-    began = time.monotonic()
-    try:
-        result = run_drill(args.jobs, args.agents, args.max_jobs, args.kills, args.restarts, args.seed, args.keep)
-    except DrillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        progress("interrupted; everything the drill started is stopped")
-        return 130
-    print(f"{datetime.now():%Y-%m-%d}, {os.cpu_count()} cores, load average {load_before:.1f} before / "
-          f"{os.getloadavg()[0]:.1f} after, {time.monotonic() - began:.0f} s in all (seed {args.seed})")
-    print(result.table())
-    return 1 if result.failures() else 0
+    return run_and_report(lambda: run_drill(args.jobs, args.agents, args.max_jobs, args.kills, args.restarts, args.seed,
+                                            args.keep), f" (seed {args.seed})")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from agent_process import CLI, REPO, READY_SECONDS
+from agent_process import CLI, REPO, LoggedAgent
 
 CHUNK = 65536
 
@@ -106,7 +105,7 @@ def tcp_to_unix(port: int, path: Path) -> _Relay:
     return _Relay(listener, (socket.AF_UNIX, str(path)))
 
 
-class Host:
+class Host(LoggedAgent):
     """An agent on a host of its own (see the module's docstring)."""
 
     def __init__(self, name: str, ports: list[int], folder: Path, agent_args: list[str],
@@ -135,16 +134,9 @@ class Host:
                                          stderr=subprocess.STDOUT)
         return self
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_ready(self, timeout: float = READY_SECONDS) -> Host:
-        deadline = time.monotonic() + timeout
-        while "ready on" not in self.output():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the agent on host {self.name} did not start; see {self.log}:\n{self.output()[-2000:]}")
-            time.sleep(0.1)
-        return self
+    @property
+    def what(self) -> str:
+        return f"the agent on host {self.name}"
 
     def kill(self) -> None:
         """The node is lost: everything in its namespaces dies at once."""

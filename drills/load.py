@@ -47,7 +47,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import statistics
 import sys
 import time
@@ -56,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_process import AgentProcess
-from prefect_server import DrillError, child_env, cli, progress, start_drill_server
+from prefect_server import child_env, cli, over_max_jobs, progress, run_and_report, start_drill_server, table_row
 
 QUEUE_PREFIX = "load"
 SAMPLE_SECONDS = 0.5
@@ -163,9 +162,7 @@ class Result:
             problems.append(f"{self.max_running_flow_runs} flow runs were Running at once (limit {self.limit})")
         if self.samples and max(self.samples) > self.limit:
             problems.append(f"the sampler saw {max(self.samples)} Running flow runs (limit {self.limit})")
-        over = {pid: peak for pid, peak in self.max_running_per_agent.items() if peak > self.max_jobs}
-        if over:
-            problems.append(f"agents ran more than max_jobs {self.max_jobs} at once: {over}")
+        problems += over_max_jobs(self.max_running_per_agent, self.max_jobs)
         if self.foreign:
             problems.append(f"{len(self.foreign)} job(s) ran under a process that is not one of the agents")
         for what, markers in (("lost (never ran)", self.lost), ("ran twice or more", self.twice),
@@ -184,9 +181,7 @@ class Result:
         return problems
 
     def table(self) -> str:
-        def row(label: str, value: object, limit: object = "", ok: bool | None = None) -> str:
-            verdict = "" if ok is None else ("ok" if ok else "FAILED")
-            return f"  {label:52} {str(value):>14} {str(limit):>7}  {verdict}"
+        row = table_row(52, 14, 7)
 
         per_agent = sorted(self.max_running_per_agent.values(), reverse=True)
         sample_median = statistics.median(self.samples) if self.samples else 0
@@ -402,10 +397,6 @@ def run_drill(jobs: int = 500, agents: int = 3, max_jobs: int = 4, keep: bool = 
     return result
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500, help="jobs to enqueue (default 500)")
@@ -414,21 +405,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the jobs' sleep times")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, records, database)")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up as on Ctrl-C
-    load_before = os.getloadavg()[0]
-    began = time.monotonic()
-    try:
-        result = run_drill(args.jobs, args.agents, args.max_jobs, keep=args.keep, seed=args.seed)
-    except DrillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        progress("interrupted; everything the drill started is stopped")
-        return 130
-    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load average "
-          f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after, {time.monotonic() - began:.0f} s in all")
-    print(result.table())
-    return 1 if result.failures() else 0
+    return run_and_report(lambda: run_drill(args.jobs, args.agents, args.max_jobs, keep=args.keep, seed=args.seed))
 
 
 if __name__ == "__main__":

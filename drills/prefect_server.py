@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from agent_process import CLI, REPO
@@ -292,3 +292,47 @@ def sqlite_server(prefix: str, keep: bool) -> Iterator[Path]:
         stop_server(home)
         if not keep:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_and_report(run: Callable[[], Any], note: str = "") -> int:
+    """A drill's `main`: `run()` (a result with `table()` and `failures()`) with SIGTERM cleaning up as Ctrl-C
+    does; prints the date, the machine's load and the wall time (and `note`), then the table. Exit code 0 when
+    every check passed, 1 when one failed, 2 when the drill could not run, 130 when interrupted."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    load_before = os.getloadavg()[0]
+    began = time.monotonic()
+    try:
+        result = run()
+    except DrillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        progress("interrupted; everything the drill started is stopped")
+        return 130
+    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load average {load_before:.1f} before / "
+          f"{os.getloadavg()[0]:.1f} after, {time.monotonic() - began:.0f} s in all{note}")
+    print(result.table())
+    return 1 if result.failures() else 0
+
+
+def table_row(label_width: int, value_width: int, limit_width: int) -> Callable[..., str]:
+    """A drill table's row maker: label, measured value, limit, and ok/FAILED when `ok` is given.
+
+    >>> table_row(10, 4, 3)("jobs", 5, 6, ok=True)
+    '  jobs          5   6  ok'
+    """
+    def row(label: str, value: object, limit: object = "", ok: bool | None = None) -> str:
+        verdict = "" if ok is None else ("ok" if ok else "FAILED")
+        return f"  {label:{label_width}} {str(value):>{value_width}} {str(limit):>{limit_width}}  {verdict}"
+
+    return row
+
+
+def over_max_jobs(peaks: dict[Any, int], max_jobs: int) -> list[str]:
+    """The failure to report when an agent ran more than `max_jobs` at once (`peaks`: agent -> most at once)."""
+    over = {agent: peak for agent, peak in peaks.items() if peak > max_jobs}
+    return [f"agents ran more than max_jobs {max_jobs} at once: {over}"] if over else []
