@@ -22,7 +22,30 @@ READY_SECONDS = 60.0
 STOP_SECONDS = 60.0
 
 
-class AgentProcess:
+class LoggedAgent:
+    """An agent subprocess (`proc`) writing its output to `log`; `what` names it in errors."""
+
+    log: Path
+    proc: subprocess.Popen
+
+    @property
+    def what(self) -> str:
+        return f"agent {self.proc.pid}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_ready(self, timeout: float = READY_SECONDS):
+        """Itself once the agent says it is ready; RuntimeError if it exits or takes longer than `timeout`."""
+        deadline = time.monotonic() + timeout
+        while "ready on" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.what} did not start; see {self.log}:\n{self.output()[-2000:]}")
+            time.sleep(0.1)
+        return self
+
+
+class AgentProcess(LoggedAgent):
     """The agent in a session of its own, its output in a log file."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
@@ -32,20 +55,9 @@ class AgentProcess:
                                          cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
-    def wait_ready(self, timeout: float = READY_SECONDS) -> AgentProcess:
-        deadline = time.monotonic() + timeout
-        while "ready on" not in self.output():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"agent {self.proc.pid} did not start; see {self.log}:\n{self.output()[-2000:]}")
-            time.sleep(0.1)
-        return self
-
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def alive(self) -> bool:
         return self.proc.poll() is None

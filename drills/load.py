@@ -8,13 +8,8 @@ twice) and every flow run ended Completed.
 What it starts, all on 127.0.0.1 and all stopped when it ends (Ctrl-C and
 SIGTERM included):
 
-1. A throwaway PostgreSQL cluster from Debian's binaries
-   (`/usr/lib/postgresql/*/bin`): `initdb` in a temporary folder owned by the
-   `postgres` user (PostgreSQL refuses to run as root), listening on a free
-   port of 127.0.0.1 (its unix socket in that folder), password login.
-2. A real Prefect server (prefect-launch's embedded one, `server.py`) with
-   `PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://...`; the schema
-   is migrated first with `prefect server database upgrade`.
+1. A throwaway PostgreSQL cluster and 2. a real Prefect server on it
+   (`prefect_server.py`, which the chaos drill shares).
 3. A queue made with the CLI (`prefect-launch queue create ... --resource
    local-process --no-require-wandb-run`) and N agents on it.
 
@@ -50,32 +45,22 @@ import argparse
 import contextlib
 import json
 import os
-import pwd
 import random
-import re
 import secrets
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from agent_process import CLI, REPO, AgentProcess
-
-POSTGRES_ROOT = Path("/usr/lib/postgresql")
-POSTGRES_OWNER = "postgres"
-DATABASE = "prefect"
+from agent_process import AgentProcess
+from prefect_server import child_env, cli, over_max_jobs, progress, run_and_report, start_drill_server, table_row
 
 QUEUE_PREFIX = "load"
 SAMPLE_SECONDS = 0.5
 ENQUEUE_CONCURRENCY = 8
 AGENT_READY_SECONDS = 90.0
-MIGRATE_SECONDS = 600.0
 # Generous: on 2 busy cores a job costs about a second of CPU end to end.
 SECONDS_PER_JOB_ALLOWED = 3.0
 MIN_DRAIN_SECONDS = 300.0
@@ -98,14 +83,6 @@ time.sleep(seconds)
 record["end"] = time.time()
 write()
 """
-
-
-class DrillError(RuntimeError):
-    """The drill could not run (as opposed to: it ran and a check failed)."""
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --- measurements (pure) --------------------------------------------------------
@@ -185,9 +162,7 @@ class Result:
             problems.append(f"{self.max_running_flow_runs} flow runs were Running at once (limit {self.limit})")
         if self.samples and max(self.samples) > self.limit:
             problems.append(f"the sampler saw {max(self.samples)} Running flow runs (limit {self.limit})")
-        over = {pid: peak for pid, peak in self.max_running_per_agent.items() if peak > self.max_jobs}
-        if over:
-            problems.append(f"agents ran more than max_jobs {self.max_jobs} at once: {over}")
+        problems += over_max_jobs(self.max_running_per_agent, self.max_jobs)
         if self.foreign:
             problems.append(f"{len(self.foreign)} job(s) ran under a process that is not one of the agents")
         for what, markers in (("lost (never ran)", self.lost), ("ran twice or more", self.twice),
@@ -206,9 +181,7 @@ class Result:
         return problems
 
     def table(self) -> str:
-        def row(label: str, value: object, limit: object = "", ok: bool | None = None) -> str:
-            verdict = "" if ok is None else ("ok" if ok else "FAILED")
-            return f"  {label:52} {str(value):>14} {str(limit):>7}  {verdict}"
+        row = table_row(52, 14, 7)
 
         per_agent = sorted(self.max_running_per_agent.values(), reverse=True)
         sample_median = statistics.median(self.samples) if self.samples else 0
@@ -266,182 +239,6 @@ def summarize(result: Result, markers: list[str], records: list[dict[str, Any]],
              for run in runs if run.start_time]
     result.max_running_flow_runs = max_overlap(spans)
     result.wall_seconds = max((end for _, end in spans), default=now) - started
-
-
-# --- PostgreSQL -------------------------------------------------------------------
-
-
-def postgres_bin_dir() -> Path:
-    """The newest Debian PostgreSQL server's bin folder; DrillError if none is installed."""
-    found = sorted(POSTGRES_ROOT.glob("*/bin/initdb"),
-                   key=lambda path: [int(part) for part in re.findall(r"\d+", path.parent.parent.name)])
-    if not found:
-        raise DrillError(
-            f"PostgreSQL is not installed (no {POSTGRES_ROOT}/*/bin/initdb): "
-            "install Debian's server with `apt-get install postgresql`"
-        )
-    return found[-1].parent
-
-
-class PostgresCluster:
-    """A throwaway PostgreSQL cluster in `root`: 127.0.0.1 only, one database, a random password.
-
-    As root, the cluster runs as the `postgres` user (PostgreSQL refuses root)
-    and `root` is handed to it; otherwise as the current user. The unix socket
-    lives in `root` (mode 700) and trusts its users; TCP needs the password.
-
-    Example::
-
-        cluster = PostgresCluster(postgres_bin_dir(), Path(tempfile.mkdtemp()), port=free_port())
-        cluster.start()
-        print(cluster.url)    # postgresql+asyncpg://prefect:...@127.0.0.1:PORT/prefect
-        cluster.stop()
-    """
-
-    def __init__(self, bin_dir: Path, root: Path, port: int) -> None:
-        self.bin_dir = bin_dir
-        self.root = root
-        self.port = port
-        self.data = root / "data"
-        self.log = root / "postgres.log"
-        self.password = secrets.token_hex(16)
-        self.started = False
-        if os.geteuid() == 0:
-            try:
-                owner = pwd.getpwnam(POSTGRES_OWNER)
-            except KeyError:
-                raise DrillError(
-                    f"running as root needs the {POSTGRES_OWNER!r} user to run PostgreSQL as: "
-                    "`apt-get install postgresql` creates it"
-                ) from None
-            self.uid, self.gid, self.home = owner.pw_uid, owner.pw_gid, owner.pw_dir
-        else:
-            self.uid, self.gid, self.home = os.getuid(), os.getgid(), str(Path.home())
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+asyncpg://{DATABASE}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
-
-    def version(self) -> str:
-        return self._run(["postgres", "--version"]).stdout.strip().replace("postgres (PostgreSQL)", "PostgreSQL")
-
-    def _run(self, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run one of the cluster's binaries as the cluster's owner."""
-        as_owner: dict[str, Any] = {}
-        if os.geteuid() == 0:
-            as_owner = {"user": self.uid, "group": self.gid, "extra_groups": []}
-        env = {"PATH": f"{self.bin_dir}:/usr/bin:/bin", "HOME": self.home, "LC_ALL": "C", "LANG": "C"}
-        result = subprocess.run(
-            [str(self.bin_dir / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=timeout,
-            env=env, cwd=self.root, stdin=subprocess.DEVNULL,
-            # pg_ctl leaves the server running: in a session of its own, a Ctrl-C
-            # in the terminal reaches only the drill, which then stops it in order.
-            start_new_session=True, **as_owner,
-        )
-        if result.returncode != 0:
-            raise DrillError(f"{argv[0]} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
-        return result
-
-    def start(self) -> None:
-        os.chown(self.root, self.uid, self.gid)
-        self.root.chmod(0o700)
-        password_file = self.root / "password"
-        password_file.write_text(self.password + "\n")
-        os.chown(password_file, self.uid, self.gid)
-        try:
-            self._run(["initdb", "-D", str(self.data), "-U", DATABASE, f"--pwfile={password_file}",
-                       "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C"])
-        finally:
-            password_file.unlink(missing_ok=True)
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
-        self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"])
-        self.started = True
-        self._run(["createdb", "-h", str(self.root), "-p", str(self.port), "-U", DATABASE, DATABASE])
-
-    def query(self, sql: str) -> str:
-        """One value from the drill's database, through psql on the unix socket."""
-        return self._run(["psql", "-h", str(self.root), "-p", str(self.port), "-U", DATABASE, "-d", DATABASE,
-                          "-tAc", sql]).stdout.strip()
-
-    def stop(self) -> None:
-        """Fast shutdown (open sessions are ended); SIGKILL the postmaster by its pid if that fails."""
-        if not self.started:
-            return
-        self.started = False
-        try:
-            self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"], timeout=60)
-        except (DrillError, subprocess.TimeoutExpired) as exc:
-            pid_file = self.data / "postmaster.pid"
-            if pid_file.exists():
-                progress(f"pg_ctl stop failed ({exc}); killing the postmaster")
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
-
-
-# --- processes --------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def environ(**values: str) -> Iterator[None]:
-    """Set environment variables for the block, then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def child_env(home: Path, api_url: str) -> dict[str, str]:
-    """The environment of the drill's CLI and agents: only its server, only its home."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "WANDB_"))}
-    env.update(
-        PREFECT_API_URL=api_url,
-        PREFECT_HOME=str(home / "prefect"),
-        PREFECT_LAUNCH_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-    )
-    return env
-
-
-def server_settings(home: Path, database_url: str) -> dict[str, str]:
-    """What the server process gets: its home, and PostgreSQL for its database."""
-    return {"PREFECT_HOME": str(home / "prefect"), "PREFECT_API_DATABASE_CONNECTION_URL": database_url}
-
-
-def migrate(home: Path, database_url: str) -> None:
-    """Create Prefect's schema before the server starts, so its start-up timeout covers only starting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(server_settings(home, database_url))
-    result = subprocess.run([str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"],
-                            capture_output=True, text=True, env=env, timeout=MIGRATE_SECONDS)
-    if result.returncode != 0:
-        raise DrillError(f"prefect server database upgrade failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-
-
-def start_server_on(home: Path, database_url: str) -> str:
-    """The embedded server of `home` on PostgreSQL; Ctrl-C is held until it is recorded (and so stoppable)."""
-    from prefect_launch.server import start_server
-
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        with environ(**server_settings(home, database_url)):
-            return start_server(home, port=0)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
-    if result.returncode != 0:
-        raise DrillError(f"prefect-launch {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-    return result.stdout
 
 
 # --- the drill --------------------------------------------------------------------
@@ -550,33 +347,15 @@ def run_drill(jobs: int = 500, agents: int = 3, max_jobs: int = 4, keep: bool = 
     """
     import anyio
 
-    bin_dir = postgres_bin_dir()
     result = Result(jobs=jobs, agents=agents, max_jobs=max_jobs)
     with contextlib.ExitStack() as cleanup:
-        workdir = Path(tempfile.mkdtemp(prefix="load-drill-"))
-        pg_root = Path(tempfile.mkdtemp(prefix="load-drill-pg-"))
-        if keep:
-            cleanup.callback(progress, f"kept {workdir} (server, agent logs, job records) and {pg_root} (PostgreSQL)")
-        else:
-            cleanup.callback(shutil.rmtree, pg_root, ignore_errors=True)
-            cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
-        home, records, job_dir = workdir / "home", workdir / "records", workdir / "job"
-        for folder in (home, records, job_dir):
+        server = start_drill_server(cleanup, "load-drill", keep)
+        workdir, home, cluster, api_url = server.workdir, server.home, server.cluster, server.api_url
+        result.postgres_version = cluster.version()
+        records, job_dir = workdir / "records", workdir / "job"
+        for folder in (records, job_dir):
             folder.mkdir()
         (job_dir / "job.py").write_text(JOB_PY)
-
-        from prefect_launch.server import free_port, stop_server
-
-        cluster = PostgresCluster(bin_dir, pg_root, port=free_port())
-        cleanup.callback(cluster.stop)
-        progress(f"starting PostgreSQL in {pg_root} on 127.0.0.1:{cluster.port}")
-        cluster.start()
-        result.postgres_version = cluster.version()
-        progress(f"{result.postgres_version} up; migrating Prefect's schema")
-        migrate(home, cluster.url)
-        cleanup.callback(stop_server, home)
-        api_url = start_server_on(home, cluster.url)
-        progress(f"Prefect server at {api_url} (log {home / 'server.log'})")
 
         env = child_env(home, api_url)
         queue = f"{QUEUE_PREFIX}-{secrets.token_hex(4)}"
@@ -618,10 +397,6 @@ def run_drill(jobs: int = 500, agents: int = 3, max_jobs: int = 4, keep: bool = 
     return result
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500, help="jobs to enqueue (default 500)")
@@ -630,21 +405,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the jobs' sleep times")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, records, database)")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up as on Ctrl-C
-    load_before = os.getloadavg()[0]
-    began = time.monotonic()
-    try:
-        result = run_drill(args.jobs, args.agents, args.max_jobs, keep=args.keep, seed=args.seed)
-    except DrillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        progress("interrupted; everything the drill started is stopped")
-        return 130
-    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load average "
-          f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after, {time.monotonic() - began:.0f} s in all")
-    print(result.table())
-    return 1 if result.failures() else 0
+    return run_and_report(lambda: run_drill(args.jobs, args.agents, args.max_jobs, keep=args.keep, seed=args.seed))
 
 
 if __name__ == "__main__":

@@ -37,18 +37,21 @@ from prefect.events.filters import (
     EventNameFilter,
     EventOccurredFilter,
 )
+from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
 
 from prefect_launch.agent_config import AgentConfig
 from prefect_launch.agent_setup import environment_problems
-from prefect_launch.deployments.queues import read_queue
+from prefect_launch.deployments.queues import queue_config_of, read_queue
 from prefect_launch.errors import LaunchError
+from prefect_launch.leftovers import clean_leftovers
+from prefect_launch.ownership import MISSED_HEARTBEATS
 from prefect_launch.settings import settings
+from prefect_launch.targets import Target, target_class
 from prefect_launch.worker.launch_worker import LaunchWorker
 
 logger = logging.getLogger("prefect_launch.agent")
 
 FALLBACK_POLL_SECONDS = 5.0
-HEARTBEAT_SECONDS = 30.0
 STARTUP_RETRY_FIRST_SECONDS = 1.0
 STARTUP_RETRY_MAX_SECONDS = 30.0
 STARTUP_ATTEMPT_TIMEOUT_SECONDS = 10.0
@@ -114,17 +117,29 @@ class Agent:
         self.name = name or f"launch-agent-{socket.gethostname()}"
         self.poll_seconds = poll_seconds
         self.workers: list[LaunchWorker] = []
+        # Each queue's target, for the leftovers its jobs may leave (`leftovers.py`).
+        self._targets: dict[str, Target] = {}
         self._wake = anyio.Event()
+        self._orphans_wake = anyio.Event()
         self._pending_timeout = settings().pending_timeout
+        # Prefect's worker heartbeat interval: this agent beats that often, and takes an agent on another host
+        # for gone once its heartbeat is MISSED_HEARTBEATS of them old (every agent of a queue uses the same).
+        self._heartbeat_seconds = float(PREFECT_WORKER_HEARTBEAT_SECONDS.value())
 
     def wake(self) -> None:
         self._wake.set()
 
     def _job_done(self) -> None:
-        # A freed slot matters only if runs were left waiting for one; every
-        # poll costs the server writes (it marks the pool's queues as polled).
-        if any(worker.saturated for worker in self.workers):
+        # A freed slot goes to an orphan waiting for one first (`OrphanRound`); else it matters only if runs
+        # were left waiting for one: every poll costs the server writes (it marks the pool's queues as polled).
+        if self._orphans_waiting():
+            self._orphans_wake.set()
+        elif any(worker.saturated for worker in self.workers):
             self.wake()
+
+    def _orphans_waiting(self) -> bool:
+        """An orphaned run waits for a free job slot: until it has one, this agent claims no new run."""
+        return any(worker.orphans_waiting for worker in self.workers)
 
     def status_line(self, running: int) -> str:
         """What the agent does now, as `wandb launch-agent` prints it.
@@ -148,6 +163,8 @@ class Agent:
             client = await stack.enter_async_context(get_client())
             await wait_for_server(client)
             pools = [await read_queue(client, queue) for queue in self.config.queues]
+            self._targets = {pool.name: target_class(config.resource)() for pool in pools
+                             if (config := queue_config_of(pool)) is not None}
             for pool in pools:
                 worker = LaunchWorker(
                     work_pool_name=pool.name,
@@ -164,7 +181,8 @@ class Agent:
                 ", ".join(self.config.queues),
                 self.config.max_jobs or "unlimited",
             )
-            # Adopt a dead predecessor's running jobs before claiming new work, so they get the job slots.
+            # Adopt a dead predecessor's running jobs before claiming new work, so they get the job slots;
+            # remove what dead agents left of ended runs (a container left Exited or Created).
             await self._take_over_orphans()
             async with anyio.create_task_group() as loops:
                 loops.start_soon(self._poll_loop)
@@ -186,8 +204,9 @@ class Agent:
                 await self._wake.wait()
             self._wake = anyio.Event()
             try:
+                claiming = not self._orphans_waiting()
                 for worker in self.workers:
-                    await worker.get_and_submit_flow_runs()
+                    await (worker.get_and_submit_flow_runs() if claiming else worker.check_cancellations())
                 backoff = 1.0
             except Exception as exc:  # the server may be restarting; keep serving
                 logger.warning("Polling failed (%s); retrying in %.0f s", exc, backoff)
@@ -196,7 +215,7 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await anyio.sleep(HEARTBEAT_SECONDS)
+            await anyio.sleep(self._heartbeat_seconds)
             for worker in self.workers:
                 try:
                     await worker.sync_with_backend()
@@ -212,17 +231,27 @@ class Agent:
         server outage.
         """
         while True:
-            await anyio.sleep(min(HEARTBEAT_SECONDS, self._pending_timeout / 3))
+            with anyio.move_on_after(min(self._heartbeat_seconds, self._pending_timeout / 3)):
+                await self._orphans_wake.wait()  # or sooner: a job ended, and an orphan waits for its slot
+            self._orphans_wake = anyio.Event()
+            waited = self._orphans_waiting()
             await self._take_over_orphans()
+            if waited and not self._orphans_waiting():
+                self.wake()  # claiming resumes
 
     async def _take_over_orphans(self) -> None:
-        stale_after = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+        stale_after = timedelta(seconds=MISSED_HEARTBEATS * self._heartbeat_seconds)
         for worker in self.workers:
             try:
                 requeued, adopted = await worker.take_over_orphans(self._pending_timeout, stale_after)
+                target = self._targets.get(worker.queue_name)
+                removed = await clean_leftovers(worker.client, worker.queue_name, target, logger) if target else []
             except Exception as exc:
                 logger.warning("Checking queue %s for orphaned runs failed: %s", worker.queue_name, exc)
                 continue
+            if removed:
+                logger.warning("Removed %d leftover(s) of ended or unstarted runs on queue %s: %s", len(removed),
+                               worker.queue_name, ", ".join(f"{leftover.name} ({leftover.state})" for leftover in removed))
             if requeued:
                 logger.warning("Put %d orphaned run(s) back on queue %s", len(requeued), worker.queue_name)
                 self.wake()

@@ -9,12 +9,17 @@ over: a Pending run goes back to its queue, a Running one is adopted.
 
 A process on this host is alive if `/proc/<pid>` still shows the same start
 time (so a reused pid is not mistaken for the agent). A process on another
-host is alive while its agent's worker heartbeat on the queue is fresh.
+host is alive while its agent's worker heartbeat on the queue is fresh: younger
+than `MISSED_HEARTBEATS` of its heartbeat intervals (Prefect's
+`PREFECT_WORKER_HEARTBEAT_SECONDS`, 30 s by default). An agent heartbeats as
+`<name>@<host>` (`heartbeat_name`): two agents given the same `--name` on two
+hosts beat apart, so a live one never keeps a dead one's runs from being taken
+over (on one host the pid decides, not the heartbeat).
 
 Example:
     >>> owner = Owner(agent="gpu-agent", host="node-1", pid=4242, started=987654)
-    >>> owner.tag()
-    'on agent gpu-agent [node-1:4242:987654]'
+    >>> owner.tag(), owner.heartbeat_name
+    ('on agent gpu-agent [node-1:4242:987654]', 'gpu-agent@node-1')
     >>> Owner.parse("Running on agent gpu-agent [node-1:4242:987654]") == owner
     True
     >>> Owner.parse("Running") is None
@@ -28,6 +33,9 @@ import re
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+
+# A remote agent that missed this many heartbeats in a row is gone.
+MISSED_HEARTBEATS = 3
 
 _TAG = re.compile(r"on agent (?P<agent>.+?) \[(?P<host>[^\[\]:]+):(?P<pid>\d+):(?P<started>\d+)\]")
 
@@ -61,6 +69,11 @@ class Owner:
     def tag(self) -> str:
         return f"on agent {self.label}"
 
+    @property
+    def heartbeat_name(self) -> str:
+        """The worker name its agent heartbeats under on its queues."""
+        return f"{self.agent}@{self.host}"
+
     @classmethod
     def parse(cls, message: str | None) -> Owner | None:
         found = _TAG.search(message or "")
@@ -72,5 +85,5 @@ class Owner:
         """Whether this owner still runs: by pid on this host, by its agent's heartbeat elsewhere."""
         if self.host == socket.gethostname():
             return _start_ticks(self.pid) == self.started
-        beat = heartbeats.get(self.agent)
+        beat = heartbeats.get(self.heartbeat_name)
         return beat is not None and datetime.now(timezone.utc) - beat < stale_after

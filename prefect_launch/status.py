@@ -5,8 +5,8 @@ Reading (`run_status`, `queue_overviews`) is separate from rendering
 either. Why a run waits comes from two places:
 
 - a run still on its queue (Scheduled): the queue's agents, by their worker
-  heartbeat (none fresher than `AGENT_STALE_SECONDS` means no agent), and the
-  queue being paused;
+  heartbeat (none younger than `MISSED_HEARTBEATS` of its own interval means
+  no agent), and the queue being paused;
 - a run past submit: its target's own reason, published live in the run's
   timeline artifact (`prefect_launch.timeline`).
 
@@ -50,12 +50,12 @@ from prefect_launch.deployments.flows import handed_over
 from prefect_launch.deployments.queues import FLOW_NAME, list_queues, read_queue, runs_per_state
 from prefect_launch.errors import LaunchError
 from prefect_launch.fair_share import caps_of, held_by
-from prefect_launch.ownership import Owner
+from prefect_launch.ownership import MISSED_HEARTBEATS, Owner
 from prefect_launch.spec import run_id_for
 from prefect_launch.timeline import Timeline, timeline_key
 
-# An agent whose worker heartbeat on a queue is older than this is gone (3 missed beats of 30 s).
-AGENT_STALE_SECONDS = 90.0
+# The heartbeat interval of an agent that did not say its own (Prefect's default).
+DEFAULT_HEARTBEAT_SECONDS = 30.0
 # A live agent takes a run within seconds; one Scheduled longer waits for a free slot.
 TAKE_SECONDS = 10.0
 # The recent past a waiting run's start is estimated from: runs of its queue that ended in it.
@@ -73,6 +73,12 @@ class UnknownRun(LaunchError):
 class Agent:
     name: str
     last_heartbeat: datetime | None
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a heartbeat after which the agent is gone."""
+        return MISSED_HEARTBEATS * self.heartbeat_seconds
 
     def age(self, now: datetime) -> float | None:
         """Seconds since its last heartbeat; None if it never sent one."""
@@ -80,7 +86,7 @@ class Agent:
 
     def alive(self, now: datetime) -> bool:
         age = self.age(now)
-        return age is not None and age < AGENT_STALE_SECONDS
+        return age is not None and age < self.stale_after
 
 
 @dataclass
@@ -168,7 +174,8 @@ def wandb_run_id(flow_run: FlowRun) -> str:
 
 async def agents_of(client: PrefectClient, queue: str) -> list[Agent]:
     workers = await client.read_workers_for_work_pool(queue)
-    return [Agent(worker.name, worker.last_heartbeat_time) for worker in workers]
+    return [Agent(worker.name, worker.last_heartbeat_time, worker.heartbeat_interval_seconds or DEFAULT_HEARTBEAT_SECONDS)
+            for worker in workers]
 
 
 async def run_status(client: PrefectClient, flow_run: FlowRun) -> RunStatus:
@@ -262,9 +269,11 @@ async def _why_on_queue(client: PrefectClient, pool: WorkPool, flow_run: FlowRun
     if pool.is_paused:
         return f"queue {pool.name} is paused"
     now = datetime.now(timezone.utc)
-    alive = [agent.name for agent in await agents_of(client, pool.name) if agent.alive(now)]
+    agents = await agents_of(client, pool.name)
+    alive = [agent.name for agent in agents if agent.alive(now)]
     if not alive:
-        return f"no agent on queue {pool.name} (none has sent a heartbeat in the last {AGENT_STALE_SECONDS:.0f} s)"
+        stale = max((agent.stale_after for agent in agents), default=MISSED_HEARTBEATS * DEFAULT_HEARTBEAT_SECONDS)
+        return f"no agent on queue {pool.name} (none has sent a heartbeat in the last {stale:.0f} s)"
     capped = await held_by(client, caps_of(pool), flow_run.parameters)
     if capped:
         return capped

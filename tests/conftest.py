@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -255,6 +256,21 @@ def flow_run_of(run_id: str):
     """The flow run whose name is this W&B run id."""
     runs = flow_runs_named(run_id)
     return runs[0] if runs else None
+
+
+# An owner tag on a run's state that names no process: its pid is above pid_max.
+DEAD_AGENT = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"
+
+
+def held_by(run_id: str, owner: str, submitted: bool) -> None:
+    """Put a run as an agent leaves it while it runs the job: Running under the agent's `owner` tag, and, if
+    `submitted`, with its submission on record (as the agent records it just before starting the job)."""
+    from prefect.states import Running
+
+    flow_run = flow_run_of(run_id)
+    on_server("set_flow_run_state", flow_run.id, Running(message=f"Running {owner}"), force=True)
+    if submitted:
+        on_server("update_flow_run", flow_run.id, infrastructure_pid=f"submitted/{run_id}")
 
 
 def cancel_run(run_id: str) -> None:

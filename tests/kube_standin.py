@@ -12,13 +12,23 @@ official `kubernetes` client and a pod monitor need on top of it:
   resourceVersions: a watch from a version replays the events after it, ends
   after `timeoutSeconds`, and answers an expired version with the API server's
   own `ERROR` event (code 410, reason Expired) after `expire_watches()`;
-- warning events on objects (`warn`), listed as `v1/events`;
+- events on objects, listed as `v1/events`: a test's warnings (`warn`), and the controllers' own;
+  `expire_events()` drops them all, as the API server does an hour after each;
+- the control plane's part a cluster always runs, in a loop of its own: the Job controller's
+  status (a Job whose pods all Succeeded is Complete, one with a Failed pod is Failed: the
+  stand-in has `backoffLimit: 0` semantics) with its `Completed` or `BackoffLimitExceeded`
+  event; the TTL-after-finished controller (a finished Job with `ttlSecondsAfterFinished` is
+  deleted that many seconds after it finished); and the garbage collector (a deleted Job's pods
+  are deleted with it, watches see them go). A Job's pods are those its ownerReferences name,
+  or, for pods a test made without any, those carrying all its pod template's labels;
 - pod logs (`pod_log`): a Pending pod answers 400 as a real kubelet does, and
   `follow=true` streams the lines as they come until the pod Succeeds, Fails
   or is deleted.
 
-The server runs on 127.0.0.1 in a thread of its own, so the synchronous client
-can call it from the test's thread. Usage::
+Nothing schedules or runs pods: a test plays the kubelet (`create_pod`, `update_pod`), or
+starts `kube_kubelet.Kubelet`, which runs each Job's container as a process. The server runs
+on 127.0.0.1 in a thread of its own, so the synchronous client can call it from the test's
+thread. Usage::
 
     with KubeStandIn() as kube:
         config = kubernetes.client.Configuration(host=kube.host)
@@ -41,6 +51,8 @@ Every request stays recorded in kmock's handler, `kube.kmock` (e.g.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import datetime
 import json
 import pathlib
@@ -52,6 +64,9 @@ import kmock
 
 PODS = kmock.resource("v1/pods")
 EVENTS = kmock.resource("v1/events")
+JOBS = kmock.resource("batch/v1/jobs")
+CONTROL_SECONDS = 0.2  # the controllers' loop looks at least this often (TTLs are timed by it)
+BACKOFF_LIMIT_EXCEEDED = "Job has reached the specified backoff limit"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 TEXT = {"Content-Type": "text/plain"}
 CONTAINER = "main"
@@ -70,6 +85,8 @@ class KubeStandIn:
         self._events: list[tuple[int, str, dict[str, Any]]] = []  # pod events: (resourceVersion, type, pod)
         self._logs: dict[tuple[str, str], list[str]] = {}
         self._closing = False
+        self._finished: dict[str, float] = {}  # a finished Job's uid -> when it finished (the loop's clock)
+        self._collected: set[str] = set()  # deleted Jobs' uids whose pods the garbage collector deleted
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -97,10 +114,14 @@ class KubeStandIn:
         self.kmock[kmock.action.LIST, PODS] << self._list_pods
         self.kmock[kmock.action.WATCH, PODS] << self._watch_pods
         self.kmock[kmock.action.FETCH, PODS, kmock.subresource("log")] << self._pod_log_response
+        self._controllers = asyncio.ensure_future(self._control_loop())
 
     async def _stop(self) -> None:
         self._closing = True  # ends open watches and log streams, so the server stops at once
         self._notify()
+        self._controllers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._controllers
         await self._server.__aexit__(None, None, None)
         await self.kmock.__aexit__(None, None, None)
 
@@ -131,6 +152,13 @@ class KubeStandIn:
         wanted = kmock.resource(resource)
         return self._call(lambda: {(ns, name): obj for (res, ns, name), obj in self.kmock.objects.items() if res == wanted})
 
+    def snapshot(self, resource: str) -> dict[tuple[str | None, str], dict[str, Any]]:
+        """A copy of the objects of a resource that exist now (not deleted), keyed by (namespace, name): safe
+        to read in any thread while the server goes on."""
+        wanted = kmock.resource(resource)
+        return self._call(lambda: {(ns, name): copy.deepcopy(obj.raw) for (res, ns, name), obj in self.kmock.objects.items()
+                                   if res == wanted and not obj.deleted})
+
     def requests(self) -> list[kmock.Request]:
         """Every request served so far, parsed (`.action`, `.resource`, `.subresource`, `.namespace`, `.url`)."""
         return self._call(lambda: list(self.kmock))
@@ -139,12 +167,15 @@ class KubeStandIn:
 
     def create_pod(self, namespace: str, name: str, labels: dict[str, str], phase: str = "Pending",
                    conditions: list[dict[str, Any]] | None = None,
-                   container_statuses: list[dict[str, Any]] | None = None) -> None:
-        """Add a pod (one container, "main"); watches see ADDED."""
+                   container_statuses: list[dict[str, Any]] | None = None,
+                   owner: dict[str, Any] | None = None) -> None:
+        """Add a pod (one container, "main"), owned by `owner` (an ownerReference) if given; watches see ADDED."""
         status = _status(phase=phase, conditions=conditions or [], container_statuses=container_statuses or [])
+        metadata = {"name": name, "namespace": namespace, "labels": labels, "uid": str(uuid.uuid4())}
+        if owner is not None:
+            metadata["ownerReferences"] = [owner]
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels, "uid": str(uuid.uuid4())},
+            "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
             "spec": {"containers": [{"name": CONTAINER, "image": "standin"}]},
             "status": status,
         }
@@ -163,10 +194,7 @@ class KubeStandIn:
     def delete_pod(self, namespace: str, name: str) -> None:
         """Remove a pod; watches see DELETED, its log stream ends."""
 
-        def delete() -> None:
-            self._pod_event("DELETED", namespace, name, {})
-            self.kmock.objects[PODS, namespace, name].delete()
-        self._call(delete)
+        self._call(lambda: self._delete_pod(namespace, name))
 
     def pod_log(self, namespace: str, name: str, lines: list[str]) -> None:
         """Append lines (without newlines) to the pod's log; followers get them at once."""
@@ -185,13 +213,21 @@ class KubeStandIn:
 
     def warn(self, namespace: str, kind: str, name: str, reason: str, message: str) -> None:
         """Record a Warning event on an object, as a controller does (a Job's `FailedCreate ... exceeded quota`)."""
-        event = {
-            "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason, "message": message,
-            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
-            "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
-            "lastTimestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        self._call(lambda: self.kmock.objects.__setitem__((EVENTS, namespace, event["metadata"]["name"]), event))
+        self.event(namespace, kind, name, None, "Warning", reason, message)
+
+    def event(self, namespace: str, kind: str, name: str, uid: str | None, event_type: str, reason: str,
+              message: str) -> None:
+        """Record an event on an object (`Normal` or `Warning`), as its controller would."""
+        self._call(lambda: self._record_event(namespace, kind, name, uid, event_type, reason, message))
+
+    def expire_events(self) -> None:
+        """Drop every event, as the API server does an hour after each (its `--event-ttl`)."""
+
+        def expire() -> None:
+            for (resource, _, _), event in self.kmock.objects.items():
+                if resource == EVENTS and not event.deleted:
+                    event.delete()
+        self._call(expire)
 
     def expire_watches(self) -> None:
         """Compact the history: every resourceVersion handed out so far is too old.
@@ -238,6 +274,86 @@ class KubeStandIn:
         return [obj.raw for (res, ns, _), obj in self.kmock.objects.items()
                 if res == PODS and not obj.deleted and _in_scope(obj.raw, namespace, selector)]
 
+    def _delete_pod(self, namespace: str, name: str) -> None:
+        self._pod_event("DELETED", namespace, name, {})
+        self.kmock.objects[PODS, namespace, name].delete()
+
+    def _record_event(self, namespace: str, kind: str, name: str, uid: str | None, event_type: str, reason: str,
+                      message: str) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        event = {
+            "apiVersion": "v1", "kind": "Event", "type": event_type, "reason": reason, "message": message,
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+            "involvedObject": {"kind": kind, "name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "count": 1,
+        }
+        self.kmock.objects[EVENTS, namespace, event["metadata"]["name"]] = event
+
+    # --- the controllers (in the server's loop) --------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        """The Job controller, the TTL-after-finished controller and the garbage collector: at every change, and
+        every CONTROL_SECONDS (a TTL runs out with no change, and kmock deletes objects without telling)."""
+        while not self._closing:
+            changed = self._changed
+            self._control()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), CONTROL_SECONDS)
+
+    def _control(self) -> None:
+        for (resource, namespace, name), job in list(self.kmock.objects.items()):
+            if resource != JOBS:
+                continue
+            uid = job.last.get("metadata", {}).get("uid")
+            if job.deleted:
+                if uid not in self._collected:  # garbage collection: the Job's pods go with it
+                    self._collected.add(uid)
+                    for pod in self._pods_of(job.last.raw):
+                        self._delete_pod(namespace, pod)
+                continue
+            if uid not in self._finished:
+                self._sync_status(namespace, name, uid, job)
+            ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+            if uid in self._finished and ttl is not None and self._loop.time() - self._finished[uid] >= ttl:
+                job.delete()  # the garbage collector takes its pods at the next pass
+                self._notify()
+
+    def _pods_of(self, job: dict[str, Any]) -> list[str]:
+        """The names of a Job's pods: those its ownerReferences name, else those with all its template's labels."""
+        namespace, uid = job["metadata"].get("namespace"), job["metadata"].get("uid")
+        labels = (((job.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        names = []
+        for (resource, pod_namespace, name), pod in self.kmock.objects.items():
+            if resource != PODS or pod_namespace != namespace or pod.deleted:
+                continue
+            metadata = pod.raw["metadata"]
+            owners = metadata.get("ownerReferences") or []
+            pod_labels = metadata.get("labels") or {}
+            if (any(owner.get("uid") == uid for owner in owners) if owners
+                    else labels and all(pod_labels.get(key) == value for key, value in labels.items())):
+                names.append(name)
+        return names
+
+    def _sync_status(self, namespace: str, name: str, uid: str, job: kmock.Object) -> None:
+        """The Job controller's verdict from the Job's pods (or from a status a test set), once."""
+        status = job.get("status") or {}
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if not (status.get("succeeded") or status.get("failed")):
+            phases = [self.kmock.objects[PODS, namespace, pod]["status"].get("phase") for pod in self._pods_of(job.raw)]
+            if "Failed" in phases:
+                job["status"] = {**status, "failed": phases.count("Failed"), "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                     "message": BACKOFF_LIMIT_EXCEEDED, "lastTransitionTime": now}]}
+                self._record_event(namespace, "Job", name, uid, "Warning", "BackoffLimitExceeded", BACKOFF_LIMIT_EXCEEDED)
+            elif phases and all(phase == "Succeeded" for phase in phases):
+                job["status"] = {**status, "succeeded": len(phases), "completionTime": now, "conditions": [
+                    {"type": "Complete", "status": "True", "lastTransitionTime": now}]}
+                self._record_event(namespace, "Job", name, uid, "Normal", "Completed", "Job completed")
+            else:
+                return
+        self._finished[uid] = self._loop.time()
+
     # --- request handlers (in the server's loop) -------------------------------------------------
 
     def _created(self, request: kmock.Request) -> dict[str, Any]:
@@ -248,6 +364,7 @@ class KubeStandIn:
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         stored.patch({"metadata": {"namespace": namespace, "uid": str(uuid.uuid4()),
                                    "resourceVersion": self._next_rv(), "creationTimestamp": now}})
+        self._notify()  # the controllers look at what was created
         return stored.raw
 
     def _list_pods(self, request: kmock.Request) -> dict[str, Any]:

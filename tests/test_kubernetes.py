@@ -15,8 +15,10 @@ import time
 import pytest
 import yaml
 
-from conftest import SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_attempts, wait_for_final, wait_for_log
+from conftest import (SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs,
+                      wait_for_attempts, wait_for_final, wait_for_log, write_json)
 from helm_chart import render, unauthorized
+from kube_kubelet import Kubelet
 from kube_standin import KubeStandIn
 
 IMAGE = "registry.local/train:1"
@@ -25,8 +27,9 @@ API_KEY = "wandb-key-5c1e7a"
 
 @pytest.fixture
 def kube_agent(kube, make_queue, start_agent, monkeypatch, tmp_path):
-    def start(queue_config: dict, **env: str) -> str:
-        for name, value in {"KUBECONFIG": kube.kubeconfig(tmp_path / "kubeconfig"), "WANDB_API_KEY": API_KEY,
+    def start(queue_config: dict, cluster: KubeStandIn | None = None, **env: str) -> str:
+        cluster = cluster or kube
+        for name, value in {"KUBECONFIG": cluster.kubeconfig(tmp_path / "kubeconfig"), "WANDB_API_KEY": API_KEY,
                             **env}.items():
             monkeypatch.setenv(name, value)
         path = tmp_path / "queue.yaml"
@@ -181,7 +184,7 @@ def test_custom_resource_is_created_with_its_plural_and_every_replica_followed(k
     assert wait_for_final(run_id, timeout=60).state.is_completed()
     # Everything the agent asked of the API server so far (Jobs, Secrets, pod watches and logs,
     # discovery, this PyTorchJob), the Helm chart's Roles allow in the queues' namespaces.
-    namespaces = ["default", "team", "slow", "spot", "adopt"]  # the namespaces this file's queues name (wandb is the agent's)
+    namespaces = ["default", "team", "slow", "spot", "adopt", "ttl"]  # the namespaces this file's queues name (wandb is the agent's)
     assert unauthorized(kube.requests(), render({"additionalTargetNamespaces": namespaces})) == []
 
 
@@ -248,6 +251,101 @@ def test_status_shows_why_the_job_waits_then_its_start_and_run(kube, kube_agent)
     assert wait_for_final(run_id, timeout=60).state.is_completed()
     status = cli("status", run_id).stdout
     assert re.findall(r"^  (submit|start|run)\s", status, re.M) == ["submit", "start", "run"] and "ongoing" not in status
+
+
+def _jobs_created(kube: KubeStandIn, run_id: str) -> int:
+    return sum(1 for r in kube.requests() if r.action and r.action.name.lower() == "create" and r.resource
+               and r.resource.plural == "jobs" and r.data["metadata"]["name"] == f"prefect-launch-{run_id}")
+
+
+def test_jobs_removed_after_their_ttl_while_no_agent_followed_them_end_as_their_events_say(kube, kube_agent,
+                                                                                          start_agent, tmp_path):
+    """The agent dies; the jobs end and their TTL removes Jobs and pods; the next agent reads each end from the
+    Job controller's events. A Job deleted before it ended leaves no such event: Crashed, saying so, never a guess.
+    One Job outlives the restart without its pod (deleted after it ended): the new agent follows it, sees no pod,
+    and settles it from its events once the Job is deleted too, not after a start timeout."""
+    from kubernetes import client
+
+    queue = kube_agent({"namespace": "ttl", "spec": {"ttlSecondsAfterFinished": 1}})
+    runs = {end: run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py")) for end in ("ok", "exit 3", "deleted")}
+    longer_ttl = write_json(tmp_path / "ttl.json", {"resource_args": {"spec": {"ttlSecondsAfterFinished": 3600}}})
+    runs["followed"] = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py", "-c", str(longer_ttl)))
+    jobs = {}
+    for end, run_id in runs.items():
+        jobs[end] = _job(kube, "ttl", run_id)
+        kube.create_pod("ttl", f"prefect-launch-{run_id}-t1", _labels(run_id), phase="Running")
+        kube.pod_log("ttl", f"prefect-launch-{run_id}-t1", [f"{end} is running"])
+    for end, run_id in runs.items():
+        wait_for_log(run_id, lambda line: line == f"{end} is running")
+    start_agent.agents[-1].kill()
+
+    kube.update_pod("ttl", f"prefect-launch-{runs['ok']}-t1", phase="Succeeded",
+                    container_statuses=[{"name": "launch", "state": {"terminated": {"exitCode": 0}}}])
+    kube.update_pod("ttl", f"prefect-launch-{runs['exit 3']}-t1", phase="Failed",
+                    container_statuses=[{"name": "launch", "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}])
+    batch = client.BatchV1Api(client.ApiClient(client.Configuration(host=kube.host)))
+    batch.delete_namespaced_job(f"prefect-launch-{runs['deleted']}", "ttl", propagation_policy="Background")
+    followed_pod = f"prefect-launch-{runs['followed']}-t1"
+    kube.update_pod("ttl", followed_pod, phase="Succeeded",
+                    container_statuses=[{"name": "launch", "state": {"terminated": {"exitCode": 0}}}])
+    kube.delete_pod("ttl", followed_pod)
+    for end in ("ok", "exit 3", "deleted"):  # the TTL controller (and the garbage collector) removed Jobs and pods
+        _wait_for(f"{end} Job gone", lambda: True if jobs[end].deleted else None, timeout=30)
+    assert not [pod for (namespace, _), pod in kube.snapshot("v1/pods").items() if namespace == "ttl"]
+
+    start_agent("-q", queue)
+    wait_for_log(runs["followed"], lambda line: line.startswith("Following Job ttl/"))
+    assert not flow_run_of(runs["followed"]).state.is_final()  # found, with no pod left: followed while it exists
+    batch.delete_namespaced_job(f"prefect-launch-{runs['followed']}", "ttl", propagation_policy="Background")
+    ok, failed, deleted, followed = (wait_for_final(run_id, timeout=90).state for run_id in runs.values())
+    assert followed.is_completed(), followed
+    assert any("its events say how it ended: Completed" in line for line in run_logs(flow_run_of(runs["followed"]).id))
+    assert ok.is_completed(), ok
+    assert failed.is_failed() and "BackoffLimitExceeded" in failed.message and "from its events" in failed.message, failed
+    assert deleted.is_crashed() and "is no longer on kubernetes: not submitted again" in deleted.message, deleted
+    assert all(_jobs_created(kube, run_id) == 1 for run_id in runs.values())  # none created again
+
+
+JOB_WITH_A_WANDB_RUN = """import os, sys, time
+print("up", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.1)
+os.makedirs(os.environ["WANDB_DIR"], exist_ok=True)
+import wandb
+wandb.init(project="ttl")
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def test_a_job_gone_with_its_events_ends_as_its_wandb_run_recorded(kube_agent, start_agent, tmp_path):
+    """The Job and its events are gone (its TTL, then the API server's event TTL, ran out while no agent
+    followed it): the exit code its W&B run recorded, in the WANDB_DIR the queue config put on a folder the agent
+    reads, settles the run. The stand-in's kubelet runs the job, wandb.init included."""
+    script, release = tmp_path / "job.py", tmp_path / "release"
+    script.write_text(JOB_WITH_A_WANDB_RUN)
+    env = [{"name": "WANDB_DIR", "value": str(tmp_path / "wandb-runs" / "${run_id}")},
+           {"name": "WANDB_MODE", "value": "offline"}, {"name": "WANDB_SILENT", "value": "true"}]
+    config = {"namespace": "wb", "spec": {"ttlSecondsAfterFinished": 1, "template": {"spec": {"containers": [{"env": env}]}}}}
+    with KubeStandIn() as cluster, Kubelet(cluster, tmp_path / "node"):
+        queue = kube_agent(config, cluster=cluster)
+        runs = {code: run_id_of(launch("-q", queue, "-d", IMAGE, "-E", f"python {script} {release} {code}"))
+                for code in (0, 3)}
+        for run_id in runs.values():
+            wait_for_log(run_id, lambda line: line == "up")
+        start_agent.agents[-1].kill()
+        release.touch()
+        deadline = time.monotonic() + 60
+        while any(key[1] == f"prefect-launch-{run_id}" for key in cluster.snapshot("batch/v1/jobs") for run_id in runs.values()):
+            assert time.monotonic() < deadline, "the TTL controller did not remove the Jobs"
+            time.sleep(0.2)
+        cluster.expire_events()
+
+        start_agent("-q", queue)
+        completed, failed = (wait_for_final(run_id, timeout=90) for run_id in runs.values())
+        assert completed.state.is_completed(), completed.state
+        assert failed.state.is_failed() and "exited with code 3 (recorded by its W&B run" in failed.state.message, failed.state
+        assert any("its W&B run" in line and "recorded exit code 0" in line for line in run_logs(completed.id))
+        assert all(_jobs_created(cluster, run_id) == 1 for run_id in runs.values())
 
 
 def test_the_cluster_comes_from_a_prefect_kubernetes_block_named_in_the_agent_config(kube, make_queue, start_agent,

@@ -8,27 +8,36 @@
 - The Prefect server restarted mid-run: a job that ends during the outage,
   one waiting on the queue and one enqueued after the restart all complete.
 
-Adoption on Kubernetes and SageMaker is in `test_kubernetes.py` and
-`test_sagemaker.py`, next to their stand-ins.
+- The restart drill on the Kubernetes stand-in, whose TTL controller removes
+  finished Jobs 2 s after they end.
+- Containers that dead agents left Exited or Created: removed when their run
+  has ended or not started, started once when their run is adopted.
+- Agents on hosts of their own (namespaces): the heartbeat rule, not the pid,
+  decides a takeover (`drills/cross_host.py` at CI size).
+
+Adoption on Kubernetes, SageMaker and Vertex AI is in `test_kubernetes.py`,
+`test_sagemaker.py` and `test_vertex.py`, next to their stand-ins.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import anyio
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.states import Running
+from prefect.states import Cancelled, Completed
 
-import restart  # drills/restart.py (conftest puts drills/ on the path)
-from conftest import cli, flow_run_of, launch, run_id_of, run_logs, wait_for_final, wait_for_log
-from prefect_launch.server import free_port, start_server, stop_server
+import cross_host  # drills/cross_host.py (conftest puts drills/ on the path)
+import restart  # drills/restart.py
+from prefect_server import stable_port  # drills/prefect_server.py
+from conftest import (DEAD_AGENT, AgentProcess, cancel_run, cli, dry_run_submission, flow_run_of, held_by, launch, on_server,
+                      run_id_of, run_logs, wait_for_final, wait_for_log)
+from prefect_launch.server import start_server, stop_server
 from services import BASE_IMAGE, docker_engine
 
 WAIT_FOR_RELEASE = "import os, time\nwhile not os.path.exists({release!r}): time.sleep(0.1)\nprint('released', flush=True)\n"
@@ -54,6 +63,34 @@ def test_restart_drill_loses_nothing_runs_nothing_twice_and_fails_nothing(engine
     print(restart.table([result]))
     assert result.lost == [] and result.twice == [] and result.false_failures == [], restart.table([result])
     assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
+
+
+def test_restart_drill_on_kubernetes_with_a_ttl_loses_nothing_runs_nothing_twice_and_fails_nothing(home, tmp_path):
+    """The stand-in's TTL controller removes a finished Job and its pods 2 s after it ends, while agents are
+    killed and restarted: runs whose Jobs ended unseen are settled from the Jobs' events."""
+    logs = tmp_path / "agents"
+    logs.mkdir()
+    queue = f"adopt-k8s-{random.randrange(16**8):08x}"
+    with restart.kubernetes_cluster(tmp_path) as agent_env:
+        restart.create_kubernetes_queue(queue, tmp_path, home)
+        result = restart.run_round(queue, home, jobs=8, kills=2, logs=logs, rng=random.Random(7), agent_env=agent_env)
+    print(restart.table([result]))
+    assert result.lost == [] and result.twice == [] and result.false_failures == [], restart.table([result])
+    assert result.adopted + result.requeued >= 1, "no kill caught a job: the drill exercised nothing"
+
+
+def test_an_agent_on_another_host_with_the_same_name_takes_over_by_the_heartbeat_rule_not_the_pid(home, tmp_path):
+    """Two agents in separate PID, UTS, mount and network namespaces (`drills/hosts.py`) cannot see each other's
+    pids: the second leaves the first's job alone while the first beats, and takes it over within the heartbeat
+    rule's window once the first's node is lost; the job runs once and completes. Both are started with one
+    `--name`: the second's heartbeats do not keep the first alive."""
+    queue = f"cross-host-{random.randrange(16**8):08x}"
+    with restart.kubernetes_cluster(tmp_path) as agent_env:
+        restart.create_kubernetes_queue(queue, tmp_path, home)
+        result = cross_host.run_takeover(queue, home, tmp_path / "hosts", 2.0, Path(agent_env["KUBECONFIG"]),
+                                         name="twin")
+    print(cross_host.table([result]))
+    assert result.ok, cross_host.table([result])
 
 
 def test_a_job_removed_while_no_agent_followed_it_ends_as_it_exited_and_is_not_submitted_again(engine, start_agent,
@@ -85,15 +122,7 @@ def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agen
     which reach back before the run started and never name it, show it was never created."""
     queue = _container_queue(tmp_path, rm=rm)
     run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", "python -c 'print(\"trained once\")'"))
-    flow_run = flow_run_of(run_id)
-    dead = f"on agent gone [{socket.gethostname()}:{2**22 + 1}:1]"  # above pid_max: no such process
-
-    async def die_after_recording_the_submission() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run.id, Running(message=f"Running {dead}"), force=True)
-            await client.update_flow_run(flow_run.id, infrastructure_pid=f"local-container/{run_id}")
-
-    anyio.run(die_after_recording_the_submission)
+    held_by(run_id, DEAD_AGENT, submitted=True)  # its agent died after recording the submission
     agent = start_agent("-q", queue)
     final = wait_for_final(run_id, timeout=90)
     assert final.state.is_completed(), final.state
@@ -102,6 +131,112 @@ def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agen
     why = "whose events show it was never created" if rm else "where a job stays once created"
     assert any(why in line and "agent gone [" in line and "died before creating it" in line for line in lines)
     assert "Adopted 1 running job(s)" in agent.output()
+
+
+def _wait_for_file_job(release: Path, line: str) -> str:
+    """A container job that says `line`, then runs until `release` (in its run folder, /launch/run) exists."""
+    return f"sh -c 'echo {line}; until [ -e /launch/run/{release.name} ]; do sleep 0.1; done'"
+
+
+def test_a_run_cancelled_while_its_agent_is_dead_has_its_job_stopped_and_ends_cancelled(engine, start_agent, tmp_path,
+                                                                                       home):
+    queue = _container_queue(tmp_path)
+    agent = start_agent("-q", queue)
+    run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", _wait_for_file_job(Path("never"), "up")))
+    wait_for_log(run_id, lambda line: line == "up")
+    agent.kill()
+    cancel_run(run_id)  # its job was submitted (infrastructure_pid): the server leaves it Cancelling for an agent
+    assert flow_run_of(run_id).state.is_cancelling()
+
+    start_agent("-q", queue)
+    final = wait_for_final(run_id, timeout=90)
+    assert final.state.is_cancelled(), final.state
+    assert "Cancelled while its agent launch-agent-" in final.state.message and "its job was stopped" in final.state.message
+    _wait_until_gone(f"prefect-launch-{run_id}")  # stopped, and removed once Cancelled was on record
+
+
+def test_an_orphan_is_adopted_into_a_free_job_slot_before_any_new_run_is_claimed(engine, start_agent, tmp_path, home):
+    """Agent B (max_jobs 1) is busy when agent A dies: A's running job waits, unfollowed, for B's slot; B claims
+    nothing new meanwhile, and adopts the orphan the moment its own job ends, before the run waiting on the queue."""
+    queue = _container_queue(tmp_path)
+    runs = home / "runs"
+    a = start_agent("-q", queue, "--max-jobs", "1")
+    orphan = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", _wait_for_file_job(Path("release"), "orphan up")))
+    wait_for_log(orphan, lambda line: line == "orphan up")
+    b = AgentProcess(["-q", queue, "--max-jobs", "1"], tmp_path / "agent-b.log",
+                     env={**os.environ, "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}).wait_ready()  # a round every 2 s
+    start_agent.agents.append(b)
+    busy = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", _wait_for_file_job(Path("release"), "busy up")))
+    wait_for_log(busy, lambda line: line == "busy up")
+    waiting = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", "echo waited"))
+    a.kill()
+    deadline = time.monotonic() + 60
+    while f"Run {orphan} is orphaned" not in b.output():
+        assert time.monotonic() < deadline, b.output()[-3000:]
+        time.sleep(0.2)
+    assert "adopted" not in (flow_run_of(orphan).state.message or "") and flow_run_of(waiting).state.is_scheduled()
+
+    (runs / busy / "release").touch()
+    wait_for_log(orphan, lambda line: "Adopted on agent" in line)
+    assert wait_for_final(busy, timeout=60).state.is_completed()
+    (runs / orphan / "release").touch()
+    assert wait_for_final(orphan, timeout=90).state.is_completed()
+    assert wait_for_final(waiting, timeout=90).state.is_completed()
+    states = {run_id: on_server("read_flow_run_states", flow_run_of(run_id).id) for run_id in (orphan, waiting)}
+    adoption = next(state for state in states[orphan] if "adopted" in (state.message or ""))
+    claim = next(state for state in states[waiting] if state.is_pending())
+    assert claim.timestamp > adoption.timestamp  # the orphan took the freed slot first
+
+
+def _start_ticks() -> int:
+    """This process's start time in clock ticks (`/proc/self/stat` field 22), as an owner tag holds it."""
+    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def _exists(container: str) -> bool:
+    return subprocess.run(["docker", "container", "inspect", container], capture_output=True).returncode == 0
+
+
+def test_what_dead_agents_left_on_docker_is_removed_when_its_run_is_done_or_waiting_and_run_once_when_adopted(
+        engine, start_agent, tmp_path, home):
+    """An agent killed between a run's final state and `docker rm` leaves its container Exited; a `docker run` killed
+    between create and start leaves it Created. A starting agent removes those of runs that ended or wait on the
+    queue (which then runs without a name conflict), leaves those of a live agent's run or of runs it does not know,
+    and an adopter starts a Created container of a Running orphan once."""
+    queue = _container_queue(tmp_path)
+    job = "python -c 'print(\"trained once\")'"
+    ended, waiting, live, adopted = (run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", job)) for _ in range(4))
+    unknown = f"unkn{random.randrange(16**4):04x}"
+    ran = ["docker", "run", "--network", "host", "--label"]
+    for run_id in (ended, live):  # exited, its run's final state (or a live agent) on record
+        subprocess.run([*ran, f"prefect-launch.run-id={run_id}", "--name", f"prefect-launch-{run_id}", BASE_IMAGE, "true"],
+                       check=True, capture_output=True)
+    for run_id in (waiting, unknown):  # created, never started
+        subprocess.run(["docker", "create", "--label", f"prefect-launch.run-id={run_id}", "--name",
+                        f"prefect-launch-{run_id}", BASE_IMAGE, "true"], check=True, capture_output=True)
+    # The adopted run's container as its dead agent's `docker run` created it, from the same submission.
+    submission = dry_run_submission("-q", queue, "-d", BASE_IMAGE, "-E", job, "--run-id", adopted, home_dir=tmp_path / "h")
+    (home / "runs" / adopted).mkdir(parents=True, exist_ok=True)
+    subprocess.run(["docker", "create", *submission["argv"][2:]], env={**os.environ, **submission["env"]}, check=True,
+                   capture_output=True)
+    alive = f"on agent tester [{socket.gethostname()}:{os.getpid()}:{_start_ticks()}]"  # this test's own process
+    on_server("set_flow_run_state", flow_run_of(ended).id, Completed(), force=True)
+    held_by(live, alive, submitted=True)
+    held_by(adopted, DEAD_AGENT, submitted=True)
+    try:
+        agent = start_agent("-q", queue)
+        for run_id in (waiting, adopted):
+            final = wait_for_final(run_id, timeout=90)
+            assert final.state.is_completed(), final.state  # `waiting` ran: its stale container was gone
+            assert run_logs(final.id).count("trained once") == 1
+        assert any("was created but never started: starting it" in line for line in run_logs(flow_run_of(adopted).id))
+        assert not _exists(f"prefect-launch-{ended}")
+        assert _exists(f"prefect-launch-{live}") and _exists(f"prefect-launch-{unknown}")
+        assert re.search(rf"Removed 2 leftover\(s\) .*: prefect-launch-({ended}|{waiting}) .*prefect-launch-({ended}|{waiting})",
+                         agent.output()), agent.output()
+    finally:
+        subprocess.run(["docker", "rm", "--force", f"prefect-launch-{live}", f"prefect-launch-{unknown}"], capture_output=True)
+        on_server("set_flow_run_state", flow_run_of(live).id, Cancelled(), force=True)
 
 
 def _wait_until_gone(container: str, timeout: float = 60) -> None:
@@ -126,17 +261,31 @@ def test_a_local_process_job_ends_crashed_when_its_agent_dies(start_agent, make_
     assert state.is_crashed() and "local-process jobs cannot be adopted by another agent" in state.message, state
 
 
-def _port_below_the_ephemeral_range() -> int:
-    """A free port the kernel never hands out by itself, as the embedded server's default (4200) is.
-
-    A port from bind(0) is ephemeral: while its server is down, any client socket or bind(0) on
-    the machine (another test worker's) may take it, and the server cannot come back on it.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 10_000), low), 100):
-        if free_port(port) == port:
-            return port
-    raise AssertionError(f"no free port below the ephemeral range ({low})")
+def test_a_local_process_job_whose_agent_died_is_settled_by_its_record_or_started_if_it_never_was(
+        start_agent, make_queue, tmp_path, home):
+    """An agent died between its job's exit and the run's final state: the exit code it wrote into the run
+    folder as the job exited settles the run (the adopter is on the same machine), not Crashed. One that died
+    before it put the job's submission on record never started the job: the adopter starts it, once."""
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "job.py").write_text("print('job ran', flush=True)\n")
+    runs = {end: run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py")) for end in ("0", "3", "unstarted")}
+    for end, run_id in runs.items():
+        held_by(run_id, DEAD_AGENT, submitted=end != "unstarted")
+    for end in ("0", "3"):  # what the dead agent wrote as its job exited
+        (home / "runs" / runs[end]).mkdir(parents=True, exist_ok=True)
+        (home / "runs" / runs[end] / ".prefect-launch-exit-code").write_text(f"{end}\n")
+    start_agent("-q", queue)
+    completed, failed, unstarted = (wait_for_final(run_id, timeout=90) for run_id in runs.values())
+    assert completed.state.is_completed(), completed.state
+    assert failed.state.is_failed() and failed.state.message == "process exited with code 3", failed.state
+    assert unstarted.state.is_completed(), unstarted.state
+    lines = {end: run_logs(flow_run_of(run_id).id) for end, run_id in runs.items()}
+    assert any("exited with code 0 before its agent died" in line for line in lines["0"])
+    assert "job ran" not in lines["0"] and "job ran" not in lines["3"]  # followed to their recorded end
+    assert lines["unstarted"].count("job ran") == 1
+    assert any("died before it started the job: starting it" in line for line in lines["unstarted"])
 
 
 @pytest.fixture
@@ -145,7 +294,7 @@ def own_server(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server_home = tmp_path / "server"
-    url = start_server(server_home, port=_port_below_the_ephemeral_range())
+    url = start_server(server_home, port=stable_port())
     monkeypatch.setenv("PREFECT_API_URL", url)  # the CLI and agents
     with temporary_settings({PREFECT_API_URL: url}):  # this process's client (settings are read at import)
         yield server_home, url

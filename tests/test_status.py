@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 
@@ -54,7 +55,7 @@ def test_status_logs_and_progress_of_a_local_process_run(make_queue, start_agent
 
     overview = cli("status").stdout
     block = overview[overview.index(f"queue {queue} (local-process)"):].split("\nqueue ")[0]
-    assert re.search(rf"agent agent-{queue}: last heartbeat \S+ s ago \(alive\)", block), block
+    assert re.search(rf"agent agent-{queue}@{socket.gethostname()}: last heartbeat \S+ s ago \(alive\)", block), block
     assert "runs: Completed 2" in block
 
 

@@ -21,7 +21,8 @@ import yaml
 
 from google.cloud.aiplatform_v1.types import Scheduling, WorkerPoolSpec
 
-from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, run_id_of, wait_for_attempts, run_logs, unique, wait_for_final, wait_for_log, write_json
+from conftest import (DEAD_AGENT, SEEDS, cancel_run, cli, dry_run_submission, held_by, launch, run_id_of, run_logs, unique,
+                      wait_for_attempts, wait_for_final, wait_for_log, write_json)
 from services import BASE_IMAGE, Registry, docker_engine
 from vertex_standin import VertexStandIn
 
@@ -164,6 +165,37 @@ def test_vertex_failed_expired_and_cancelled(vertex, artifact_registry, vertex_a
     assert wait_for_final(queued, timeout=60).state.is_cancelled()
     assert any(r.path == f"/v1/{name}:cancel" for r in vertex.requests)  # the CustomJob was cancelled
     assert vertex.jobs[name]["state"] == "JOB_STATE_CANCELLED"
+
+
+def test_a_new_agent_adopts_a_custom_job_by_its_label_and_creates_one_never_created(vertex, artifact_registry,
+                                                                                   vertex_agent, start_agent, tmp_path):
+    """CustomJob names are Vertex AI's numbers: the adopter lists the run-id label to find the dead agent's job.
+    A run whose dead agent recorded the submission but never created the job (no CustomJob with its label: they
+    stay listed) gets it created once."""
+    image = f"{artifact_registry.host}/{REPOSITORY}:prebuilt"
+    before = _creates(vertex)
+    followed = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
+    name, _ = _created(vertex, before + 1)
+    vertex.set_state(name, "JOB_STATE_RUNNING")
+    wait_for_log(followed, lambda line: line.endswith("JOB_STATE_RUNNING"))
+    start_agent.agents[-1].kill()
+
+    never_created = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
+    held_by(never_created, DEAD_AGENT, submitted=True)  # its agent died after recording the submission
+    start_agent("-q", vertex_agent, "--config", str(tmp_path / "launch-config.yaml"))
+    wait_for_log(followed, lambda line: line == f"Following Vertex AI CustomJob {name} (JOB_STATE_RUNNING)")
+    listed = [r for r in vertex.requests if r.method == "GET" and r.path.endswith("/customJobs")]
+    assert any(r.query.get("filter") == [f'labels.prefect-launch-run-id="{followed}"'] for r in listed), listed
+    vertex.set_state(name, "JOB_STATE_SUCCEEDED")
+    assert wait_for_final(followed, timeout=60).state.is_completed()
+
+    created, _ = _created(vertex, before + 2)
+    assert vertex.jobs[created]["labels"] == {"prefect-launch-run-id": never_created}
+    vertex.set_state(created, "JOB_STATE_SUCCEEDED")
+    final = wait_for_final(never_created, timeout=60)
+    assert final.state.is_completed(), final.state
+    assert any("where a job stays once created" in line for line in run_logs(final.id))
+    assert _creates(vertex) == before + 2  # one CustomJob per run: followed, or created once
 
 
 def test_vertex_seeds_render_through_dry_run():

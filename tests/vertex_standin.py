@@ -4,6 +4,8 @@
 It serves, on http://127.0.0.1:<free port>:
   POST /token                                          OAuth2 JWT-bearer exchange (service-account token_uri)
   POST /v1/projects/P/locations/L/customJobs           create  -> JOB_STATE_PENDING
+  GET  /v1/projects/P/locations/L/customJobs           list, oldest first: `filter` with `labels.KEY="VALUE"` terms
+                                                       joined by AND (any other filter is refused), pageSize, pageToken
   GET  /v1/projects/P/locations/L/customJobs/ID        get
   POST /v1/projects/P/locations/L/customJobs/ID:cancel cancel  -> JOB_STATE_CANCELLING
 Every request needs a Bearer token it issued, or a JWT signed by the service-account key of
@@ -53,6 +55,7 @@ TERMINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELL
                    "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
 CREATE = re.compile(r"/v1/(projects/[^/]+/locations/[^/]+)/customJobs")
 JOB = re.compile(r"/v1/(projects/[^/]+/locations/[^/]+/customJobs/[^/:]+)(:cancel)?")
+LABEL_TERM = re.compile(r'labels\.(?P<key>[\w-]+)\s*=\s*"?(?P<value>[^"]*)"?')
 
 
 @dataclass
@@ -138,6 +141,8 @@ class VertexStandIn:
             return _error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         if request.method == "POST" and (match := CREATE.fullmatch(request.path)):
             return self._create(match[1], request.body or {})
+        if request.method == "GET" and (match := CREATE.fullmatch(request.path)):
+            return self._list(match[1], request.query)
         match = JOB.fullmatch(request.path)
         if not match or match[1] not in self.jobs:
             return _error(404, "NOT_FOUND", f"{request.method} {request.path}: no such CustomJob")
@@ -171,6 +176,21 @@ class VertexStandIn:
         name, now = f"{parent}/customJobs/{next(self._ids)}", _now()
         self.jobs[name] = {**custom_job, "name": name, "state": "JOB_STATE_PENDING", "createTime": now, "updateTime": now}
         return 200, self.jobs[name]
+
+    def _list(self, parent: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+        wanted: dict[str, str] = {}
+        for term in filter(None, query.get("filter", [""])[0].split(" AND ")):
+            match = LABEL_TERM.fullmatch(term.strip())
+            if match is None:
+                return _error(400, "INVALID_ARGUMENT", f"the stand-in filters on labels.KEY=\"VALUE\" only, not {term!r}")
+            wanted[match["key"]] = match["value"]
+        jobs = [job for name, job in self.jobs.items() if name.startswith(f"{parent}/customJobs/")
+                and all((job.get("labels") or {}).get(key) == value for key, value in wanted.items())]
+        start, size = int(query.get("pageToken", ["0"])[0] or 0), int(query.get("pageSize", ["100"])[0] or 100)
+        page = {"customJobs": jobs[start:start + size]}
+        if start + size < len(jobs):
+            page["nextPageToken"] = str(start + size)
+        return 200, page
 
     def _get(self, name: str) -> dict:
         if name in self._polls_left:

@@ -40,6 +40,7 @@ from prefect_launch.redact import for_display
 from prefect_launch.spec import LaunchSpec, QueueConfig, ResolvedJob, run_id_for
 from prefect_launch.targets import Handle, Outcome, Progress
 from prefect_launch.timeline import Rows, Timeline, timeline_key
+from prefect_launch.wandb_files import run_created
 
 
 @dataclass
@@ -152,10 +153,13 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
         log.info("Using %s", environment.verify())
     rendered = context.render(job, overrides)
     adoption = context.adoption
-    if adoption is not None:
+    if adoption is not None and not adoption.submitted and not context.target.adoptable:
+        # Its submission is on record before a job can start: a job that dies with its agent never started.
+        log.info("Agent %s died before it started the job: starting it", adoption.previous_owner)
+    elif adoption is not None:
         # Attach first even when the dead agent's submit task is not on record yet (task states reach the
         # server a moment late): whatever exists under the run's name is followed, never created again.
-        handle = context.target.attach(rendered["submission"], log)
+        handle = context.target.attach(rendered["submission"], log, adoption.started)
         if handle is not None:
             return rendered, handle
         if adoption.submitted:
@@ -168,11 +172,11 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
             log.info("Not on %s, %s: agent %s died before creating it", queue.resource.value,
                      "whose events show it was never created" if vanishes else "where a job stays once created",
                      adoption.previous_owner)
-    if context.target.adoptable:
-        # On record before the job can exist, so an agent adopting this run after this one dies knows that a
-        # job missing from the target was submitted once and must not be submitted again.
-        run_context = FlowRunContext.get()
-        run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
+    # On record before the job can exist, so an agent adopting this run after this one dies knows that a job
+    # missing from the target was submitted once and must not be submitted again, and that a job which dies
+    # with its agent (local-process) and is not on record never started.
+    run_context = FlowRunContext.get()
+    run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
     _not_cancelled(context, "before the submit")
     log.info("Submitting to %s: %s", queue.resource.value, json.dumps(for_display(rendered["submission"])))
     handle = context.target.submit(rendered["submission"], log)
@@ -197,6 +201,28 @@ def monitor(job: ResolvedJob, context: LaunchContext, handle: Handle, progress: 
     return outcome
 
 
+def stop_orphaned_job(context: LaunchContext, spec: LaunchSpec, since: datetime | None,
+                      log: logging.Logger | logging.LoggerAdapter) -> tuple[str, Handle | None]:
+    """Stop the job of a run asked to cancel after its agent died: what was done, and the handle to release.
+
+    The job is found as an adopter finds it (its submission prepared as this flow prepares it, then
+    `Target.attach`) and stopped as a cancel stops it (`Target.wait` with the run cancelled). Its
+    leftovers are for the caller to release once the run's Cancelled state is on record.
+    """
+    job = context.resolve(spec)
+    image = context.plan_image(job, spec.resource_args).ref
+    rendered = context.render(context.with_image(job, image), spec.resource_args)
+    try:
+        handle = context.target.attach(rendered["submission"], log, since)
+    except AdoptionFailed as exc:  # a job that died with its agent (local-process)
+        return str(exc), None
+    if handle is None:
+        return f"its job is no longer on {context.queue.resource.value}: nothing to stop", None
+    context.cancel.set()
+    outcome = context.target.wait(handle, context.cancel, log, Timeline())
+    return f"its job was stopped ({outcome.message or outcome.state})", handle
+
+
 def executed_flow_outcome(flow_run_id: UUID, outcome: Outcome) -> Outcome:
     """How the deployed flow's run the job executed ended: Prefect's engine exits 0 once the flow's
     final state is on record, failed or not, so the launch run takes that state's outcome."""
@@ -212,10 +238,8 @@ def executed_flow_outcome(flow_run_id: UUID, outcome: Outcome) -> Outcome:
 
 
 def wandb_run_created(job: ResolvedJob) -> bool:
-    """wandb writes `<WANDB_DIR>/wandb/[offline-]run-<time>-<run id>/` for every run it creates."""
-    if job.run_dir is None:
-        return True
-    return any((job.run_dir / "wandb").glob(f"*run-*-{job.run_id}"))
+    """Whether the job created its W&B run, where its run folder is the agent's to read (a remote job's is not)."""
+    return job.run_dir is None or run_created(job.run_dir, job.run_id)
 
 
 @flow(name="launch", persist_result=False, log_prints=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect_launch.errors import LaunchError
 from prefect_launch.interfaces import Environment, Registry
 from prefect_launch.spec import Resource
-from prefect_launch.targets.base import Handle, Outcome, Progress, Target
+from prefect_launch.targets.base import Handle, Leftover, Outcome, Progress, Target
 from prefect_launch.targets.kubernetes import KubernetesTarget
 from prefect_launch.targets.local_container import LocalContainerTarget
 from prefect_launch.targets.local_process import LocalProcessTarget
@@ -38,4 +38,4 @@ def get_target(resource: Resource, environment: Environment | None = None, regis
     return target_class(resource)(environment, registry, cluster)
 
 
-__all__ = ["Handle", "Outcome", "Progress", "Target", "get_target", "target_class", "SUPPORTED_RESOURCES"]
+__all__ = ["Handle", "Leftover", "Outcome", "Progress", "Target", "get_target", "target_class", "SUPPORTED_RESOURCES"]

@@ -58,6 +58,15 @@ class Progress(Protocol):
         """The job runs now (a pod Running, a SageMaker job Training); reporting it again changes nothing."""
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """Something a run's job left on its target that only that run's end makes removable (a stopped container)."""
+
+    name: str
+    run_id: str
+    state: str  # the target's word for it: `exited`, `created`
+
+
 @dataclass
 class Outcome:
     # preempted: the infrastructure took the job away; the run may go back to its queue.
@@ -125,9 +134,13 @@ class Target(abc.ABC):
     def submit(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle:
         """Start the job; return once it is running (or raise LaunchError)."""
 
-    def attach(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle | None:
-        """The job this submission started, found by its name after the agent that submitted it died; None if gone.
+    def attach(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter,
+               since: datetime | None) -> Handle | None:
+        """The job this submission started, found after the agent that submitted it died; None if gone.
 
+        `since` is when the run first went Running: its job was not created before (a job of an earlier
+        run with the same run id is not this one). A job that is gone but whose end the target can still
+        read (from its events, or its W&B run's own record) is a handle whose `wait` returns that end.
         Never creates anything: an adopted run is followed, not submitted again.
         """
         raise AdoptionFailed(
@@ -150,6 +163,14 @@ class Target(abc.ABC):
         submits it instead of ending the run Crashed.
         """
         return False
+
+    def leftovers(self) -> list[Leftover]:
+        """What jobs left on the target that `release` did not remove (their agent died first, or a `docker run`
+        died between create and start); `prefect_launch.leftovers` removes those whose run is done or not started."""
+        return []
+
+    def remove_leftover(self, leftover: Leftover, log: logging.Logger | logging.LoggerAdapter) -> None:
+        """Remove one of `leftovers()`."""
 
     def release(self, handle: Handle, log: logging.Logger | logging.LoggerAdapter) -> None:
         """Remove what the job left on its target, once its outcome is on record (the run's final state).

@@ -42,6 +42,15 @@ one; the registry login) and the object; "already exists" attaches to it. The
 monitor (`kubernetes_monitor.py`) watches the run's pods; cancelling deletes
 the Job or custom resource; the Secrets are deleted when the run ends.
 
+A finished Job is deleted with its pods `ttlSecondsAfterFinished` seconds after it
+ended, whether or not an agent saw the end (its agent died, a watch was
+relisting). A run whose object is gone is then settled from what is left, never
+guessed: the Job controller's last event on it (`Completed`, or
+`BackoffLimitExceeded` and the other failure reasons; events outlive the Job by an
+hour), else the exit code its W&B run recorded, where the job's `WANDB_DIR` (set
+in the queue config, e.g. on a volume the agent mounts at the same path) is a
+folder the agent reads. With neither, the run ends Crashed saying so.
+
 Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
@@ -60,13 +69,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 import re
 from typing import Any, Callable, Iterator
 
 from pydantic import Field, model_validator
 
 from prefect_launch import kube
-from prefect_launch.errors import LaunchError
+from prefect_launch.errors import AdoptionFailed, LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
@@ -74,6 +85,7 @@ from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods
 from prefect_launch.targets.policy import Refusal
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
+from prefect_launch.wandb_files import run_exit_code
 
 RUN_ID_LABEL = "prefect-launch/run-id"
 # Pods of a requeued run carry its attempt, so a new attempt never sees the old one's pods.
@@ -81,6 +93,10 @@ ATTEMPT_LABEL = "prefect-launch/attempt"
 DEFAULT_NAMESPACE = "default"
 JOB_DEFAULTS = {"backoffLimit": 0, "ttlSecondsAfterFinished": 60}
 CONTAINER_KINDS = ("containers", "initContainers", "ephemeralContainers")
+# The Job controller's event reasons for a Job that has ended: completed, or failed for good.
+JOB_COMPLETED_REASONS = {"Completed"}
+JOB_FAILED_REASONS = {"BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy", "MaxFailedIndexesExceeded",
+                      "FailedIndexes"}
 
 
 def object_name(run_id: str) -> str:
@@ -352,7 +368,7 @@ class KubernetesTarget(Target):
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:
         from kubernetes import client
 
-        submitted = Submitted.of(submission)
+        submitted = Submitted.of(submission, since=datetime.now(timezone.utc))
         for secret in self._run_secrets(submission, submitted):
             create_secret = functools.partial(client.CoreV1Api(self._api).create_namespaced_secret,
                                               submitted.namespace, secret)
@@ -367,23 +383,22 @@ class KubernetesTarget(Target):
         kube.create(create, f"{submitted.kind} {submitted.namespace}/{submitted.name}", log)
         return Handle(id=f"{submitted.namespace}/{submitted.name}", detail=submitted)
 
-    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
-        from kubernetes import client
+    def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
         from kubernetes.client.exceptions import ApiException
 
-        submitted = Submitted.of(submission)
+        submitted = Submitted.of(submission, since=since)
+        if not (submitted.kind == "Job" and submitted.group == "batch"):
+            submitted.plural = self._plural(submitted)
         try:
-            if submitted.kind == "Job" and submitted.group == "batch":
-                client.BatchV1Api(self._api).read_namespaced_job(submitted.name, submitted.namespace)
-            else:
-                submitted.plural = self._plural(submitted)
-                client.CustomObjectsApi(self._api).get_namespaced_custom_object(
-                    submitted.group, submitted.version, submitted.namespace, submitted.plural, submitted.name)
+            found = self._exists(submitted)
         except ApiException as exc:
-            if exc.status != 404:
-                raise LaunchError(f"Kubernetes refused to read {submitted.kind} {submitted.name}: {kube.api_error(exc)}") from None
+            raise LaunchError(f"Kubernetes refused to read {submitted.kind} {submitted.name}: {kube.api_error(exc)}") from None
+        if not found:
             self._delete_run_secrets(submitted, log)  # the dead agent may have made them before the object
-            return None
+            submitted.ended = self._ended_unseen(submitted, log)
+            if submitted.ended is None:
+                return None
+            return Handle(id=f"{submitted.namespace}/{submitted.name}", detail=submitted, attached=True)
         log.info("Following %s %s/%s", submitted.kind, submitted.namespace, submitted.name)
         return Handle(id=f"{submitted.namespace}/{submitted.name}", detail=submitted, attached=True)
 
@@ -420,6 +435,8 @@ class KubernetesTarget(Target):
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         submitted: Submitted = handle.detail
+        if submitted.ended is not None:  # gone when it was adopted; its end was read from what it left
+            return submitted.ended
         try:
             return self._follow(submitted, cancel, log, progress)
         finally:
@@ -450,8 +467,14 @@ class KubernetesTarget(Target):
                 for pod in listing.get("items", []):
                     pods.see("ADDED", pod, log, on_running)
                 version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
-            if not pods.pods:  # at most once a watch round (WATCH_SECONDS), and only until a pod exists
-                pods.see_object_warning(self._object_warning(core, submitted, log), log)
+            if not pods.pods:  # at most once a watch round (WATCH_SECONDS), and only while no pod exists
+                events = self._object_events(core, submitted, log)
+                pods.see_object_warning(_latest_warning(events), log)
+                if not self._exists(submitted):  # its end went by unseen: removed after its TTL, or deleted
+                    ended = self._ended_unseen(submitted, log, events)
+                    if ended is None:
+                        raise _gone(submitted)
+                    return ended
             outcome = pods.outcome()
             if outcome is None and cancel.is_set():
                 self._delete(submitted, log)
@@ -482,22 +505,60 @@ class KubernetesTarget(Target):
                 log.warning("Pod watch interrupted (%s); resuming", exc)
                 time.sleep(1)
 
-    def _object_warning(self, core: Any, submitted: "Submitted", log: Log) -> str | None:
-        """The newest Warning event on the run's object, e.g. a Job's `FailedCreate: ... exceeded quota`."""
+    def _object_events(self, core: Any, submitted: "Submitted", log: Log) -> list[dict[str, Any]]:
+        """The events on the run's object since the run started (an earlier attempt's object had the same
+        name), oldest first; none if they cannot be read."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            events = self._api.sanitize_for_serialization(core.list_namespaced_event(
+            listing = self._api.sanitize_for_serialization(core.list_namespaced_event(
                 submitted.namespace, field_selector=f"involvedObject.name={submitted.name}"))
         except ApiException as exc:  # a hint only: the pods still decide the run
             log.debug("Events of %s %s not readable: %s", submitted.kind, submitted.name, kube.api_error(exc))
-            return None
-        warnings = [event for event in events.get("items", []) if event.get("type") == "Warning"
-                    and (event.get("involvedObject") or {}).get("name") == submitted.name]
-        if not warnings:
-            return None
-        latest = max(warnings, key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "")
-        return f"{latest.get('reason')}: {latest.get('message', '')}".rstrip(": ")
+            return []
+        since = submitted.since.replace(microsecond=0) if submitted.since else None
+
+        def this_objects(event: dict[str, Any]) -> bool:
+            involved = event.get("involvedObject") or {}
+            if involved.get("name") != submitted.name or involved.get("kind", submitted.kind) != submitted.kind:
+                return False
+            if submitted.uid and involved.get("uid"):
+                return involved["uid"] == submitted.uid
+            when = _event_time(event)  # the object is gone unseen: its time tells it from an earlier attempt's
+            return since is None or when is None or when >= since
+
+        events = [event for event in listing.get("items", []) if this_objects(event)]
+        return sorted(events, key=lambda event: _event_time(event) or since or datetime.min.replace(tzinfo=timezone.utc))
+
+    def _ended_unseen(self, submitted: "Submitted", log: Log, events: list[dict[str, Any]] | None = None) -> Outcome | None:
+        """How a run whose object is gone ended, when no agent saw its pods end; None if nothing left says.
+
+        A Job controller's last word on the Job (its events outlive it) decides; else the exit code the
+        job's W&B run recorded, where its WANDB_DIR is a folder this agent reads.
+        """
+        from kubernetes import client
+
+        if submitted.kind == "Job" and submitted.group == "batch":
+            if events is None:
+                events = self._object_events(client.CoreV1Api(self._api), submitted, log)
+            ended = [event for event in events if event.get("reason") in JOB_COMPLETED_REASONS | JOB_FAILED_REASONS]
+            if ended:
+                last = ended[-1]
+                log.info("%s %s/%s is gone; its events say how it ended: %s: %s", submitted.kind, submitted.namespace,
+                         submitted.name, last.get("reason"), last.get("message", ""))
+                if last["reason"] in JOB_COMPLETED_REASONS:
+                    return Outcome(state="completed")
+                return Outcome(state="failed", message=f"{submitted.kind} {submitted.name} failed: {last['reason']}: "
+                                                       f"{last.get('message', '')} (from its events; it was gone before its pods were read)")
+        if submitted.wandb_dir and Path(submitted.wandb_dir).is_dir():
+            code = run_exit_code(Path(submitted.wandb_dir), submitted.run_id, submitted.since)
+            if code is not None:
+                log.info("%s %s/%s is gone and no event says how it ended; its W&B run %s recorded exit code %d",
+                         submitted.kind, submitted.namespace, submitted.name, submitted.run_id, code)
+                return Outcome(state="completed", exit_code=0) if code == 0 else Outcome(
+                    state="failed", exit_code=code, message=f"the job exited with code {code} (recorded by its W&B run "
+                                                            f"{submitted.run_id}; its {submitted.kind} was gone before its pods were read)")
+        return None
 
     def _delete(self, submitted: "Submitted", log: Log, wait: bool = False) -> None:
         from kubernetes import client
@@ -521,25 +582,27 @@ class KubernetesTarget(Target):
             time.sleep(1)
 
     def _exists(self, submitted: "Submitted") -> bool:
+        """Whether the run's object exists; its uid is noted (its events name it)."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         try:
             if submitted.plural is None:
-                client.BatchV1Api(self._api).read_namespaced_job(submitted.name, submitted.namespace)
+                found = client.BatchV1Api(self._api).read_namespaced_job(submitted.name, submitted.namespace)
             else:
-                client.CustomObjectsApi(self._api).get_namespaced_custom_object(
+                found = client.CustomObjectsApi(self._api).get_namespaced_custom_object(
                     submitted.group, submitted.version, submitted.namespace, submitted.plural, submitted.name)
-            return True
         except ApiException as exc:
             if exc.status == 404:
                 return False
             raise
+        submitted.uid = (self._api.sanitize_for_serialization(found).get("metadata") or {}).get("uid") or submitted.uid
+        return True
 
 
 @dataclass
 class Submitted:
-    """The object a run created: enough to watch its pods and delete it."""
+    """The object a run created: enough to watch its pods, delete it, and settle it once it is gone."""
 
     kind: str
     group: str
@@ -550,16 +613,48 @@ class Submitted:
     attempt: str
     pull_secret: bool = False  # its pods pull with the run's registry-login Secret
     plural: str | None = None  # None for a batch/v1 Job
+    # The object was not created before this (events and W&B files older than it are an earlier attempt's).
+    since: datetime | None = None
+    # Its uid, once read: its events name it (an earlier attempt's object had the same name).
+    uid: str | None = None
+    # The job's W&B run folder when the queue config sets a plain WANDB_DIR on its first container.
+    wandb_dir: str | None = None
+    # How it ended, read when it was found gone at adoption.
+    ended: Outcome | None = None
 
     @classmethod
-    def of(cls, manifest: dict[str, Any]) -> "Submitted":
+    def of(cls, manifest: dict[str, Any], since: datetime | None) -> "Submitted":
         group, _, version = manifest["apiVersion"].rpartition("/")
         metadata = manifest["metadata"]
         run_id = metadata["labels"][RUN_ID_LABEL]
-        pulls = [ref for t in pod_templates(manifest.get("spec", {})) for ref in t["spec"].get("imagePullSecrets", [])]
+        templates = list(pod_templates(manifest.get("spec", {})))
+        pulls = [ref for t in templates for ref in t["spec"].get("imagePullSecrets", [])]
+        first = (templates[0]["spec"]["containers"] or [{}])[0] if templates else {}
+        wandb_dir = next((entry.get("value") for entry in first.get("env", []) if entry.get("name") == "WANDB_DIR"), None)
         return cls(kind=manifest["kind"], group=group, version=version, namespace=metadata["namespace"],
                    name=metadata["name"], run_id=run_id, attempt=metadata["labels"][ATTEMPT_LABEL],
-                   pull_secret={"name": pull_secret_name(run_id)} in pulls)
+                   pull_secret={"name": pull_secret_name(run_id)} in pulls, since=since, wandb_dir=wandb_dir)
+
+
+def _event_time(event: dict[str, Any]) -> datetime | None:
+    stamp = event.get("eventTime") or event.get("lastTimestamp") or event.get("firstTimestamp")
+    try:
+        return datetime.fromisoformat(stamp) if stamp else None
+    except ValueError:
+        return None
+
+
+def _latest_warning(events: list[dict[str, Any]]) -> str | None:
+    """The newest Warning event, e.g. a Job's `FailedCreate: ... exceeded quota`."""
+    warnings = [event for event in events if event.get("type") == "Warning"]
+    return f"{warnings[-1].get('reason')}: {warnings[-1].get('message', '')}".rstrip(": ") if warnings else None
+
+
+def _gone(submitted: Submitted) -> AdoptionFailed:
+    return AdoptionFailed(
+        f"{submitted.kind} {submitted.namespace}/{submitted.name} is gone (deleted, or removed after its "
+        "ttlSecondsAfterFinished) and neither its events nor its W&B run show how it ended: not submitted again"
+    )
 
 
 def english_plural(kind: str) -> str:

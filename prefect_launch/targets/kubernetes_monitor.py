@@ -6,7 +6,8 @@ after a 410 (an expired resourceVersion). From the pods it derives the run's
 progress: why a pod waits (unschedulable, image pull, quota, config) goes to
 the run's log and its `Progress` each time it changes, as does the warning on
 the run's object while it has no pod (a Job's `FailedCreate: ... exceeded
-quota`); the first pod running starts the run; a pod that never starts within
+quota`); the first pod running starts the run; a pod deleted after it ended
+counts with its last state (a Job's TTL removes its pods); a pod that never starts within
 the start timeout fails the run; pod logs stream into the run once a container
 runs; all pods Succeeded completes the run, a Failed pod fails it with its
 reason.
@@ -66,9 +67,10 @@ class RunPods:
 
     def see(self, event_type: str, pod: dict[str, Any], log: Log, on_running: Callable[[str], None]) -> None:
         name = pod["metadata"]["name"]
-        if event_type == "DELETED":
+        if event_type == "DELETED" and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             self.pods.pop(name, None)
             return
+        # A pod deleted after it ended (its Job's TTL ran out) still says how it ended.
         self.pods[name] = pod
         reason = pending_reason(pod)
         if reason != self.reasons.get(name):

@@ -45,7 +45,7 @@ from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets import docker_run, process
-from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
+from prefect_launch.targets.base import Handle, Leftover, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.local_process import env_entries
 from prefect_launch.targets.policy import AllowedFields
 from prefect_launch.targets.process import Log
@@ -53,6 +53,7 @@ from prefect_launch.targets.process import Log
 # Passed by name: docker copies the agent's value when it is set, and nothing shows in the command.
 PASS_THROUGH = ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE")
 RUN_DIR = "/launch/run"
+RUN_ID_LABEL = "prefect-launch.run-id"
 _DOCKER_EXIT = {
     125: "docker could not run the container",
     126: "the entry point could not be invoked",
@@ -109,7 +110,7 @@ class LocalContainerTarget(Target):
         if not job.image:
             raise LaunchError("local-container needs an image: this job has none (was its build skipped?)")
         env = wandb_env(job)
-        own = ["--name", container_name(job.run_id), "--label", f"prefect-launch.run-id={job.run_id}"]
+        own = ["--name", container_name(job.run_id), "--label", f"{RUN_ID_LABEL}={job.run_id}"]
         if job.run_dir is not None:
             own += ["--volume", f"{job.run_dir}:{RUN_DIR}"]
             env["WANDB_DIR"] = RUN_DIR
@@ -137,14 +138,16 @@ class LocalContainerTarget(Target):
         handle.id = name
         return handle
 
-    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+    def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
         argv = submission["argv"]
         name = argv[argv.index("--name") + 1]
         # Waiting from the moment the container is found: a `--rm` container is removed as it exits,
         # and an exit code asked for after that is gone with it.
         waiter = subprocess.Popen(["docker", "container", "wait", name], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        if subprocess.run(["docker", "container", "inspect", name], capture_output=True, timeout=60).returncode != 0:
+        inspected = subprocess.run(["docker", "container", "inspect", "--format", "{{.State.Status}}", name],
+                                   capture_output=True, text=True, timeout=60)
+        if inspected.returncode != 0:
             waiter.kill()
             waiter.wait()
             code = _exit_code_from_events(name)
@@ -154,6 +157,10 @@ class LocalContainerTarget(Target):
             log.info("Container %s exited with code %d while no agent followed it (its output went to the agent "
                      "that died)", name, code)
             return Handle(id=name, detail=_Ended(code), attached=True)
+        if inspected.stdout.strip() == "created":
+            # Its `docker run` was stopped between create and start: the job never ran, and runs now, once.
+            log.info("Container %s was created but never started: starting it", name)
+            _docker("start", name)
         # The dead agent's `docker run` took the output it saw; `docker logs` replays it from the start.
         log.info("Following container %s (its output from the start)", name)
         handle = process.start(["docker", "logs", "--follow", name], env=dict(os.environ), cwd=None, log=log)
@@ -207,6 +214,22 @@ class LocalContainerTarget(Target):
 
     def release(self, handle: Handle, log: Log) -> None:
         _docker("rm", "--force", handle.id)
+
+    def leftovers(self) -> list[Leftover]:
+        """Launch containers (those with the run-id label) that exited, or were created and never started."""
+        result = subprocess.run(
+            ["docker", "ps", "--all", "--filter", f"label={RUN_ID_LABEL}", "--filter", "status=exited",
+             "--filter", "status=created", "--format", f'{{{{.Names}}}}\t{{{{.Label "{RUN_ID_LABEL}"}}}}\t{{{{.State}}}}'],
+            capture_output=True, text=True, timeout=60,
+        )
+        if result.returncode != 0:
+            return []
+        return [Leftover(*fields) for line in result.stdout.splitlines() if len(fields := line.split("\t")) == 3]
+
+    def remove_leftover(self, leftover: Leftover, log: Log) -> None:
+        log.info("Removing container %s (%s), left by run %s, which has ended or not started",
+                 leftover.name, leftover.state, leftover.run_id)
+        _docker("rm", "--force", leftover.name)
 
 
 def _describe_exit(code: int) -> str:

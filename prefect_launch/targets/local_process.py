@@ -9,7 +9,10 @@ carries the run's cookie (its launch flow run id), and whatever is left when
 its main process exits, when it is cancelled or when its agent dies (the
 agent's death watch) is stopped. An agent that adopts the run of a dead agent
 stops what is left of its job on this machine before it settles the run, so a
-run is never Crashed while its job still runs.
+run is never Crashed while its job still runs. The moment the job's main
+process exits, its exit code goes into its run folder (`EXIT_RECORD`): an
+agent that dies before the run's final state is on record leaves it to the
+adopter on this machine, which ends the run as the job ended, not Crashed.
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
@@ -27,6 +30,8 @@ import os
 import sys
 import threading
 import uuid
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator
@@ -83,6 +88,14 @@ def _run_cookie() -> str | None:
     return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
 
 
+# In the run folder (WANDB_DIR): the job's exit code, written as its main process exits.
+EXIT_RECORD = ".prefect-launch-exit-code"
+
+
+def _exit_record(submission: dict[str, Any]) -> Path:
+    return Path(submission["env"]["WANDB_DIR"]) / EXIT_RECORD
+
+
 class LocalProcessTarget(Target):
     resource = Resource.local_process
     config_model = LocalProcessConfig
@@ -110,15 +123,23 @@ class LocalProcessTarget(Target):
         # Jobs run with the agent's Python first on PATH, so `python train.py`
         # means the interpreter (and packages) the agent was installed with.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        return process.start(submission["argv"], env, submission["cwd"], log, cookie=_run_cookie() or str(uuid.uuid4()))
+        handle = process.start(submission["argv"], env, submission["cwd"], log, cookie=_run_cookie() or str(uuid.uuid4()))
+        handle.detail.exit_record = _exit_record(submission)
+        return handle
 
-    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+    def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
         """A dead agent's job is not followed (its output went to the dead agent): what is left of it on
-        this machine is stopped first, then the run ends Crashed."""
+        this machine is stopped first; a job that had exited ends as it exited (its run folder's exit
+        record, written since the run started), any other ends Crashed."""
         cookie = _run_cookie()
         stopped = process_tree.kill_tree(cookie, process_tree.STOP_GRACE_SECONDS) if cookie else []
         if stopped:
             log.warning("Stopped %d process(es) of the dead agent's job: %s", len(stopped), ", ".join(stopped))
+        record = _exit_record(submission)
+        if record.exists() and (since is None or record.stat().st_mtime >= since.timestamp()):
+            code = int(record.read_text())
+            log.info("The job exited with code %d before its agent died (its run folder's exit record)", code)
+            return Handle(id="exited", detail=process.exit_outcome(code), attached=True)
         raise AdoptionFailed(
             "local-process jobs cannot be adopted by another agent: its job dies with its agent"
             + (f" ({len(stopped)} process(es) still running on this machine were stopped)" if stopped else "")
@@ -126,4 +147,8 @@ class LocalProcessTarget(Target):
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         progress.started()  # the process runs from its submission on
-        return process.follow(handle, cancel, log, stop=process.stop_group)
+        if isinstance(handle.detail, Outcome):  # adopted after it had exited
+            return handle.detail
+        record: Path = handle.detail.exit_record
+        return process.follow(handle, cancel, log, stop=process.stop_group,
+                              on_exit=lambda code: record.write_text(f"{code}\n"))

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from prefect_launch.cancel import CancelWatch
@@ -39,9 +40,11 @@ DRAIN_SECONDS = 5.0
 
 
 class Job(subprocess.Popen):
-    """The started process, with the run cookie every process of the job carries (None: not tracked)."""
+    """The started process, with the run cookie every process of the job carries (None: not tracked), and where
+    its target records its exit code (None: nowhere)."""
 
     cookie: str | None = None
+    exit_record: Path | None = None
 
 
 def start(argv: list[str], env: dict[str, str], cwd: str | None, log: Log, cookie: str | None = None) -> Handle:
@@ -77,8 +80,10 @@ def follow(
     log: Log,
     stop: Callable[[subprocess.Popen[str]], None],
     describe_exit: Callable[[int], str] = lambda code: f"process exited with code {code}",
+    on_exit: Callable[[int], None] | None = None,
 ) -> Outcome:
-    """Stream the process's output until it exits; call `stop` once if `cancel` is set first."""
+    """Stream the process's output until it exits; call `stop` once if `cancel` is set first, and `on_exit`
+    with its exit code the moment it exits (before what is left of its output is read)."""
     proc: subprocess.Popen[str] = handle.detail
     lines: queue.Queue[str | None] = queue.Queue()
 
@@ -108,6 +113,8 @@ def follow(
             log.info(line.rstrip("\n"))
     code = proc.wait()
     watch.done()
+    if on_exit is not None and not watch.stopped:
+        on_exit(code)
     cookie = getattr(proc, "cookie", None)
     try:
         if cookie is not None:

@@ -48,6 +48,7 @@ import copy
 import functools
 import re
 import threading
+from datetime import datetime
 from typing import Any
 
 from pydantic import model_validator
@@ -217,7 +218,7 @@ class SageMakerTarget(Target):
         log.info("Created SageMaker training job %s (%s)", name, response["TrainingJobArn"])
         return Handle(id=name, detail=response["TrainingJobArn"])
 
-    def attach(self, submission: dict[str, Any], log: Log) -> Handle | None:
+    def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
         from botocore.exceptions import ClientError
 
         name = submission["TrainingJobName"]

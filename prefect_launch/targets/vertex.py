@@ -22,6 +22,12 @@ environment's project, region and credentials;
 `PREFECT_LAUNCH_VERTEX_API_ENDPOINT` points it elsewhere (a stand-in). The
 monitor maps every `JobState`; cancelling the run cancels the CustomJob.
 
+A CustomJob's name is a number Vertex AI gives it, so an agent adopting the run
+of a dead one finds its job by the run-id label instead: the newest CustomJob
+listed with that label and created after the run started (less
+`CLOCK_SKEW_SECONDS`: Vertex AI's clock is not the Prefect server's). CustomJobs
+stay listed until someone deletes them, so one not found was never created.
+
 Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"], image="img:1")
@@ -39,6 +45,7 @@ import copy
 import functools
 import re
 import threading
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -53,6 +60,8 @@ from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
 RUN_ID_LABEL = "prefect-launch-run-id"
+# How far Vertex AI's clock may be behind the Prefect server's, when a job's creation is compared with its run's start.
+CLOCK_SKEW_SECONDS = 60
 # Keys whose own keys are the user's names, not the SDK's.
 _FREE_FORM = {"labels", "env"}
 _CAMEL = re.compile(r"[a-z0-9][A-Z]")
@@ -193,6 +202,7 @@ class VertexTarget(Target):
     resource = Resource.vertex
     config_model = VertexConfig
     runs_remotely = True
+    adoptable = True
     # A job may size its worker pools, name and label itself and bound its time (and name its image, as `-d`
     # does; the launch sets every pool's command); the service account,
     # network, project, buckets and encryption, which decide what it reaches, are the queue config's.
@@ -253,8 +263,25 @@ class VertexTarget(Target):
         log.info("Created Vertex AI CustomJob %s", job.resource_name)
         return Handle(id=job.resource_name, detail=job)
 
+    def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
+        label = submission["spec"]["labels"][RUN_ID_LABEL]
+        try:
+            listed = self._aiplatform.CustomJob.list(filter=f'labels.{RUN_ID_LABEL}="{label}"')
+        except Exception as exc:  # the SDK raises google.api_core errors and ValueError alike
+            raise LaunchError(f"Vertex AI could not list the CustomJobs labelled {RUN_ID_LABEL}={label}: {exc}") from None
+        earliest = since - timedelta(seconds=CLOCK_SKEW_SECONDS) if since else None
+        jobs = [job for job in listed if earliest is None or job.create_time >= earliest]
+        if not jobs:
+            return None
+        job = max(jobs, key=lambda found: found.create_time)
+        log.info("Following Vertex AI CustomJob %s (%s)", job.resource_name, job.state.name)
+        return Handle(id=job.resource_name, detail=job, attached=True)
+
+    def may_vanish(self, submission: dict[str, Any]) -> bool:
+        return False  # a CustomJob stays listed until someone deletes it
+
     def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
-        job = handle.detail if handle.detail is not None else self._aiplatform.CustomJob.get(handle.id)
+        job = handle.detail
         seen = None
 
         def poll(cancel_requested: bool) -> Outcome | None:

@@ -48,6 +48,7 @@ from prefect_launch.home import launch_home
 from prefect_launch.ownership import Owner
 from prefect_launch.prefect_internals import WorkerInternals
 from prefect_launch.prepare import LaunchJobConfiguration, LaunchWorkerVariables, job_configuration, job_variables
+from prefect_launch.spec import QueueConfig
 from prefect_launch.worker.engine import run_in_thread, run_settings
 from prefect_launch.worker.handover import HandOver, executed_flow_run
 from prefect_launch.worker.orphans import OrphanRound
@@ -117,6 +118,12 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
     @property
     def logger(self) -> logging.LoggerAdapter:
         return get_worker_logger(self)
+        # Heartbeats go out under the name and this host (`ownership`): an agent of the same name elsewhere beats apart.
+        self.name = self._owner.heartbeat_name
+        # An orphaned run waits for a free job slot of this agent (`OrphanRound`): no new run is claimed meanwhile.
+        self.orphans_waiting = False
+        self._waiting_for_slot: set[UUID] = set()  # orphans logged as waiting for a slot
+        self._heartbeats: dict[str, datetime] | None = None  # the queue's agents' last heartbeats, read once a round
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:
@@ -175,17 +182,7 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
                 task_status.started(os.getpid())
             return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
 
-        context = LaunchContext(
-            queue_name=self.queue_name,
-            queue=queue,
-            home=launch_home(),
-            build_settings=self._build_settings,
-            environment=self._environment,
-            registry=self._registry,
-            secure_mode=self._secure_mode,
-            owner=self._owner.tag(),
-            adoption=adoption,
-        )
+        context = self._launch_context(queue, adoption)
         self._in_flight[flow_run.id] = context
         executed = executed_flow_run(flow_run)
         if executed is not None:
@@ -210,6 +207,20 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             if self._on_job_done:
                 self._on_job_done()
         return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
+
+    def _launch_context(self, queue: QueueConfig, adoption: Adoption | None = None) -> LaunchContext:
+        """How this agent prepares and runs a job of `queue` (a new one per run: its target and cancel are its own)."""
+        return LaunchContext(
+            queue_name=self.queue_name,
+            queue=queue,
+            home=launch_home(),
+            build_settings=self._build_settings,
+            environment=self._environment,
+            registry=self._registry,
+            secure_mode=self._secure_mode,
+            owner=self._owner.tag(),
+            adoption=adoption,
+        )
 
     async def cancel(self, flow_run_id: UUID) -> None:
         """A run was asked to cancel: stop its job if this agent runs it, else, for a deployed flow's

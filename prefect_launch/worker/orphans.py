@@ -1,13 +1,20 @@
-"""The orphan round: runs on a queue whose agent is gone are put back or adopted.
+"""The orphan round: runs on a queue whose agent is gone are put back, adopted or cancelled.
 
 An agent's owner tag (`ownership`) on a run's Pending and Running states says
 which process holds it. The agent runs this round at start and every so often
 (`agent.Agent._orphans_loop`): a Pending run whose agent is gone, or that
 waited too long, goes back to its queue; a Running run whose agent is gone is
-adopted, its job followed from where it is, never submitted again.
+adopted, its job followed from where it is, never submitted again; a run asked
+to cancel (Cancelling) whose agent is gone has its job stopped and ends
+Cancelled.
+
+An orphan is adopted only into a free job slot: `max_jobs` holds for adopted
+jobs too. Until one frees up the orphan waits (`orphans_waiting`), its job
+running on unfollowed, and the agent claims no new run, so a backlog never
+starves it; the agent runs the round again as soon as one of its jobs ends.
 
 `OrphanRound` is mixed into `LaunchWorker`, whose client, queue name, owner,
-job slots, runs in flight and runs' task group it uses.
+job slots, runs in flight, runs' task group and job preparation it uses.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateDetails
 from prefect.client.schemas.responses import SetStateStatus
-from prefect.states import Running, Scheduled
+from prefect.states import Cancelled, Running, Scheduled
 
 from prefect_launch.deployments.flows import handed_over
+from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT
 from prefect_launch.fair_share import caps_of
-from prefect_launch.flows.launch import Adoption
+from prefect_launch.flows.launch import Adoption, stop_orphaned_job
 from prefect_launch.ownership import Owner
+from prefect_launch.spec import LaunchSpec, run_id_for
 
 ADOPTION_NAMESPACE = UUID("5b0c2f0e-6f5a-4d1e-9a57-3c1f0d7e2a10")
 
@@ -41,7 +50,8 @@ def seconds_in_state(flow_run: FlowRun) -> float:
 
 class OrphanRound:
     async def take_over_orphans(self, pending_timeout: float, stale_after: timedelta) -> tuple[list[UUID], list[UUID]]:
-        """Runs on this queue whose agent is gone: Pending ones go back to the queue, Running ones are adopted.
+        """Runs on this queue whose agent is gone: Pending ones go back to the queue, Running ones are adopted
+        (into free job slots), Cancelling ones are stopped and end Cancelled.
 
         An agent is gone when its owner tag (`ownership`) names a dead process;
         a run Pending longer than `pending_timeout` s is orphaned whatever its
@@ -58,22 +68,26 @@ class OrphanRound:
                 state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running", "Cancelling"]))),
         )
         busy |= self._claimed | self._in_flight.keys()  # and after: nor is one claimed meanwhile
-        heartbeats: dict[str, datetime] | None = None
+        self._heartbeats = None  # read once a round, when an owner on another host is first judged
+        self.orphans_waiting = False
+        self._waiting_for_slot &= {flow_run.id for flow_run in runs}
         requeued, adopted = [], []
         for flow_run in runs:
             if flow_run.id in busy:
                 continue
             if flow_run.state.is_cancelling():
-                await self.cancel_handed_over(flow_run)
+                deployment = await self._deployment(flow_run.deployment_id)
+                if deployment is not None and deployment.entrypoint == LAUNCH_ENTRYPOINT:
+                    await self._cancel_orphan(flow_run, stale_after)
+                else:
+                    await self.cancel_handed_over(flow_run)
                 continue
             if handed_over(flow_run.state.message):
                 if await self.settle_handed_over(flow_run, pending_timeout):
                     requeued.append(flow_run.id)  # the agent wakes to hand it over again
                 continue
             owner = Owner.parse(flow_run.state.message)
-            if owner is not None and owner.host != self._owner.host and heartbeats is None:
-                heartbeats = await self._agent_heartbeats()
-            gone = owner == self._owner or (owner is not None and not owner.alive(heartbeats or {}, stale_after))
+            gone = owner is not None and await self._gone(owner, stale_after)
             if flow_run.state.is_pending():
                 waited = seconds_in_state(flow_run)
                 if gone or waited >= pending_timeout:
@@ -84,9 +98,43 @@ class OrphanRound:
                 adopted.append(flow_run.id)
         return requeued, adopted
 
-    async def _agent_heartbeats(self) -> dict[str, datetime]:
-        workers = await self.client.read_workers_for_work_pool(self.queue_name)
-        return {worker.name: worker.last_heartbeat_time for worker in workers if worker.last_heartbeat_time}
+    async def _gone(self, owner: Owner, stale_after: timedelta) -> bool:
+        """Whether the agent process `owner` names is gone: this one (its run is not in flight here), or dead."""
+        if owner == self._owner:
+            return True
+        if owner.host != self._owner.host and self._heartbeats is None:
+            workers = await self.client.read_workers_for_work_pool(self.queue_name)
+            self._heartbeats = {worker.name: worker.last_heartbeat_time for worker in workers if worker.last_heartbeat_time}
+        return not owner.alive(self._heartbeats or {}, stale_after)
+
+    async def _cancel_orphan(self, flow_run: FlowRun, stale_after: timedelta) -> None:
+        """A run asked to cancel whose agent is gone: its job is stopped where it is found, and it ends Cancelled.
+
+        Its holder is the owner on its last Running or Pending state (a Cancelling state carries none). Two agents
+        may stop the same job (stopping twice is harmless); the Cancelled state's transition id, derived from the
+        Cancelling state, lets the server record only one of them. What the job left is released after that.
+        """
+        states = await self.client.read_flow_run_states(flow_run.id)
+        owner = next((found for state in reversed(states) if (found := Owner.parse(state.message))), None)
+        if owner is not None and not await self._gone(owner, stale_after):
+            return  # its agent is stopping it
+        log = self.get_flow_run_logger(flow_run)
+        done, handle, context = "its job had not been submitted: nothing to stop", None, None
+        if flow_run.infrastructure_pid:
+            configuration = await self._job_configuration(flow_run, await self._deployment(flow_run.deployment_id))
+            context = self._launch_context(configuration.queue_config())
+            spec = LaunchSpec.model_validate(flow_run.parameters["spec"])
+            spec = spec if spec.run_id else spec.model_copy(update={"run_id": run_id_for(flow_run.id)})
+            done, handle = await anyio.to_thread.run_sync(stop_orphaned_job, context, spec, flow_run.start_time, log,
+                                                          limiter=self._threads)
+        whose = f"its agent {owner.label} is gone" if owner else "no agent holds it"
+        cancelled = Cancelled(message=f"Cancelled while {whose}; {done}",
+                              state_details=StateDetails(transition_id=uuid5(ADOPTION_NAMESPACE, str(flow_run.state.id))))
+        result = await self.client.set_flow_run_state(flow_run.id, cancelled)
+        if result.status == SetStateStatus.ACCEPT:
+            log.warning("Cancelled while %s; %s", whose, done)
+            if handle is not None:
+                await anyio.to_thread.run_sync(context.target.release, handle, log)
 
     async def _requeue(self, flow_run: FlowRun, why: str) -> None:
         message = f"Back on queue {self.queue_name}: {why}"
@@ -94,18 +142,18 @@ class OrphanRound:
         self.get_flow_run_logger(flow_run).warning(message)
 
     async def _adopt(self, flow_run: FlowRun, previous: Owner) -> bool:
-        """Claim a Running run of a dead agent and follow its job; False if another agent won the claim.
-
-        The job runs whether or not it is followed, so it is adopted even
-        with no job slot free: it then runs over `max_jobs` until it ends
-        (a restarted agent adopts before claiming new work, so with the
-        same `max_jobs` it has the slots).
-        """
+        """Claim a Running run of a dead agent and follow its job; False if another agent won the claim, or no
+        job slot is free (then the orphan waits for one: `orphans_waiting`)."""
         if self._slots is not None:
             try:
                 self._slots.acquire_on_behalf_of_nowait(flow_run.id)
             except anyio.WouldBlock:
-                self.logger.warning("Adopting run %s over max_jobs: no slot is free, and its job runs anyway", flow_run.name)
+                self.orphans_waiting = True
+                if flow_run.id not in self._waiting_for_slot:
+                    self._waiting_for_slot.add(flow_run.id)
+                    self.logger.info("Run %s is orphaned (agent %s is gone) and waits for a free job slot; no new run "
+                                      "is claimed meanwhile", flow_run.name, previous.label)
+                return False
         # Every agent that sees this orphan proposes the same transition id: the server accepts the first only.
         transition_id = uuid5(ADOPTION_NAMESPACE, str(flow_run.state.id))
         claim = Running(message=f"Running {self._owner.tag()}, adopted", state_details=StateDetails(transition_id=transition_id))
