@@ -106,6 +106,12 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         self._runs_stack = AsyncExitStack()
         # Fair-share slots outlive a missed heartbeat or two, never a dead agent by much (client: at setup).
         self._leases = Leases(None, lease_seconds=3 * self.heartbeat_interval_seconds)
+        # Heartbeats go out under the name and this host (`ownership`): an agent of the same name elsewhere beats apart.
+        self.name = self._owner.heartbeat_name
+        # An orphaned run waits for a free job slot of this agent (`OrphanRound`): no new run is claimed meanwhile.
+        self.orphans_waiting = False
+        self._waiting_for_slot: set[UUID] = set()  # orphans logged as waiting for a slot
+        self._heartbeats: dict[str, datetime] | None = None  # the queue's agents' last heartbeats, read once a round
 
     @classmethod
     def get_description(cls) -> str:
@@ -118,12 +124,6 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
     @property
     def logger(self) -> logging.LoggerAdapter:
         return get_worker_logger(self)
-        # Heartbeats go out under the name and this host (`ownership`): an agent of the same name elsewhere beats apart.
-        self.name = self._owner.heartbeat_name
-        # An orphaned run waits for a free job slot of this agent (`OrphanRound`): no new run is claimed meanwhile.
-        self.orphans_waiting = False
-        self._waiting_for_slot: set[UUID] = set()  # orphans logged as waiting for a slot
-        self._heartbeats: dict[str, datetime] | None = None  # the queue's agents' last heartbeats, read once a round
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:
