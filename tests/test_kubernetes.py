@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from conftest import (SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, f
 from helm_chart import render, unauthorized
 from kube_kubelet import Kubelet
 from kube_standin import KubeStandIn
+from prefect_launch.wandb_files import records, run_files
 
 IMAGE = "registry.local/train:1"
 API_KEY = "wandb-key-5c1e7a"
@@ -369,14 +371,14 @@ def test_the_cluster_comes_from_a_prefect_kubernetes_block_named_in_the_agent_co
         assert json.loads(cli("agent", "--config", str(agent_config), "--check").stdout)["kubernetes"] == {"cluster": reference}
         agent = start_agent("--config", str(agent_config))
         run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
-        # Created through the block's cluster (the agent's first job also imports prefect-kubernetes: a longer deadline).
+        # Created through the block's cluster, in the namespace a queue config without one gets (the context's: default) (the agent's first job also imports prefect-kubernetes: a longer deadline).
         try:
-            _wait_for(f"Job of {run_id}", lambda: kube.objects("batch/v1/jobs").get(("wandb", f"prefect-launch-{run_id}")),
+            _wait_for(f"Job of {run_id}", lambda: kube.objects("batch/v1/jobs").get(("default", f"prefect-launch-{run_id}")),
                       timeout=180)
         except AssertionError:
             raise AssertionError(f"{flow_run_of(run_id).state}\n{agent.output()[-3000:]}")
-        kube.create_pod("wandb", f"prefect-launch-{run_id}-p1", _labels(run_id), phase="Succeeded")
-        kube.set_job_status("wandb", f"prefect-launch-{run_id}", {"succeeded": 1})
+        kube.create_pod("default", f"prefect-launch-{run_id}-p1", _labels(run_id), phase="Succeeded")
+        kube.set_job_status("default", f"prefect-launch-{run_id}", {"succeeded": 1})
         assert wait_for_final(run_id, timeout=90).state.is_completed()
         agent.stop()
 
@@ -386,3 +388,46 @@ def test_the_cluster_comes_from_a_prefect_kubernetes_block_named_in_the_agent_co
     run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
     state = wait_for_final(run_id, timeout=90).state
     assert state.is_failed() and "kubernetes.cluster 'kubernetes-cluster-config/nope': block not found" in state.message
+
+
+def _logged_steps(run_file) -> list[int]:
+    """The step of every history row in a W&B run's `.wandb` file, in order."""
+    return [record.history.step.num for record in records(run_file) if record.WhichOneof("record_type") == "history"]
+
+
+def test_a_preempted_job_resumes_from_its_checkpoint_in_the_same_wandb_run(kube_agent, tmp_path):
+    """examples/train/train.py on a queue with `checkpoints`, run by the stand-in's kubelet: preempted after a few
+    epochs, its run goes back to the queue and the next attempt continues at the epoch after its last checkpoint,
+    in the same W&B run (the offline run files: one run id, two attempts, steps 0..7 once each)."""
+    trainer = Path(__file__).resolve().parents[1] / "examples" / "train" / "train.py"
+    runs_dir = tmp_path / "wandb-runs"
+    env = [{"name": "WANDB_DIR", "value": str(runs_dir / "${run_id}")},
+           {"name": "WANDB_MODE", "value": "offline"}, {"name": "WANDB_SILENT", "value": "true"}]
+    config = {"namespace": "resume", "checkpoints": str(tmp_path / "checkpoints"),
+              "spec": {"template": {"spec": {"containers": [{"env": env}]}}}}
+    overrides = json.dumps({"overrides": {"run_config": {"epochs": 8, "epoch_seconds": 0.5}}})
+    with KubeStandIn() as cluster, Kubelet(cluster, tmp_path / "node"):
+        queue = kube_agent(config, cluster=cluster)
+        run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", f"python {trainer}", "-c", overrides))
+        wait_for_log(run_id, lambda line: line.startswith("epoch 2:"), timeout=120)
+        (pod,) = [name for (namespace, name), pod in cluster.snapshot("v1/pods").items()
+                  if pod["metadata"]["labels"].get("prefect-launch/run-id") == run_id]
+        cluster.update_pod("resume", pod, conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}])
+        attempts = sorted(wait_for_attempts(run_id, 2, timeout=180), key=lambda run: run.created)
+    assert [run.state.name for run in attempts] == ["Preempted", "Completed"], [run.state for run in attempts]
+
+    def epochs(logs: list[str]) -> list[int]:
+        return [int(line.split()[1].rstrip(":")) for line in logs if re.match(r"epoch \d+:", line)]
+
+    preempted, resumed = (run_logs(attempt.id) for attempt in attempts)
+    (resume_line,) = [line for line in resumed if line.startswith("resuming after epoch")]
+    last_saved = int(resume_line.split()[3])
+    # The first attempt trained up to its last checkpoint (a step it printed after saving none is done again).
+    assert last_saved >= 2 and epochs(preempted)[: last_saved + 1] == list(range(last_saved + 1)), (resume_line, preempted)
+    assert epochs(resumed) == list(range(last_saved + 1, 8)), (resume_line, resumed)
+    # One W&B run, a run folder per attempt; the resumed attempt's history goes on at the next step. (The preempted
+    # attempt's own file holds what wandb had flushed when its process group was killed: maybe nothing.)
+    files = run_files(runs_dir / run_id, run_id)
+    assert len(files) == 2, files
+    assert _logged_steps(files[1]) == list(range(last_saved + 1, 8))
