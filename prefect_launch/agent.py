@@ -52,6 +52,9 @@ HEARTBEAT_SECONDS = 30.0
 STARTUP_RETRY_FIRST_SECONDS = 1.0
 STARTUP_RETRY_MAX_SECONDS = 30.0
 STARTUP_ATTEMPT_TIMEOUT_SECONDS = 10.0
+# How often the agent says what it does, as `wandb launch-agent` (every 5 min; with -v, every 20 s).
+STATUS_SECONDS = 5 * 60.0
+VERBOSE_STATUS_SECONDS = 20.0
 
 
 async def wait_for_server(client: Any, first: float = STARTUP_RETRY_FIRST_SECONDS,
@@ -123,6 +126,22 @@ class Agent:
         if any(worker.saturated for worker in self.workers):
             self.wake()
 
+    def status_line(self, running: int) -> str:
+        """What the agent does now, as `wandb launch-agent` prints it.
+
+        >>> Agent(AgentConfig(queues=["a", "b"], max_jobs=2), name="n").status_line(1)
+        'agent n polling on queues a, b, running 1 out of a maximum of 2 jobs'
+        """
+        polling = f"polling on queues {', '.join(self.config.queues)}, " if running < (self.config.max_jobs or math.inf) else ""
+        return f"agent {self.name} {polling}running {running} out of a maximum of {self.config.max_jobs or 'unlimited'} jobs"
+
+    async def _status_loop(self, limiter: anyio.CapacityLimiter) -> None:
+        """The status line at start, then every 5 min (every 20 s with -v), as `wandb launch-agent` prints it."""
+        every = VERBOSE_STATUS_SECONDS if self.config.verbosity >= 1 else STATUS_SECONDS
+        while True:
+            logger.info("%s", self.status_line(int(limiter.borrowed_tokens)))
+            await anyio.sleep(every)
+
     async def run(self, on_ready: Callable[[], Any] | None = None) -> None:
         limiter = anyio.CapacityLimiter(self.config.max_jobs or math.inf)
         async with AsyncExitStack() as stack:
@@ -153,6 +172,7 @@ class Agent:
                 loops.start_soon(self._orphans_loop)
                 loops.start_soon(self._event_loop, [pool.id for pool in pools])
                 loops.start_soon(self._stop_on_signal, loops.cancel_scope)
+                loops.start_soon(self._status_loop, limiter)
                 if on_ready:
                     on_ready()
             for worker in self.workers:

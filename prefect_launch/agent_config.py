@@ -2,7 +2,7 @@
 
 Keys: `queues` (or one `queue`), `max_jobs` (-1 = unlimited), `max_schedulers`,
 `entity`, `builder`, `registry`, `environment`, `secure_mode`, `verbosity`,
-`stopped_run_timeout`. An unknown key is an error. As W&B's agent does,
+`stopped_run_timeout`, and this package's `kubernetes.cluster`. An unknown key is an error. As W&B's agent does,
 `WANDB_ENTITY` and `WANDB_LAUNCH_MAX_JOBS` in the environment win over the
 file, and the agent's flags over both. The W&B docs' examples are
 full of placeholders (`<queue-name>`, `<n concurrent jobs>`,
@@ -115,6 +115,14 @@ class EnvironmentConfig(BaseModel):
     credentials: str | None = None
 
 
+class KubernetesConfig(BaseModel):
+    """Beyond W&B: `kubernetes.cluster` names the prefect-kubernetes block the agent reaches its cluster with
+    (`kubernetes-cluster-config/NAME` or `kubernetes-credentials/NAME`); without it, in-cluster or KUBECONFIG."""
+
+    model_config = ConfigDict(extra="forbid")
+    cluster: str | None = Field(default=None, pattern=r"^(kubernetes-cluster-config|kubernetes-credentials)/.+$")
+
+
 class AgentConfig(BaseModel):
     """A launch agent's configuration; CLI flags are applied over it with `with_flags`."""
 
@@ -128,6 +136,7 @@ class AgentConfig(BaseModel):
     builder: BuilderConfig | None = None
     registry: RegistryConfig | None = None
     environment: EnvironmentConfig | None = None
+    kubernetes: KubernetesConfig | None = None
     secure_mode: bool = False
     verbosity: int = 0
     stopped_run_timeout: int = 60
@@ -172,13 +181,18 @@ class AgentConfig(BaseModel):
             return None
         return value
 
-    def with_flags(self, queues: list[str] | None, max_jobs: int | None) -> "AgentConfig":
-        """CLI flags win over the file."""
+    def with_flags(self, queues: list[str] | None, max_jobs: int | None, entity: str | None = None,
+                   verbosity: int = 0) -> "AgentConfig":
+        """CLI flags win over the file (`-v` only when given, as `wandb launch-agent` applies it)."""
         updates: dict[str, Any] = {}
         if queues:
             updates["queues"] = list(queues)
         if max_jobs is not None:
             updates["max_jobs"] = None if max_jobs == -1 else max_jobs
+        if entity is not None:
+            updates["entity"] = entity
+        if verbosity:
+            updates["verbosity"] = verbosity
         return self.model_copy(update=updates)
 
     def placeholders(self) -> list[str]:

@@ -7,7 +7,9 @@ folders only: a symbolic link, a FIFO, a socket or a device in the folder is
 refused with one line naming it (the names in `EXCLUDED_NAMES` and `*.pyc` are
 skipped whatever they are; a build context keeps links that stay inside the
 folder). Packing streams: the tar is hashed while it is written, and memory
-does not grow with the folder.
+does not grow with the folder. A code archive also leaves out what the
+folder's `.gitignore`, `.dockerignore` and `.prefectignore` files do
+(`ignore_files.py`), and says what it left out (`Packed.left_out`).
 
 Limits (`prefect_launch.settings`): `PREFECT_LAUNCH_MAX_CODE_BYTES` (1 GiB) caps
 the uncompressed archive, `PREFECT_LAUNCH_MAX_CODE_FILES` (100,000) its entries;
@@ -18,8 +20,10 @@ Example:
     >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "train.py").write_text("print(1)")
     >>> pack_tar(d) == pack_tar(d, {})
     True
-    >>> write_tar(d, None)[0].startswith("sha256:")
-    True
+    >>> _ = (d / ".gitignore").write_text("*.ckpt\\n"); _ = (d / "model.ckpt").write_text("weights")
+    >>> packed = write_tar(d, None, ignore=True)
+    >>> packed.digest.startswith("sha256:"), packed.files, packed.left_out
+    (True, 2, [('model.ckpt', '.gitignore')])
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import io
 import os
 import stat
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
 from prefect_launch.errors import LaunchError
+from prefect_launch.ignore_files import IgnoreRules
 from prefect_launch.settings import settings
 
 # Folders that are never part of a job's code.
@@ -51,6 +57,44 @@ def code_limits() -> tuple[int, int]:
     """(bytes, entries) a code archive may hold, as the settings say now."""
     current = settings()
     return current.max_code_bytes, current.max_code_files
+
+
+@dataclass
+class Packed:
+    """What packing a folder made: its digest, the tar's size, how many files, and what was left out by which
+    ignore file (a folder's path ends in `/`)."""
+
+    digest: str
+    size: int
+    files: int
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self, gzipped: int | None = None, shown: int = 8) -> str:
+        """One line for the person packing: the size packed, and what the ignore files left out.
+
+        >>> Packed("sha256:0", 3 << 20, 12, [("data/", ".gitignore"), ("notes.md", ".dockerignore")]).summary(1 << 20)
+        'packed 12 files, 3.0 MiB (1.0 MiB gzipped); left out data/ (.gitignore), notes.md (.dockerignore)'
+        """
+        line = f"packed {self.files} files, {human_size(self.size)}"
+        if gzipped is not None:
+            line += f" ({human_size(gzipped)} gzipped)"
+        if self.left_out:
+            named = ", ".join(f"{path} ({by})" for path, by in self.left_out[:shown])
+            more = f" and {len(self.left_out) - shown} more" if len(self.left_out) > shown else ""
+            line += f"; left out {named}{more}"
+        return line
+
+
+def human_size(size: int) -> str:
+    """A size in bytes for people.
+
+    >>> human_size(512), human_size(48_200), human_size(3 << 30)
+    ('512 bytes', '47.1 KiB', '3.0 GiB')
+    """
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit]:
+            return f"{size / _SIZE_UNITS[unit]:.1f} {unit}iB"
+    return f"{size} bytes"
 
 
 def _human(size: int) -> str:
@@ -117,14 +161,18 @@ def _refuse_entry(folder: Path, path: Path, mode: int, links: bool = False) -> L
                        "regular files and folders: replace it with the file it stands for, or remove it")
 
 
-def _walk(folder: Path, links: bool = False) -> Iterator[tuple[Path, os.stat_result]]:
+def _walk(folder: Path, links: bool = False, rules: IgnoreRules | None = None,
+          left_out: list[tuple[str, str]] | None = None) -> Iterator[tuple[Path, os.stat_result]]:
     """Every entry to pack, in the order the archive has always had (a folder, its files, then its folders).
 
     With `links`, a symbolic link that stays inside `folder` is an entry too (build contexts of git
-    checkouts); any other is refused.
+    checkouts); any other is refused. With `rules`, what the folder's ignore files leave out is
+    skipped (a folder without being read) and recorded in `left_out`.
     """
 
     def visit(directory: Path) -> Iterator[tuple[Path, os.stat_result]]:
+        if rules is not None and directory != folder:
+            rules.enter(_relative(folder, directory))
         try:
             names = sorted(os.listdir(directory))
         except OSError as exc:
@@ -143,12 +191,17 @@ def _walk(folder: Path, links: bool = False) -> Iterator[tuple[Path, os.stat_res
             except OSError as exc:
                 raise LaunchError(f"code folder {str(folder)!r}: cannot read {_relative(folder, path)!r}: "
                                   f"{exc.strerror or exc}") from None
+            if name in EXCLUDED_NAMES or (name.endswith(".pyc") and not stat.S_ISDIR(info.st_mode)):
+                continue  # a submodule's `.git` is a file; a `.venv` may be a link to a shared one
+            if rules is not None:
+                relative = _relative(folder, path)
+                by = rules.left_out_by(relative, stat.S_ISDIR(info.st_mode))
+                if by is not None:
+                    if left_out is not None:
+                        left_out.append((relative + ("/" if stat.S_ISDIR(info.st_mode) else ""), by))
+                    continue
             if stat.S_ISDIR(info.st_mode):
-                if name not in EXCLUDED_NAMES:
-                    dirs.append((path, info))
-                continue
-            # A submodule's `.git` is a file; a `.venv` may be a link to a shared one.
-            if name.endswith(".pyc") or name in EXCLUDED_NAMES:
+                dirs.append((path, info))
                 continue
             if links and stat.S_ISLNK(info.st_mode) and _link_inside(folder, path):
                 files.append((path, info))
@@ -187,21 +240,24 @@ def _check_extra_name(name: str) -> None:
 
 
 def write_tar(folder: Path, out: BinaryIO | None, extra_files: dict[str, bytes] | None = None,
-              links: bool = False) -> tuple[str, int]:
-    """Write the deterministic uncompressed tar of `folder` (plus `extra_files`) to `out`; return (digest, size).
+              links: bool = False, ignore: bool = False) -> Packed:
+    """Write the deterministic uncompressed tar of `folder` (plus `extra_files`) to `out`.
 
     With `out=None` the tar is only hashed. Streams: memory does not grow with the folder.
     `links` keeps symbolic links that stay inside the folder (build contexts only: code
-    archives hold regular files and folders).
+    archives hold regular files and folders). `ignore` leaves out what the folder's ignore
+    files do (code archives; a build context is packed from code already so filtered).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise LaunchError(f"code folder {str(folder)!r} does not exist or is not a folder")
     limit, max_files = code_limits()
     writer = _HashingWriter(out, limit, f"code folder {str(folder)!r}")
-    count = 0
+    count = files = 0
+    left_out: list[tuple[str, str]] = []
+    rules = IgnoreRules(folder) if ignore else None
     with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, status in _walk(folder, links):
+        for path, status in _walk(folder, links, rules, left_out):
             count += 1
             if count > max_files:
                 raise too_many(f"code folder {str(folder)!r}", max_files)
@@ -216,6 +272,7 @@ def write_tar(folder: Path, out: BinaryIO | None, extra_files: dict[str, bytes] 
                 tar.addfile(_normalize(info))
                 continue
             info.type, info.size = tarfile.REGTYPE, status.st_size
+            files += 1
             if writer.size + info.size > limit:
                 raise too_large(f"code folder {str(folder)!r} (at {info.name!r})", limit)
             try:
@@ -232,7 +289,7 @@ def write_tar(folder: Path, out: BinaryIO | None, extra_files: dict[str, bytes] 
             info = _normalize(tarfile.TarInfo(name))
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    return writer.digest, writer.size
+    return Packed(writer.digest, writer.size, files, left_out)
 
 
 def pack_tar(folder: Path, extra_files: dict[str, bytes] | None = None) -> bytes:

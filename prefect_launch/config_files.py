@@ -231,12 +231,30 @@ def load_config_file(path: Path | str, what: str) -> Any:
 
 
 def parse_inline(text: str, what: str) -> dict[str, Any]:
-    """A mapping given on the command line (`-R '{...}'`), or `@file`."""
+    """A mapping given on the command line as `wandb launch` takes one (`util.load_json_yaml_dict`): a file
+    when the value ends in `.json`, `.yaml` or `.yml`, is `@file` or names something on disk; else the
+    JSON (or YAML) text itself, as `-c '{"overrides": {...}}'`.
+
+    >>> parse_inline('{"overrides": {"args": ["--fast"]}}', "-c/--config")
+    {'overrides': {'args': ['--fast']}}
+    """
     if text.startswith("@"):
         return load_config_file(text[1:], what)
+    if text.lower().endswith((".json", ".yaml", ".yml")) or _is_file(text):
+        if not Path(text).exists():
+            raise ConfigFileError(f"{what} {text!r}: file not found")
+        return load_config_file(text, what)
     data = parse_config_text(text, what)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigFileError(f"{what} must be a mapping, got {type(data).__name__}")
+        raise ConfigFileError(f"{what}: expected a file or a JSON mapping, got {text[:80]!r}")
     return data
+
+
+def _is_file(text: str) -> bool:
+    """Whether `text` names something on disk (read, or refused, as a file: `/dev/zero` is not JSON text)."""
+    try:
+        return len(text) < 4096 and Path(text).exists()
+    except (OSError, ValueError):  # a name too long for the system, or holding a NUL: JSON text then
+        return False

@@ -22,7 +22,7 @@ _EXTRA_OF_MODULE = {
     "boto3": "aws", "botocore": "aws", "prefect_aws": "aws",
     "google": "gcp", "vertexai": "gcp", "prefect_gcp": "gcp",
     "azure": "azure",
-    "kubernetes": "kubernetes",
+    "kubernetes": "kubernetes", "prefect_kubernetes": "kubernetes",
 }
 
 

@@ -19,6 +19,10 @@ RUN_FILE_FLUSH_SECONDS = 1
 MAX_ENV_VALUE = 100_000
 
 
+CHECKPOINT_DIR = "LAUNCH_CHECKPOINT_DIR"
+CHECKPOINT_URI = "LAUNCH_CHECKPOINT_URI"
+
+
 def wandb_env(job: ResolvedJob) -> dict[str, str]:
     """The environment that makes the job's `wandb.init` join this launch's run
     (and, for a deployed flow, its Prefect engine run that flow's run).
@@ -34,6 +38,8 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
     }
     if job.entity:
         env["WANDB_ENTITY"] = job.entity
+    if job.author:
+        env["WANDB_USERNAME"] = job.author  # W&B's agent does the same for a spec's `author`
     if job.queue:
         env["WANDB_LAUNCH_QUEUE_NAME"] = job.queue
     if job.run_config:
@@ -44,6 +50,11 @@ def wandb_env(job: ResolvedJob) -> dict[str, str]:
         env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] = str(RUN_FILE_FLUSH_SECONDS)
     if job.attempt:
         env["WANDB_RESUME"] = "allow"  # a requeued run continues the same W&B run
+    # Where the job keeps checkpoints: the same for every attempt of the run, so a requeued run resumes from them.
+    if job.checkpoint_dir:
+        env[CHECKPOINT_DIR] = job.checkpoint_dir
+    if job.checkpoint_uri:
+        env[CHECKPOINT_URI] = job.checkpoint_uri
     if job.flow_run is not None:
         # A deployed flow (`prefect_launch.deploy`): the job's `python -m prefect.engine` runs this flow run.
         env["PREFECT__FLOW_RUN_ID"] = str(job.flow_run)

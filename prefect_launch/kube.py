@@ -1,6 +1,7 @@
 """The Kubernetes API as the kubernetes target and the Kaniko builder both use it.
 
-- `api_client()`: in-cluster when the agent runs in a pod, else its kubeconfig;
+- `api_client(cluster)`: the cluster a prefect-kubernetes block holds, else in-cluster when the
+  agent runs in a pod, else its kubeconfig;
 - `create(...)`: idempotent creation, "already exists" (409) means attach;
 - `pending_reason(pod)`: why a pod is not running yet, in Kubernetes' words;
 - `stream_logs(...)`: a pod's log followed into a log, on a thread of its own;
@@ -41,18 +42,50 @@ Log = logging.Logger | logging.LoggerAdapter
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def api_client():
-    """An API client for the agent's cluster: in-cluster when it runs in a pod, else its kubeconfig."""
+# The prefect-kubernetes blocks an agent config may name for cluster access (`kubernetes.cluster`).
+CLUSTER_BLOCKS = ("kubernetes-cluster-config", "kubernetes-credentials")
+
+
+def api_client(cluster: str | None = None):
+    """An API client for the agent's cluster: the cluster a Prefect block holds (`cluster`), else in-cluster
+    when the agent runs in a pod, else its kubeconfig.
+
+    `cluster` names a prefect-kubernetes block as `kubernetes-cluster-config/NAME` (a
+    `KubernetesClusterConfig`: a kubeconfig and the context to use) or `kubernetes-credentials/NAME` (a
+    `KubernetesCredentials` holding one), as AWS and GCP credentials come from their blocks.
+    """
     from kubernetes import client, config
 
     try:
+        if cluster:
+            kubeconfig, context = cluster_config(cluster)
+            return config.new_client_from_config_dict(kubeconfig, context=context)
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             return client.ApiClient(configuration)
         return config.new_client_from_config()
     except config.ConfigException as exc:
-        raise LaunchError(f"kubernetes: no cluster to submit to ({exc}); set KUBECONFIG or run the agent in a pod") from None
+        where = f"the cluster of block {cluster}" if cluster else "no cluster to submit to"
+        raise LaunchError(f"kubernetes: {where} ({exc}); set kubernetes.cluster in the agent config, KUBECONFIG, "
+                          "or run the agent in a pod") from None
+
+
+def cluster_config(cluster: str) -> tuple[dict[str, Any], str]:
+    """(kubeconfig, context) of a prefect-kubernetes block named `<block type slug>/<name>`."""
+    slug, _, name = cluster.partition("/")
+    if slug not in CLUSTER_BLOCKS or not name:
+        raise LaunchError(f"kubernetes.cluster {cluster!r}: name a block as {' or '.join(s + '/NAME' for s in CLUSTER_BLOCKS)}")
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+    try:
+        block = (KubernetesClusterConfig if slug == CLUSTER_BLOCKS[0] else KubernetesCredentials).load(name, _sync=True)
+    except ValueError as exc:
+        raise LaunchError(f"kubernetes.cluster {cluster!r}: block not found ({exc})") from None
+    cluster_block = block if isinstance(block, KubernetesClusterConfig) else block.cluster_config
+    if cluster_block is None:
+        raise LaunchError(f"kubernetes.cluster {cluster!r}: the credentials block holds no cluster config")
+    return cluster_block.config, cluster_block.context_name
 
 
 def agent_namespace(default: str = "wandb") -> str:

@@ -178,7 +178,7 @@ class Preparation:
     @functools.cached_property
     def target(self) -> Target:
         """One target object per run: its cloud client serves both submit and monitor."""
-        return get_target(self.queue.resource, self.environment, self.registry)
+        return get_target(self.queue.resource, self.environment, self.registry, self.build_settings.cluster)
 
     def resolve(self, spec: LaunchSpec, fetch: bool = True) -> ResolvedJob:
         """The job with its source fetched; with `fetch=False` (a dry run) its run's code folder is named, not made.

@@ -101,8 +101,9 @@ def render(
     target = get_target(queue.resource, environment)
     own, payload = _job_args(target, queue, overrides, os.environ if agent_environment is None else agent_environment)
     values = macro_values(job)
-    LaunchKeys.parse(resolve_macros(own, values), _where(queue.resource))
+    keys = LaunchKeys.parse(resolve_macros(own, values), _where(queue.resource))
     config = target.parse_config(resolve_macros(payload, values), _where(queue.resource))
+    job = target.with_checkpoints(job, keys.checkpoints)
     return {"resource": queue.resource.value, "image": job.image, "submission": target.render(job, config)}
 
 

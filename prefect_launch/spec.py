@@ -163,6 +163,7 @@ class LaunchSpec(BaseModel):
     entity: str | None = Field(default=None, description="W&B entity")
     run_name: str | None = Field(default=None, description="W&B run name")
     run_id: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,64}$", description="W&B run id")
+    author: str | None = Field(default=None, description="W&B user the run is made as (WANDB_USERNAME), as W&B's spec `author`")
     base_image: ImageReference | None = Field(default=None, description="Base image of the generated Dockerfile")
     overrides: Overrides = Field(default_factory=Overrides)
     resource_args: dict[str, Any] = Field(
@@ -240,7 +241,8 @@ class LaunchKeys(BaseModel):
     """The keys W&B lets any queue config carry beside the target's own: they configure the build and
     sweeps, never the target, and are taken off before a target parses its config. `job_may_set` is
     prefect-launch's: the fields a queue's admin lets jobs set beyond their target's policy; `ttl` is the
-    queue's default time-to-live of a waiting job.
+    queue's default time-to-live of a waiting job; `max_requeues` how often a preempted job goes back to the
+    queue (W&B's fixed 5, 0 for never); `checkpoints` where runs keep checkpoints that survive requeues.
 
     >>> own, rest = LaunchKeys.split({"gpus": "all", "builder": {"accelerator": {"base_image": "tf:gpu"}}})
     >>> LaunchKeys.parse(own, "queue config").builder.accelerator_base_image, rest
@@ -255,6 +257,14 @@ class LaunchKeys(BaseModel):
         description="Fields a job's own resource args may set beyond what its target permits (the admin opts them in)",
     )
     ttl: int | None = Field(default=None, ge=1, description="Seconds a job may wait on the queue, for jobs that give none")
+    max_requeues: int = Field(
+        default=5, ge=0,
+        description="Times a preempted job goes back to the queue as the same W&B run (W&B's fixed 5); 0 turns requeue off",
+    )
+    checkpoints: str | None = Field(
+        default=None,
+        description="Where runs keep checkpoints that survive requeues: an object-store prefix (s3://, gs://) or a shared path",
+    )
 
     @classmethod
     def split(cls, resource_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -337,6 +347,7 @@ class ResolvedJob(BaseModel):
     run_name: str
     project: str
     entity: str | None = None
+    author: str | None = None
     queue: str | None = None
     # "deployment": a deployed flow's run whose deployment's own pull steps fetch its code (`sources.resolve`).
     source_kind: Literal["code", "git", "image", "deployment"] = "code"
@@ -351,6 +362,12 @@ class ResolvedJob(BaseModel):
         default=False, description="The image's registry needs a login the cluster lacks: the run's pods get one"
     )
     run_dir: Path | None = Field(default=None, description="Per-run scratch folder (WANDB_DIR)")
+    checkpoint_dir: str | None = Field(
+        default=None, description="The folder, as the job sees it, where it keeps checkpoints across requeues"
+    )
+    checkpoint_uri: str | None = Field(
+        default=None, description="The object-store prefix of the run's checkpoints, the same for every attempt"
+    )
     attempt: int = Field(default=0, description="0 for the first run, N after the Nth preemption (resumes the W&B run)")
     flow_run: uuid.UUID | None = Field(default=None, description="The deployed flow's run the job's Prefect engine executes")
     prefect_api_url: str | None = Field(default=None, description="Where that engine finds the Prefect server")

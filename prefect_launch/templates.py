@@ -149,11 +149,15 @@ def check_placeholders_declared(config: Any, fields: dict[str, TemplateField]) -
         )
 
 
-def coerce_values(schema: dict[str, Any], raw: dict[str, str]) -> dict[str, Any]:
-    """Turn `-v name=value` strings into the field's declared type."""
+def coerce_values(schema: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """Turn `-v name=value` strings into the field's declared type (a launch spec's `template_variables`
+    are typed already, and kept as they are for the server's schema to check)."""
     properties = schema.get("properties", {})
     values: dict[str, Any] = {}
     for name, text in raw.items():
+        if not isinstance(text, str):
+            values[name] = text
+            continue
         kind = properties.get(name, {}).get("type", "string")
         try:
             values[name] = {"integer": int, "number": float}.get(kind, str)(text)

@@ -263,6 +263,17 @@ def wait_for_log(run_id: str, predicate, timeout: float = 60) -> list[str]:
         time.sleep(0.3)
 
 
+def wait_for_attempts(run_id: str, count: int, timeout: float = 120) -> list:
+    """Every attempt (flow run) of a requeued W&B run, once there are `count` and all have ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = flow_runs_named(run_id)
+        if len(runs) >= count and all(run.state and run.state.is_final() for run in runs):
+            return runs
+        assert time.monotonic() < deadline, [run.state for run in runs]
+        time.sleep(0.3)
+
+
 def wait_for_final(run_id: str, timeout: float = 120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

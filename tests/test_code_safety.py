@@ -167,7 +167,7 @@ def test_packing_streams_in_bounded_memory(tmp_path):
     tracemalloc.start()
     try:
         with (tmp_path / "out.tar.gz").open("wb") as out:
-            digest = code.pack_to_file(folder, out)
+            digest = code.pack_to_file(folder, out).digest
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

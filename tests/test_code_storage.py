@@ -48,3 +48,31 @@ def test_unknown_storage_block_is_a_clear_error(make_queue):
     queue = make_queue("--resource", "local-process")
     result = launch("-q", queue, "-u", str(JOBS), "-E", "python report.py", "--code-storage", "s3-bucket/nope", check=False)
     assert result.returncode != 0 and "code storage block 's3-bucket/nope' not found" in result.stderr
+
+
+def test_code_folders_leave_out_what_their_ignore_files_do(home, make_queue, start_agent, tmp_path):
+    """`.gitignore` (each relative to its folder, a deeper one overriding), `.dockerignore` (anchored at the root, as
+    `docker build` reads it) and `.prefectignore` (as `prefect deploy` reads it) keep what they name out of the
+    archive; the command says what it packed and left out, and the job's code is the rest."""
+    from pathlib import Path
+
+    folder = tmp_path / "code"
+    files = {"report.py": (JOBS / "report.py").read_text(), ".gitignore": "data/\n*.ckpt\n!best.ckpt\n",
+             ".dockerignore": "# docs\nnotes.md\n", ".prefectignore": "scratch/\n", "notes.md": "root notes",
+             "sub/notes.md": "kept: .dockerignore patterns are the root's", "sub/.gitignore": "!model.ckpt\n",
+             "sub/model.ckpt": "re-included below", "a.ckpt": "left out", "best.ckpt": "re-included",
+             "scratch/tmp.txt": "left out", "data/big.bin": "x" * (4 << 20)}
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    queue = make_queue("--resource", "local-process")
+    start_agent("-q", queue)
+    result = launch("-q", queue, "-u", str(folder), "-E", "report.py", "--wait")
+    summary = next(line for line in result.stderr.splitlines() if line.startswith("Code folder"))
+    assert "packed 8 files" in summary and "MiB" not in summary.split(";")[0]  # the 4 MiB data/ is not packed
+    for left_out in ("data/ (.gitignore)", "a.ckpt (.gitignore)", "notes.md (.dockerignore)", "scratch/ (.prefectignore)"):
+        assert left_out in summary, summary
+    code = Path(home) / "runs" / run_id_of(result) / "code"
+    assert sorted(p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file()) == [
+        ".dockerignore", ".gitignore", ".prefectignore", "best.ckpt", "report.py", "sub/.gitignore",
+        "sub/model.ckpt", "sub/notes.md"]

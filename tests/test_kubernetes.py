@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_final, wait_for_log
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs, wait_for_attempts, wait_for_final, wait_for_log
 from helm_chart import render, unauthorized
 from kube_standin import KubeStandIn
 
@@ -203,12 +203,7 @@ def test_preemption_requeues_the_same_run_five_times_then_fails(kube, kube_agent
         kube.create_pod("spot", pod, _labels(run_id, attempt), phase="Running")
         kube.update_pod("spot", pod, phase="Failed", conditions=[
             {"type": "DisruptionTarget", "status": "True", "reason": reasons[attempt % 3]}])
-    runs = flow_runs_named(run_id)
-    deadline = time.monotonic() + 60
-    while not all(run.state.is_final() for run in runs) or len(runs) < 6:
-        assert time.monotonic() < deadline, [run.state for run in runs]
-        time.sleep(0.5)
-        runs = flow_runs_named(run_id)
+    runs = wait_for_attempts(run_id, 6, timeout=60)
     assert len(runs) == 6 and len(_job_creates(kube, run_id)) == 6  # 5 requeues, never a 7th submission
     names = sorted(run.state.name for run in runs)
     assert names == ["Failed"] + ["Preempted"] * 5, names
@@ -253,3 +248,43 @@ def test_status_shows_why_the_job_waits_then_its_start_and_run(kube, kube_agent)
     assert wait_for_final(run_id, timeout=60).state.is_completed()
     status = cli("status", run_id).stdout
     assert re.findall(r"^  (submit|start|run)\s", status, re.M) == ["submit", "start", "run"] and "ongoing" not in status
+
+
+def test_the_cluster_comes_from_a_prefect_kubernetes_block_named_in_the_agent_config(kube, make_queue, start_agent,
+                                                                                       monkeypatch, tmp_path):
+    """`kubernetes.cluster: kubernetes-cluster-config/NAME` in launch-config.yaml: the agent reaches the cluster the
+    block's kubeconfig names (KUBECONFIG points nowhere), as its AWS and GCP credentials come from blocks; a
+    `kubernetes-credentials/NAME` block holding that cluster config works the same."""
+    from conftest import unique
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+    cluster = KubernetesClusterConfig.from_file(kube.kubeconfig(tmp_path / "block-kubeconfig"))
+    config_block, credentials_block = unique("standin"), unique("standin-credentials")
+    cluster.save(config_block)
+    KubernetesCredentials(cluster_config=cluster).save(credentials_block)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("WANDB_API_KEY", API_KEY)
+    queue = make_queue("--resource", "kubernetes", prefix="k8s")
+    for reference in (f"kubernetes-cluster-config/{config_block}", f"kubernetes-credentials/{credentials_block}"):
+        agent_config = tmp_path / f"{reference.split('/')[0]}.yaml"
+        agent_config.write_text(yaml.safe_dump({"queues": [queue], "kubernetes": {"cluster": reference}}))
+        assert json.loads(cli("agent", "--config", str(agent_config), "--check").stdout)["kubernetes"] == {"cluster": reference}
+        agent = start_agent("--config", str(agent_config))
+        run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+        # Created through the block's cluster (the agent's first job also imports prefect-kubernetes: a longer deadline).
+        try:
+            _wait_for(f"Job of {run_id}", lambda: kube.objects("batch/v1/jobs").get(("wandb", f"prefect-launch-{run_id}")),
+                      timeout=180)
+        except AssertionError:
+            raise AssertionError(f"{flow_run_of(run_id).state}\n{agent.output()[-3000:]}")
+        kube.create_pod("wandb", f"prefect-launch-{run_id}-p1", _labels(run_id), phase="Succeeded")
+        kube.set_job_status("wandb", f"prefect-launch-{run_id}", {"succeeded": 1})
+        assert wait_for_final(run_id, timeout=90).state.is_completed()
+        agent.stop()
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"queues": [queue], "kubernetes": {"cluster": "kubernetes-cluster-config/nope"}}))
+    start_agent("--config", str(missing))
+    run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python train.py"))
+    state = wait_for_final(run_id, timeout=90).state
+    assert state.is_failed() and "kubernetes.cluster 'kubernetes-cluster-config/nope': block not found" in state.message

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from aws_standin import ACCOUNT, SageMakerStandIn
-from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, on_server, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, flow_runs_named, launch, on_server, run_id_of, wait_for_attempts, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 
 REPOSITORY = "launch-sm"
@@ -264,3 +264,52 @@ def test_aws_credentials_from_a_prefect_block(aws, tmp_path):
     result = cli(*args, env=env, check=False)
     assert result.returncode != 0
     assert "cannot reach AWS" in result.stderr and "is a role name" in result.stderr
+
+
+def test_a_spot_job_whose_capacity_is_reclaimed_goes_back_to_its_queue_with_its_checkpoints(aws, ecr_registry,
+                                                                                         start_agent, make_queue,
+                                                                                         monkeypatch, tmp_path):
+    """Managed spot: capacity taken back (`Interrupted`, then `MaxWaitTimeExceeded`) puts the run back on its queue
+    as the same W&B run, on the same checkpoint prefix, at most `max_requeues` times; an ordinary failure never."""
+    for name, value in {**aws.env, "PREFECT_LAUNCH_CLOUD_POLL_SECONDS": "0.3"}.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "launch-config.yaml"
+    config.write_text("environment:\n  type: aws\n  region: us-east-1\n")
+    spot = {**_seed_filled(), "EnableManagedSpotTraining": True,
+            "StoppingCondition": {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200},
+            "checkpoints": "s3://launch-checkpoints/runs", "max_requeues": 1}
+    queue = make_queue("--resource", "sagemaker", "--config", str(write_json(tmp_path / "queue.json", spot)), prefix="spot")
+    start_agent("-q", queue, "--config", str(config))
+    image = f"{ecr_registry.host}/{REPOSITORY}:spot"
+    created = len(aws.requests)
+    run_id = run_id_of(launch("-q", queue, "-d", image, "-E", "python train.py"))
+
+    first = aws.wait_for_job(created + 1)
+    request = aws.requests[created]
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://launch-checkpoints/runs/{run_id}",
+                                           "LocalPath": "/opt/ml/checkpoints"}
+    assert request["Environment"]["LAUNCH_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
+    assert "WANDB_RESUME" not in request["Environment"]
+    aws.set_status(first, "InProgress", "Training")
+    aws.set_status(first, "InProgress", "Interrupted", "The spot instance was interrupted")
+    aws.set_status(first, "Stopped", "MaxWaitTimeExceeded", "Spot capacity did not come back")
+
+    second = aws.wait_for_job(created + 2)
+    again = aws.requests[created + 1]
+    assert second == f"{run_id}-1"  # a training job name is SageMaker's for good
+    assert again["CheckpointConfig"] == request["CheckpointConfig"] and again["Environment"]["WANDB_RESUME"] == "allow"
+    assert again["Environment"]["WANDB_RUN_ID"] == run_id
+    aws.set_status(second, "InProgress", "Interrupted")
+    aws.set_status(second, "Stopped", "MaxWaitTimeExceeded")
+    runs = wait_for_attempts(run_id, 2)
+    assert sorted(run.state.name for run in runs) == ["Failed", "Preempted"]
+    final = next(run.state for run in runs if run.state.is_failed())
+    assert "preempted 2 times, not requeued again (at most 1)" in final.message, final
+
+    # A spot job failing of its own accord fails: no requeue.
+    failing = run_id_of(launch("-q", queue, "-d", image, "-E", "python train.py"))
+    name = aws.wait_for_job(created + 3)
+    aws.set_status(name, "Failed", "Failed", failure_reason="AlgorithmError: exit code 1")
+    state = wait_for_final(failing).state
+    assert state.is_failed() and "AlgorithmError" in state.message
+    assert len(flow_runs_named(failing)) == 1

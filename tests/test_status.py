@@ -6,6 +6,7 @@ the API stand-in's fixtures.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -66,6 +67,16 @@ def test_a_run_on_a_queue_without_agent_says_so_and_unknown_runs_exit_2(make_que
     assert re.match(r"\d+\.\d\d s\s+ongoing", stage_rows(status)["queue wait"])
     block = cli("status").stdout.split(f"queue {queue} (local-process)\n")[1].split("\nqueue ")[0]
     assert block.splitlines()[:2] == ["  no agent", "  runs: Scheduled 1"]
+
+    # --json: the same, for scripts; stdout holds the JSON alone.
+    shown = json.loads(cli("status", run_id, "--json").stdout)
+    assert shown["run_id"] == run_id and shown["state"] == "Scheduled" and shown["queue"] == queue
+    assert shown["waiting"].startswith(f"no agent on queue {queue}") and shown["stages"][0]["stage"] == "queue wait"
+    (overview,) = [q for q in json.loads(cli("status", "--json").stdout) if q["queue"] == queue]
+    assert overview == {"queue": queue, "resource": "local-process", "paused": False, "runs": {"Scheduled": 1},
+                        "agents": []}
+    (listed,) = [q for q in json.loads(cli("queue", "list", "--json").stdout) if q["name"] == queue]
+    assert listed == {"name": queue, "resource": "local-process", "templates": [], "paused": False}
 
     unknown = subprocess.run([CLI, "status", "no-such-run"], capture_output=True, text=True, cwd=REPO)
     assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0 and "no launch run 'no-such-run'" in unknown.stderr

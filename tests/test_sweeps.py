@@ -175,6 +175,7 @@ def test_sweep_on_a_queue_end_to_end(tmp_path: Path, make_queue, start_agent) ->
     })
 
     result = cli("sweep", "create", str(config), "-q", queue, "--seed", "3", "--wait", timeout=170)
+    assert "Still processing items" not in result.stderr  # Prefect's services drain quietly at exit
 
     lines = result.stdout.splitlines()
     sweep_id = lines[0]
@@ -377,11 +378,20 @@ def test_pause_and_resume_a_sweep(tmp_path: Path, make_queue, start_agent) -> No
     sweep_run, trials = anyio.run(read)
     assert sweep_run.state.is_paused() and len(trials) == 1, [(t.name, t.state.name) for t in trials]
     assert "cannot pause" in cli("sweep", "pause", sweep_id, check=False).stderr
+    # While it runs: its trials and best so far, from the table the sweep keeps up to date.
+    shown = json.loads(cli("sweep", "status", sweep_id, "--json").stdout)
+    assert shown["state"] == "Paused" and [t["state"] for t in shown["trials"]] == ["Completed"]
+    assert shown["best"] == shown["trials"][0] and shown["best"]["value"] is not None
 
     cli("sweep", "resume", sweep_id)
     sweep_run, trials = wait_until(lambda s, t: s.state.is_final(), "sweep finished", timeout=90)
     assert sweep_run.state.is_completed(), sweep_run.state
     assert len(trials) == 2 and all(t.state.is_completed() for t in trials)
+    status = cli("sweep", "status", sweep_id).stdout
+    assert status.startswith(f"sweep {sweep_id}: Completed") and "best so far: trial" in status
+    (listed,) = [sweep for sweep in json.loads(cli("sweep", "list", "--limit", "100", "--json").stdout) if sweep["sweep_id"] == sweep_id]
+    assert [t["state"] for t in listed["trials"]] == ["Completed", "Completed"] and listed["best"] is not None
+    assert f"{sweep_id}  Completed  queue {queue}" in cli("sweep", "list", "--limit", "100").stdout
 
 
 def test_scheduled_sweeps_run_on_their_schedule(tmp_path: Path, make_queue, start_agent) -> None:

@@ -233,15 +233,18 @@ def test_custom_run_from_the_ui_with_override_and_template_value(make_queue, sta
     ui.click("//button[@type='submit'][normalize-space()='Submit']")
     ui.until(lambda: "/run" not in browser.current_url.split("?")[0], "Submit did not leave the run form")
 
-    flow_run = wait_for_final(good_name, timeout=240)
-    assert flow_run.deployment_id == deployment.id
+    # The form's run name gives way to the W&B run id its agent names the run after (one name per run).
+    ui.until(lambda: len(deployment_runs(deployment.id)) == 1, "the submitted run is not on the server")
+    (submitted,) = deployment_runs(deployment.id)
+    run_id = run_id_for(submitted.id)  # a run enqueued without a W&B run id gets one from its flow run
+    flow_run = wait_for_final(run_id, timeout=240)
+    assert flow_run.id == submitted.id and flow_run.name == run_id and flow_run_of(good_name) is None
     assert flow_run.job_variables == {"epochs": 7}
     logs = run_logs(flow_run.id)
     assert flow_run.state.is_completed(), f"{flow_run.state}:\n" + "\n".join(logs[-30:])
     assert job_report(logs, "CONFIG") == {"lr": 0.5, "epochs": 1, "note": "set-in-ui"}  # run_config over the job's defaults
     env = job_report(logs, "ENV")
     assert env["TEMPLATE_EPOCHS"] == "7"  # the template value reached the queue config
-    run_id = run_id_for(flow_run.id)  # a run enqueued without a W&B run id gets one from its flow run
     assert env["WANDB_RUN_ID"] == run_id and env["WANDB_PROJECT"] == project
     assert job_report(logs, "ARGS") == ["from-the-ui"]  # the form's entry point, not the stored job's
 

@@ -19,9 +19,9 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from google.cloud.aiplatform_v1.types import WorkerPoolSpec
+from google.cloud.aiplatform_v1.types import Scheduling, WorkerPoolSpec
 
-from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, run_id_of, run_logs, unique, wait_for_final, wait_for_log, write_json
+from conftest import SEEDS, cancel_run, cli, dry_run_submission, launch, run_id_of, wait_for_attempts, run_logs, unique, wait_for_final, wait_for_log, write_json
 from services import BASE_IMAGE, Registry, docker_engine
 from vertex_standin import VertexStandIn
 
@@ -236,3 +236,42 @@ def test_gcp_credentials_from_a_prefect_block(vertex, tmp_path):
     assert environment.access_token() == vertex.access_token
     token_call = [r for r in vertex.requests if r.path == "/token"][-1]
     assert parse_qs(token_call.body)["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+
+
+def test_a_spot_job_whose_vms_are_taken_back_goes_back_to_its_queue(vertex, artifact_registry, gcp_env, start_agent,
+                                                                   make_queue, tmp_path):
+    """A CustomJob on Spot VMs failing with a preemption goes back to its queue as the same W&B run; its
+    checkpoint prefix is the same for every attempt; an ordinary failure of a spot job fails."""
+    config = tmp_path / "launch-config.yaml"
+    config.write_text(f"environment:\n  type: gcp\n  region: {REGION}\n  project: {PROJECT}\n")
+    queue_config = {**_queue_config(), "run": {"scheduling_strategy": "SPOT"}, "checkpoints": "gs://ml-checkpoints/runs"}
+    queue = make_queue("--resource", "vertex", "--config", str(write_json(tmp_path / "queue.json", queue_config)),
+                       prefix="vxspot")
+    start_agent("-q", queue, "--config", str(config))
+    image = f"{artifact_registry.host}/{REPOSITORY}:spot"
+    before = _creates(vertex)
+    run_id = run_id_of(launch("-q", queue, "-d", image, "-E", "python train.py"))
+
+    first, create = _created(vertex, before + 1)
+    # The SDK's REST transport sends enums as numbers: read it back through the API's own enum.
+    assert Scheduling.Strategy(create.body["jobSpec"]["scheduling"]["strategy"]).name == "SPOT"
+    (pool,) = create.body["jobSpec"]["workerPoolSpecs"]
+    env = {e["name"]: e["value"] for e in pool["containerSpec"]["env"]}
+    assert env["LAUNCH_CHECKPOINT_URI"] == f"gs://ml-checkpoints/runs/{run_id}" and "WANDB_RESUME" not in env
+    vertex.set_state(first, "JOB_STATE_RUNNING")
+    vertex.set_state(first, "JOB_STATE_FAILED", error_message="The job was preempted: Spot VM capacity reclaimed (STOCKOUT)",
+                     error_code=14)
+    second, create = _created(vertex, before + 2)
+    (pool,) = create.body["jobSpec"]["workerPoolSpecs"]
+    env = {e["name"]: e["value"] for e in pool["containerSpec"]["env"]}
+    assert env["WANDB_RUN_ID"] == run_id and env["WANDB_RESUME"] == "allow"
+    assert env["LAUNCH_CHECKPOINT_URI"] == f"gs://ml-checkpoints/runs/{run_id}"
+    vertex.set_state(second, "JOB_STATE_SUCCEEDED")
+    assert sorted(run.state.name for run in wait_for_attempts(run_id, 2)) == ["Completed", "Preempted"]
+
+    failing = run_id_of(launch("-q", queue, "-d", image, "-E", "python train.py"))
+    name, _ = _created(vertex, before + 3)
+    vertex.set_state(name, "JOB_STATE_FAILED", error_message="The replica workerpool0-0 exited with a non-zero status of 1.")
+    state = wait_for_final(failing).state
+    assert state.is_failed() and "non-zero status of 1" in state.message
+    assert _creates(vertex) == before + 3  # not requeued

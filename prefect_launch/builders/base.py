@@ -51,6 +51,9 @@ class BuildSettings(BaseModel):
     kaniko_config: dict[str, Any] | None = None
     secret_name: str | None = None
     secret_key: str | None = None
+    # The agent config's `kubernetes.cluster`: the prefect-kubernetes block of the cluster kaniko builds in (and
+    # kubernetes jobs run on); None = in-cluster or KUBECONFIG.
+    cluster: str | None = None
 
     @classmethod
     def from_agent_config(cls, config) -> "BuildSettings":
@@ -64,6 +67,7 @@ class BuildSettings(BaseModel):
             destination=repository_reference(normalize_destination(destination), key) if destination else None,
             registry_type=registry.type if registry else None,
             base_image=(builder and builder.base_image) or DEFAULT_BASE_IMAGE,
+            cluster=config.kubernetes.cluster if config.kubernetes else None,
             **(builder.model_dump(include=set(_KANIKO_KEYS), exclude_none=True) if builder else {}),
         )
 

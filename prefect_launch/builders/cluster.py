@@ -89,7 +89,7 @@ class ClusterBuilder(Builder):
 
     @functools.cached_property
     def _api(self):
-        return kube.api_client()
+        return kube.api_client(self.settings.cluster)
 
     def build(self, plan: BuildPlan, log: Log, cancel: threading.Event | None = None) -> None:
         # `cancel` is not watched: the launch flow checks it before its job is submitted.

@@ -20,9 +20,18 @@ from prefect_launch.server import configured_api_url, ensure_server, server_env
 
 T = TypeVar("T")
 
+# Prefect's background services (log and event shipping) log under their class names; at exit, while
+# they drain, they warn "Still processing items: N items remaining..." on stderr. A command's
+# stderr is its own messages: only their errors are let through.
+PREFECT_SERVICE_LOGGERS = ("APILogWorker", "EventsWorker")
+
 
 def connect() -> str:
     """Point this process at the configured Prefect API, or at the embedded server."""
+    import logging
+
+    for name in PREFECT_SERVICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     url = configured_api_url()
     if url:
         return url
@@ -167,3 +176,18 @@ def parse_resource(name: str):
 
 def stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def store_code(folder, storage: str | None):
+    """Pack and store a code folder (a spinner meanwhile), then say what was packed and what its ignore files
+    left out; the stored source."""
+    from prefect_launch.cli.follow import working
+    from prefect_launch.sources import code
+
+    reports: list[str] = []
+    with working(f"Packing and storing code folder {folder}"):
+        source = code.upload(folder, code.code_storage(storage, launch_home()), lambda packed, gzipped: reports.append(
+            f"Code folder {folder}: {packed.summary(gzipped)}"))
+    for report in reports:
+        stderr(report)
+    return source

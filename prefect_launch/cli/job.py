@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from prefect_launch.cli.common import clear_errors, connect, echo_json
+from prefect_launch.cli.common import clear_errors, connect, echo_json, store_code
 
 app = typer.Typer(help="Store and list job definitions.", no_args_is_help=True)
 
@@ -36,7 +37,7 @@ def create(
     from prefect_launch.config_files import load_config_file
     from prefect_launch.errors import LaunchError
 
-    argv = entry_point.split() if entry_point else []
+    argv = shlex.split(entry_point) if entry_point else []
     input_schema = load_config_file(schema, "input schema") if schema else None
     if kind is JobKind.code:
         folder = Path(path)
@@ -58,15 +59,16 @@ def create(
     else:
         default_name = path.rsplit("/", 1)[-1].split(":")[0]
 
+    from prefect_launch.blocks.job import check_job_name
+
+    check_job_name(name or default_name)
     connect()
     from prefect_launch.blocks.job import LaunchJob
-    from prefect_launch.home import launch_home
-    from prefect_launch.sources import code
 
     fields = dict(project=project, name=name or default_name, entity=entity, entry_point=argv, input_schema=input_schema)
     if kind is JobKind.code:
         folder = Path(path)
-        source = code.upload(folder, code.code_storage(code_storage, launch_home()))
+        source = store_code(folder, code_storage)
         job = LaunchJob.from_code_folder(folder, source, **fields)
     elif kind is JobKind.git:
         job = LaunchJob(source={"type": "git", "uri": path, "ref": git_ref}, **fields)
@@ -79,15 +81,21 @@ def create(
 
 @app.command("list")
 @clear_errors
-def list_(project: Optional[str] = typer.Option(None, "--project", "-p", help="Only this project")) -> None:
-    """List job definitions, per project as the W&B App's Jobs tab does."""
+def list_(
+    project: Optional[str] = typer.Option(None, "--project", "-p", help="Only this project"),
+    as_json: bool = typer.Option(False, "--json", help="A JSON list of jobs (name, project, entity, source, entry_point)"),
+) -> None:
+    """List job definitions, per project as the W&B App's Jobs tab does (projects compared as W&B does, ignoring case)."""
     connect()
     from prefect_launch.blocks.job import LaunchJob
 
-    for job in LaunchJob.list_all():
-        if project is None or job.project == project:
-            source = job.source.get("digest") or job.source.get("image") or job.source.get("uri")
-            typer.echo(f"{job.project}/{job.name}\t{job.source.get('type')}\t{source}\t{' '.join(job.entry_point)}")
+    jobs = [job for job in LaunchJob.list_all() if project is None or job.project.lower() == project.lower()]
+    if as_json:
+        echo_json([job.model_dump(include={"project", "name", "entity", "source", "entry_point"}) for job in jobs])
+        return
+    for job in jobs:
+        source = job.source.get("digest") or job.source.get("image") or job.source.get("uri")
+        typer.echo(f"{job.project}/{job.name}\t{job.source.get('type')}\t{source}\t{' '.join(job.entry_point)}")
 
 
 @app.command("describe")

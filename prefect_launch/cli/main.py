@@ -10,11 +10,13 @@ Example::
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from prefect_launch.cli import job, queue, server, sweep
 from prefect_launch.cli.agent import agent_command
-from prefect_launch.cli.launch import launch_command
+from prefect_launch.cli.launch import default_queue_argv, launch_command
 from prefect_launch.cli.status import logs_command, status_command
 
 app = typer.Typer(
@@ -32,5 +34,13 @@ app.command("agent")(agent_command)
 app.command("status")(status_command)
 app.command("logs")(logs_command)
 
-if __name__ == "__main__":
+
+
+def main() -> None:
+    """The `prefect-launch` command: W&B's `-q` with no queue name (queue `default`) made explicit, then the app."""
+    sys.argv[1:] = default_queue_argv(sys.argv[1:])
     app()
+
+
+if __name__ == "__main__":
+    main()

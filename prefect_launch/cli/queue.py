@@ -82,7 +82,7 @@ def update(
 
 @app.command("list")
 @clear_errors
-def list_() -> None:
+def list_(as_json: bool = typer.Option(False, "--json", help="A JSON list of queues (name, resource, template fields, paused)")) -> None:
     """List queues."""
     connect()
     from prefect.client.orchestration import get_client
@@ -93,10 +93,15 @@ def list_() -> None:
         async with get_client() as client:
             return await list_queues(client)
 
-    for pool in run(_list):
-        job_config = (pool.base_job_template or {}).get("job_configuration", {})
-        fields = ", ".join((pool.base_job_template or {}).get("variables", {}).get("properties", {}))
-        typer.echo(f"{pool.name}\t{job_config.get('resource', '?')}\t{fields or '-'}")
+    queues = [{"name": pool.name,
+               "resource": (pool.base_job_template or {}).get("job_configuration", {}).get("resource"),
+               "templates": list((pool.base_job_template or {}).get("variables", {}).get("properties", {})),
+               "paused": pool.is_paused} for pool in run(_list)]
+    if as_json:
+        echo_json(queues)
+        return
+    for queue in queues:
+        typer.echo(f"{queue['name']}\t{queue['resource'] or '?'}\t{', '.join(queue['templates']) or '-'}")
 
 
 @app.command("show")

@@ -11,11 +11,12 @@ RUN is the W&B run id (the flow run's name) or the flow run id.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, TypeVar
+import dataclasses
+from typing import Any, Callable, Optional, TypeVar
 
 import typer
 
-from prefect_launch.cli.common import clear_errors, connect, run
+from prefect_launch.cli.common import clear_errors, connect, echo_json, run
 
 T = TypeVar("T")
 DEFAULT_TAIL = 20  # as `prefect flow-run logs --tail`
@@ -38,24 +39,50 @@ def _known_run(fn: Callable[..., T]) -> Callable[..., T]:
 
 def status_command(
     run_id: Optional[str] = typer.Argument(None, metavar="[RUN]", help="W&B run id or flow run id; none: every queue"),
+    as_json: bool = typer.Option(False, "--json", help="The same as one JSON object (a run) or list (the queues)"),
 ) -> None:
     """A run's state, queue, agent, stage timeline and why it waits; without RUN, every queue with its agents and runs."""
-    _known_run(_status)(run_id)
+    _known_run(_status)(run_id, as_json)
 
 
-def _status(run_id: str | None) -> None:
+def _status(run_id: str | None, as_json: bool) -> None:
     connect()
     from prefect.client.orchestration import get_client
 
     from prefect_launch.status import find_run, queue_overviews, render_queues, render_run, run_status
 
-    async def _read() -> str:
+    async def _read() -> Any:
         async with get_client() as client:
             if run_id is None:
-                return render_queues(await queue_overviews(client))
-            return render_run(await run_status(client, await find_run(client, run_id)))
+                overviews = await queue_overviews(client)
+                return [_queue_json(queue) for queue in overviews] if as_json else render_queues(overviews)
+            status = await run_status(client, await find_run(client, run_id))
+            return _run_json(status) if as_json else render_run(status)
 
-    typer.echo(run(_read))
+    shown = run(_read)
+    if as_json:
+        echo_json(shown)
+    else:
+        typer.echo(shown)
+
+
+def _run_json(status) -> dict[str, Any]:
+    """`status RUN --json`: the run's fields, its stages as the timeline artifact holds them (seconds None while one goes on)."""
+    return {"run_id": status.run_id, "flow_run_id": str(status.flow_run_id), "state": status.state,
+            "message": status.message, "queue": status.queue, "resource": status.resource, "agent": status.agent,
+            "waiting": status.waiting or None, "stages": status.timeline.rows(),
+            "place": dataclasses.asdict(status.place) if status.place else None}
+
+
+def _queue_json(queue) -> dict[str, Any]:
+    """`status --json`: one queue with its agents (last heartbeat, alive) and runs per state."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    return {"queue": queue.name, "resource": queue.resource, "paused": queue.paused, "runs": queue.runs,
+            "agents": [{"name": agent.name, "alive": agent.alive(now),
+                        "last_heartbeat": agent.last_heartbeat.isoformat() if agent.last_heartbeat else None}
+                       for agent in queue.agents]}
 
 
 def logs_command(

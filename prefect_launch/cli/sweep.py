@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from prefect_launch.cli.common import clear_errors, connect, run, stderr
+from prefect_launch.cli.common import clear_errors, connect, echo_json, run, stderr
 
 app = typer.Typer(help="Sweeps: hyperparameter searches whose trials are launch jobs on a queue.", no_args_is_help=True)
 
@@ -34,9 +34,10 @@ def create_command(
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Trials in flight at most (over scheduler.num_workers)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random and bayes samplers"),
     wait: bool = typer.Option(False, "--wait", help="Run the sweep here: log trials, print the best, exit 1 unless it completes"),
+    as_json: bool = typer.Option(False, "--json", help="Print the sweep (with --wait: its trials and best) as JSON"),
 ) -> None:
     """Start a sweep: its trials go on the queue as launch jobs."""
-    clear_errors(_create)(config, queue, project, entity, num_workers, seed, wait)
+    clear_errors(_create)(config, queue, project, entity, num_workers, seed, wait, as_json)
 
 
 def _prepare(config_path: Path, queue: str | None, project: str | None, entity: str | None,
@@ -66,13 +67,16 @@ def _prepare(config_path: Path, queue: str | None, project: str | None, entity: 
 
 
 def _create(config_path: Path, queue: str | None, project: str | None, entity: str | None,
-            num_workers: int | None, seed: int | None, wait: bool) -> None:
+            num_workers: int | None, seed: int | None, wait: bool, as_json: bool) -> None:
     from prefect_launch.home import launch_home
 
     config, queue = _prepare(config_path, queue, project, entity, num_workers)
     flow_run = run(_create_run, config, queue, seed)
     stderr(f"Sweep {flow_run.name} on queue {queue!r} (flow run {flow_run.id}), method {config.method}")
-    typer.echo(flow_run.name)
+    if not as_json:
+        typer.echo(flow_run.name)
+    elif not wait:
+        echo_json({"sweep_id": flow_run.name, "flow_run_id": str(flow_run.id), "queue": queue})
     if wait:
         from prefect_launch.sweeps.flow import execute
 
@@ -82,7 +86,10 @@ def _create(config_path: Path, queue: str | None, project: str | None, entity: s
         except Exception:
             result = None
         if isinstance(result, dict):
-            _print_result(result)
+            if as_json:
+                echo_json({**result, "state": final.name})
+            else:
+                _print_result(result)
         if not final.is_completed():
             stderr(f"Sweep {flow_run.name} ended {final.name}" + (f": {final.message}" if final.message else ""))
             raise typer.Exit(1)
@@ -98,8 +105,9 @@ def _create(config_path: Path, queue: str | None, project: str | None, entity: s
 
 
 def _control(action: str):
-    def command(sweep: str = typer.Argument(..., help="Sweep id (printed by `sweep create`) or its flow run id")) -> None:
-        clear_errors(_set_state)(sweep, action)
+    def command(sweep: str = typer.Argument(..., help="Sweep id (printed by `sweep create`) or its flow run id"),
+                as_json: bool = typer.Option(False, "--json", help="Print the sweep and the request as JSON")) -> None:
+        clear_errors(_set_state)(sweep, action, as_json)
 
     command.__doc__ = {
         "pause": "Pause a sweep: its trials in flight run on; no new ones until it is resumed.",
@@ -113,12 +121,69 @@ for _action in ("pause", "resume", "cancel"):
     app.command(_action)(_control(_action))
 
 
-def _set_state(sweep: str, action: str) -> None:
+def _set_state(sweep: str, action: str, as_json: bool) -> None:
     from prefect_launch.sweeps.flow import set_sweep_state
 
     connect()
     flow_run = run(set_sweep_state, sweep, action)
     stderr(f"Sweep {flow_run.name}: {action} requested")
+    if as_json:
+        echo_json({"sweep_id": flow_run.name, "flow_run_id": str(flow_run.id), "requested": action})
+
+
+@app.command("status")
+def status_command(
+    sweep: str = typer.Argument(..., help="Sweep id (printed by `sweep create`) or its flow run id"),
+    as_json: bool = typer.Option(False, "--json", help="The sweep, its trials and best so far as JSON"),
+) -> None:
+    """A sweep's state, its trials (run, state, metric, parameters) and its best so far."""
+    clear_errors(_status)(sweep, as_json)
+
+
+def _status(sweep: str, as_json: bool) -> None:
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.sweeps.flow import find_sweep
+    from prefect_launch.sweeps.report import render_sweep, sweep_status
+
+    connect()
+
+    async def read():
+        async with get_client() as client:
+            return await sweep_status(client, await find_sweep(client, sweep))
+
+    status = run(read)
+    if as_json:
+        echo_json(status.as_json())
+    else:
+        typer.echo(render_sweep(status))
+
+
+@app.command("list")
+def list_command(
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many sweeps, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="The sweeps with their trials and best so far as JSON"),
+) -> None:
+    """The latest sweeps: state, queue, trials per state, best so far."""
+    clear_errors(_list)(limit, as_json)
+
+
+def _list(limit: int, as_json: bool) -> None:
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.sweeps.report import list_sweeps, render_sweeps
+
+    connect()
+
+    async def read():
+        async with get_client() as client:
+            return await list_sweeps(client, limit)
+
+    statuses = run(read)
+    if as_json:
+        echo_json([status.as_json() for status in statuses])
+    else:
+        typer.echo(render_sweeps(statuses))
 
 
 async def _check_queue(queue: str, config) -> None:

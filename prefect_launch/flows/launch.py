@@ -91,9 +91,6 @@ def _not_cancelled(context: LaunchContext, when: str) -> None:
         raise CancelledBeforeStart(f"cancelled {when}: the job was never started")
 
 
-# A preempted run goes back to its queue at most this many times (W&B's limit); the next preemption fails it.
-MAX_REQUEUES = 5
-
 current_launch: ContextVar[LaunchContext] = ContextVar("prefect_launch_context")
 
 
@@ -288,7 +285,7 @@ def launch(spec: LaunchSpec) -> State | None:
         if job is not None:
             _record(job, context, rendered, handle, timeline)
     if outcome.state == "preempted":
-        return _requeue(spec, job, outcome)
+        return _requeue(spec, job, outcome, queue_launch_keys(context.queue).max_requeues)
     if outcome.state == "failed":
         return Failed(message=outcome.message)
     if outcome.state == "cancelled":
@@ -300,7 +297,7 @@ def launch(spec: LaunchSpec) -> State | None:
 def _expired(spec: LaunchSpec, context: LaunchContext, flow_run) -> str:
     """Why the run may not start, having waited on its queue past its time-to-live (the spec's `ttl`, else the
     queue config's); "" when it may. A requeued run's wait counts from its requeue."""
-    ttl = spec.ttl or time_to_live(context.queue)
+    ttl = spec.ttl or queue_launch_keys(context.queue).ttl
     waited = (datetime.now(timezone.utc) - flow_run.expected_start_time).total_seconds() if flow_run.expected_start_time else 0
     if ttl and waited > ttl:
         return (f"expired: waited {waited:.0f} s on queue {context.queue_name}, longer than its time-to-live of "
@@ -308,10 +305,10 @@ def _expired(spec: LaunchSpec, context: LaunchContext, flow_run) -> str:
     return ""
 
 
-def time_to_live(queue: QueueConfig) -> int | None:
-    """The queue config's `ttl`: how long a job that gives none may wait."""
+def queue_launch_keys(queue: QueueConfig) -> LaunchKeys:
+    """The queue config's own launch keys (its time-to-live, requeue limit, ...), a job's resource args aside."""
     own, _ = LaunchKeys.split(unwrap_resource_key(queue.resource_args, queue.resource))
-    return LaunchKeys.parse(own, f"{queue.resource.value} queue config").ttl
+    return LaunchKeys.parse(own, f"{queue.resource.value} queue config")
 
 
 def _check_run_id_free(spec: LaunchSpec, flow_run) -> None:
@@ -353,11 +350,14 @@ class _TimelineArtifact:
             get_run_logger().warning("Timeline not published (%s); the next stage change writes it again", exc)
 
 
-def _requeue(spec: LaunchSpec, job: ResolvedJob, outcome: Outcome) -> State:
-    """Put a preempted run back at the end of its queue as the same W&B run, at most MAX_REQUEUES times."""
+def _requeue(spec: LaunchSpec, job: ResolvedJob, outcome: Outcome, max_requeues: int) -> State:
+    """Put a preempted run back at the end of its queue as the same W&B run, at most `max_requeues` times (the queue
+    config's, W&B's 5 by default; 0: never)."""
     attempts = spec.preemptions + 1
-    if spec.preemptions >= MAX_REQUEUES:
-        return Failed(message=f"{outcome.message}; preempted {attempts} times, not requeued again (at most {MAX_REQUEUES})")
+    if spec.preemptions >= max_requeues:
+        why = "its queue does not requeue preempted jobs (max_requeues: 0)" if max_requeues == 0 else \
+            f"preempted {attempts} times, not requeued again (at most {max_requeues})"
+        return Failed(message=f"{outcome.message}; {why}")
     again = spec.model_copy(update={"run_id": job.run_id, "run_name": job.run_name, "preemptions": attempts})
     flow_run = FlowRunContext.get().flow_run
     with get_client(sync_client=True) as client:
@@ -368,7 +368,7 @@ def _requeue(spec: LaunchSpec, job: ResolvedJob, outcome: Outcome) -> State:
             work_queue_name=flow_run.work_queue_name,
             name=job.run_id,
         )
-    message = f"{outcome.message}; requeued as flow run {requeued.id} (requeue {attempts} of at most {MAX_REQUEUES})"
+    message = f"{outcome.message}; requeued as flow run {requeued.id} (requeue {attempts} of at most {max_requeues})"
     get_run_logger().warning("%s", message)
     return Cancelled(name="Preempted", message=message)
 

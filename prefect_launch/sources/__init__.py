@@ -19,11 +19,25 @@ from prefect_launch.sources import code, git
 from prefect_launch.spec import CodeSource, GitSource, ImageSource, LaunchSpec, ResolvedJob, Source, new_run_id
 
 _PYTHONS = {"python", "python3"}
+# How `wandb launch -E` runs an entry point that is a script of the code rather than a command: python
+# for `.py` files, the shell (bash, W&B images' $SHELL) for `.sh` files.
+_SCRIPT_RUNNERS = {".py": "python", ".sh": "bash"}
+
+
+def as_command(argv: list[str]) -> list[str]:
+    """The entry point as W&B runs it: `train.py --fast` is `python train.py --fast`, `run.sh` is `bash run.sh`.
+
+    >>> as_command(["train.py", "--fast"]), as_command(["run.sh"]), as_command(["python", "train.py"])
+    (['python', 'train.py', '--fast'], ['bash', 'run.sh'], ['python', 'train.py'])
+    """
+    runner = _SCRIPT_RUNNERS.get(Path(argv[0]).suffix) if argv else None
+    return [runner, *argv] if runner else argv
 
 
 def check_entry_point_file(argv: list[str], folder: Path, where: str) -> None:
-    """`python train.py` must name a file that exists in the code folder."""
-    if len(argv) >= 2 and Path(argv[0]).name in _PYTHONS and argv[1].endswith(".py"):
+    """`python train.py` (or `train.py`, `bash run.sh`) must name a file that exists in the code folder."""
+    argv = as_command(argv)
+    if len(argv) >= 2 and Path(argv[0]).name in _PYTHONS | {"bash"} and argv[1].endswith(tuple(_SCRIPT_RUNNERS)):
         if not (folder / argv[1]).is_file():
             raise LaunchError(f"entry point file {argv[1]!r} not found in {where}")
 
@@ -39,7 +53,7 @@ def deployment_needs_image(queue: str | None) -> LaunchError:
 def _job_definition(spec: LaunchSpec) -> tuple[Source | None, list[str] | None, dict]:
     from prefect_launch.blocks.job import LaunchJob
 
-    definition = LaunchJob.find(spec.job, spec.project)
+    definition = LaunchJob.find(spec.job, spec.project, spec.entity)
     try:
         source = TypeAdapter(Source).validate_python(definition.source)
     except ValidationError as exc:
@@ -87,7 +101,7 @@ def resolve(
         raise LaunchError("the job has no source: give -u/--uri, -d/--docker-image or -j/--job")
     if source is None and builds_image:
         raise deployment_needs_image(queue)
-    entry_point = list(spec.overrides.entry_point or entry_point or [])
+    entry_point = as_command(list(spec.overrides.entry_point or entry_point or []))
     argv = entry_point + list(spec.overrides.args)
 
     run_id = spec.run_id or new_run_id()
@@ -109,8 +123,10 @@ def resolve(
     return ResolvedJob(
         run_id=run_id,
         run_name=spec.run_name or run_id,
-        project=spec.project,
+        # W&B's agent runs a job in its project lower-cased (`LaunchProject.target_project`).
+        project=spec.project.lower(),
         entity=spec.entity,
+        author=spec.author,
         queue=queue,
         source_kind="deployment" if source is None else source.type,
         argv=argv,

@@ -39,9 +39,9 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
-from prefect_launch.archive import TooLarge, code_limits, too_large, too_many, write_tar
+from prefect_launch.archive import Packed, TooLarge, code_limits, too_large, too_many, write_tar
 from prefect_launch.errors import LaunchError
 from prefect_launch.settings import settings
 from prefect_launch.spec import CodeSource
@@ -57,20 +57,19 @@ _CHUNK = 1 << 20
 
 def folder_digest(folder: Path) -> str:
     """The digest `folder` packs to, computed without keeping the archive."""
-    return write_tar(folder, None)[0]
+    return write_tar(folder, None, ignore=True).digest
 
 
-def pack_to_file(folder: Path, out: BinaryIO) -> str:
-    """Write the gzipped tar of `folder` to the binary file `out`, streaming; return its digest."""
+def pack_to_file(folder: Path, out: BinaryIO) -> Packed:
+    """Write the gzipped tar of `folder` (less what its ignore files leave out) to the binary file `out`, streaming."""
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as compressed:
-        digest, _ = write_tar(folder, compressed)
-    return digest
+        return write_tar(folder, compressed, ignore=True)
 
 
 def pack(folder: Path) -> tuple[str, bytes]:
     """Return (digest, gzipped tar) for `folder`, identical for identical content (in memory: small folders)."""
     out = io.BytesIO()
-    digest = pack_to_file(folder, out)
+    digest = pack_to_file(folder, out).digest
     return digest, out.getvalue()
 
 
@@ -189,16 +188,20 @@ def _read_to_file(block, key: str, out: _CappedFile) -> None:
         out.write(block.read_path(key, _sync=True))
 
 
-def upload(folder: Path, storage: str) -> CodeSource:
+def upload(folder: Path, storage: str, report: Callable[[Packed, int], None] | None = None) -> CodeSource:
     """Store the folder's packed content under its digest and return the source.
 
     The archive is spooled to a temporary file (hashed while it is written), then the
-    storage block is written from that file.
+    storage block is written from that file. `report` is told what was packed and the
+    gzipped size, before it is stored.
     """
     with tempfile.TemporaryDirectory(prefix="prefect-launch-pack-") as spool:
         archive = Path(spool) / "code.tar.gz"
         with archive.open("wb") as out:
-            digest = pack_to_file(folder, out)
+            packed = pack_to_file(folder, out)
+        digest = packed.digest
+        if report is not None:
+            report(packed, archive.stat().st_size)
         # Content-addressed: rewriting the same name writes the same content, so no
         # existence check (which read the whole archive back) is needed.
         try:

@@ -40,6 +40,7 @@ from prefect_launch.spec import ImageSource, LaunchSpec, Overrides, new_run_id
 from prefect_launch.sweeps.config import SweepConfig
 from prefect_launch.sweeps.hyperband import hyperband_bands, runs_to_stop
 from prefect_launch.sweeps.metrics import read_run_metrics
+from prefect_launch.sweeps.report import TrialsTable, best
 from prefect_launch.sweeps.search import Search, Trial
 
 POLL_SECONDS = 1.0
@@ -135,6 +136,8 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
         workers = config.num_workers(template.get("job_configuration", {}))
         logger.info(f"Sweep {sweep_id} on queue {queue!r}: method {config.method}, "
                     f"{'run_cap ' + str(cap) if cap else 'grid'}, at most {workers} in flight")
+        # The trials as they go, for `sweep status` and `sweep list` (sweeps/report.py).
+        table = TrialsTable(client, sweep_id, own_id)
         try:
             was_paused = False
             while True:
@@ -161,6 +164,7 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                     in_flight[flow_run.id] = record
                     logger.info(f"trial {trial.number} enqueued as run {run_id}: {trial.params}")
                     more_to_run = cap is None or len(trials) < cap
+                await table.publish([t.public() for t in trials])
                 if not in_flight and not (paused and more_to_run):
                     break
                 await _sleep(POLL_SECONDS)
@@ -200,6 +204,7 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
                 total = cap or max(len(trials), 1)
                 await update_progress_artifact(progress, 100.0 * done / total,
                                                description=f"Sweep {sweep_id}: {done} of {total} trials finished")
+            await table.publish([t.public() for t in trials])
         except BaseException:
             # The runner stopped this process (the sweep was cancelled in the UI) or the sweep crashed:
             # its trials in flight are part of it and go too.
@@ -232,11 +237,7 @@ async def sweep(config: SweepConfig, queue: str, seed: int | None = None) -> dic
 
 
 def best_trial(config: SweepConfig, trials: list[TrialRecord]) -> TrialRecord | None:
-    scored = [t for t in trials if t.value is not None]
-    if not scored or config.metric is None:
-        return None
-    pick = min if config.metric.goal == "minimize" else max
-    return pick(scored, key=lambda t: t.value)
+    return best(config.metric.goal if config.metric else None, trials, lambda t: t.value)
 
 
 def _final_metric(config: SweepConfig, runs_dir, record: TrialRecord) -> float | None:

@@ -33,8 +33,9 @@ def target_class(resource: Resource) -> type[Target]:
         ) from None
 
 
-def get_target(resource: Resource, environment: Environment | None = None, registry: Registry | None = None) -> Target:
-    return target_class(resource)(environment, registry)
+def get_target(resource: Resource, environment: Environment | None = None, registry: Registry | None = None,
+               cluster: str | None = None) -> Target:
+    return target_class(resource)(environment, registry, cluster)
 
 
 __all__ = ["Handle", "Outcome", "Progress", "Target", "get_target", "target_class", "SUPPORTED_RESOURCES"]

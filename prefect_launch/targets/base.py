@@ -87,11 +87,14 @@ class Target(abc.ABC):
     # environment is verified before a job is submitted.
     runs_remotely: ClassVar[bool] = False
 
-    def __init__(self, environment: Environment | None = None, registry: Registry | None = None) -> None:
+    def __init__(self, environment: Environment | None = None, registry: Registry | None = None,
+                 cluster: str | None = None) -> None:
         # The agent's cloud credentials and region; only the cloud targets use them.
         self.environment = environment
         # The agent's registry: a target whose cluster pulls with its own login (Kubernetes) asks it for one.
         self.registry = registry
+        # The agent config's `kubernetes.cluster` (a prefect-kubernetes block); only the kubernetes target uses it.
+        self.cluster = cluster
 
     @classmethod
     def parse_config(cls, payload: dict[str, Any], where: str) -> TargetConfig:
@@ -103,6 +106,16 @@ class Target(abc.ABC):
             return cls.config_model.model_validate(payload)
         except ValidationError as exc:
             raise invalid_config(exc, where) from None
+
+    def with_checkpoints(self, job: ResolvedJob, store: str | None) -> ResolvedJob:
+        """The job with the place it keeps checkpoints across requeues, from the queue config's `checkpoints`
+        (`store`): under it, one prefix per run id, an object-store URI (`checkpoint_uri`, the job syncs it) or a
+        folder the cluster's pods share (`checkpoint_dir`). Local targets keep them in the run's folder."""
+        if not store:
+            return job
+        location = f"{store.rstrip('/')}/{job.run_id}"
+        field = "checkpoint_uri" if "://" in store else "checkpoint_dir"
+        return job.model_copy(update={field: location})
 
     @abc.abstractmethod
     def render(self, job: ResolvedJob, config: Any) -> dict[str, Any]:

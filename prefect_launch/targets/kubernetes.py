@@ -347,7 +347,7 @@ class KubernetesTarget(Target):
 
     @functools.cached_property
     def _api(self):
-        return kube.api_client()
+        return kube.api_client(self.cluster)
 
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:
         from kubernetes import client

@@ -101,6 +101,10 @@ class LocalContainerTarget(Target):
     # `docker container wait` on an adopted container, started by `attach`.
     _exit_waiter: subprocess.Popen[str] | None = None
 
+    def with_checkpoints(self, job: ResolvedJob, store: str | None) -> ResolvedJob:
+        """In the run's own folder, mounted into every attempt's container."""
+        return job.model_copy(update={"checkpoint_dir": f"{RUN_DIR}/checkpoints"}) if job.run_dir else job
+
     def render(self, job: ResolvedJob, config: LocalContainerConfig) -> dict[str, Any]:
         if not job.image:
             raise LaunchError("local-container needs an image: this job has none (was its build skipped?)")

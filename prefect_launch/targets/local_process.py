@@ -90,6 +90,10 @@ class LocalProcessTarget(Target):
     job_policy = AllowedFields({"env"})
     builds_image = False
 
+    def with_checkpoints(self, job: ResolvedJob, store: str | None) -> ResolvedJob:
+        """In the run's own folder, which every attempt of the run on this machine shares."""
+        return job.model_copy(update={"checkpoint_dir": str(job.run_dir / "checkpoints")}) if job.run_dir else job
+
     def render(self, job: ResolvedJob, config: LocalProcessConfig) -> dict[str, Any]:
         if job.workdir is None:
             raise LaunchError(

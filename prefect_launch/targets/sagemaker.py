@@ -9,7 +9,8 @@ W&B's runner does), checked against botocore's model of the request.
 missing); a bare role name becomes the execution role's ARN in the aws
 environment's account. The launch fills in the rest:
 
-- `TrainingJobName`: the run id (SageMaker's characters, at most 63), unless set;
+- `TrainingJobName`: the run id (SageMaker's characters, at most 63; `<run id>-<N>` for
+  the Nth requeue of a preempted run), unless set;
 - `AlgorithmSpecification.TrainingImage`: the built or given image (ECR);
   `ContainerEntrypoint` / `ContainerArguments`: the entry point and its args;
 - `Environment`: the W&B variables over the queue's, within SageMaker's limits
@@ -19,7 +20,12 @@ environment's account. The launch fills in the rest:
 The monitor polls `DescribeTrainingJob`, logs each secondary status and the
 job's CloudWatch log lines; a status before `Training` is why the run waits
 (its progress), `Training` starts it; `Completed` completes the run, `Failed`
-fails it with SageMaker's reason, `Stopped` cancels it. Cancelling the run calls
+fails it with SageMaker's reason, `Stopped` cancels it. A managed spot job
+(`EnableManagedSpotTraining`) that ends because SageMaker took its capacity
+back (`Interrupted`, `MaxWaitTimeExceeded`) is preempted: the run goes back to
+its queue as the same W&B run. With the queue config's `checkpoints: s3://...`,
+every attempt gets `CheckpointConfig` on the run's own prefix (SageMaker syncs
+it with `/opt/ml/checkpoints`, the job's `LAUNCH_CHECKPOINT_DIR`). Cancelling the run calls
 `StopTrainingJob`. Clients come from the aws environment (`AWS_ENDPOINT_URL`
 points them at a stand-in).
 
@@ -60,6 +66,8 @@ WANDB_ONLY_KEYS = ("EcrRepoName", "region", "profile")
 MAX_ENV_VARIABLES = 100
 MAX_ENV_VALUE = 512
 RUN_ID_TAG = "prefect-launch.run-id"
+# Where a training job's checkpoints are, in its container (SageMaker's own default).
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 # Secondary statuses: before the job runs (why the run waits), and once it has run.
 WAITING_STATUSES = {"Pending", "Starting", "LaunchingMLInstances", "PreparingTrainingStack", "Downloading",
@@ -154,7 +162,8 @@ class SageMakerTarget(Target):
         if not job.image:
             raise LaunchError("sagemaker runs an image: this job has none (a code job needs a builder and an ECR destination)")
         request["RoleArn"] = self._role_arn(request["RoleArn"])
-        request.setdefault("TrainingJobName", training_job_name(job.run_id))
+        # A name is SageMaker's for good: a requeued attempt of the run gets a name of its own.
+        request.setdefault("TrainingJobName", training_job_name(f"{job.run_id}-{job.attempt}" if job.attempt else job.run_id))
         entry_point = job.entry_point or job.argv[:1]
         algorithm = request.setdefault("AlgorithmSpecification", {})
         algorithm["TrainingImage"] = job.image
@@ -163,6 +172,12 @@ class SageMakerTarget(Target):
         algorithm["ContainerArguments"] = job.argv[len(entry_point):]
         if not algorithm["ContainerArguments"]:
             del algorithm["ContainerArguments"]
+        if job.checkpoint_uri and "CheckpointConfig" not in request:
+            # SageMaker syncs this folder with the run's prefix, and back into the next attempt's container.
+            request["CheckpointConfig"] = {"S3Uri": job.checkpoint_uri, "LocalPath": CHECKPOINT_LOCAL_PATH}
+        if isinstance(request.get("CheckpointConfig"), dict):
+            local = request["CheckpointConfig"].get("LocalPath") or CHECKPOINT_LOCAL_PATH
+            job = job.model_copy(update={"checkpoint_dir": local})
         request["Environment"] = _environment({**request.get("Environment", {}), **wandb_env(job)})
         tags = [tag for tag in request.get("Tags", []) if tag.get("Key") != RUN_ID_TAG]
         request["Tags"] = [*tags, {"Key": RUN_ID_TAG, "Value": job.run_id}]
@@ -258,6 +273,22 @@ def _environment(env: dict[str, str]) -> dict[str, str]:
     return {name: str(value) for name, value in env.items()}
 
 
+def spot_capacity_reclaimed(job: dict[str, Any]) -> bool:
+    """Whether a managed spot training job ended because its capacity was taken back: it was `Interrupted`, or
+    spot capacity did not come back within its `MaxWaitTimeInSeconds` (`MaxWaitTimeExceeded`).
+
+    >>> spot_capacity_reclaimed({"EnableManagedSpotTraining": True, "SecondaryStatus": "Failed",
+    ...                          "SecondaryStatusTransitions": [{"Status": "Training"}, {"Status": "Interrupted"}]})
+    True
+    >>> spot_capacity_reclaimed({"EnableManagedSpotTraining": False, "SecondaryStatus": "MaxWaitTimeExceeded"})
+    False
+    """
+    if not job.get("EnableManagedSpotTraining"):
+        return False
+    seen = {t.get("Status") for t in job.get("SecondaryStatusTransitions") or []} | {job.get("SecondaryStatus")}
+    return bool(seen & {"Interrupted", "MaxWaitTimeExceeded"})
+
+
 def _last_message(job: dict[str, Any]) -> str:
     transitions = job.get("SecondaryStatusTransitions") or []
     return transitions[-1].get("StatusMessage", "") if transitions else ""
@@ -265,6 +296,9 @@ def _last_message(job: dict[str, Any]) -> str:
 
 def _outcome(job: dict[str, Any], stop_requested: bool) -> Outcome | None:
     status = job["TrainingJobStatus"]
+    if status in ("Failed", "Stopped") and not stop_requested and spot_capacity_reclaimed(job):
+        return Outcome(state="preempted", message=f"SageMaker reclaimed the managed spot capacity of training job "
+                                                  f"{job.get('TrainingJobName')} ({job.get('SecondaryStatus')})")
     if status == "Failed":
         return Outcome(state="failed", message=f"SageMaker training job failed: {job.get('FailureReason') or 'no reason given'}")
     if status == "Stopped":

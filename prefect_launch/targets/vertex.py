@@ -12,7 +12,10 @@ label. `spec.service_account`, which the seeds document, moves to
 `run.service_account`, where the SDK takes it.
 
 Its progress: `JOB_STATE_QUEUED` or `PENDING` is why the run waits,
-`RUNNING` (or `SUCCEEDED`, seen first) starts it.
+`RUNNING` (or `SUCCEEDED`, seen first) starts it. A job on Spot VMs
+(`run.scheduling_strategy: SPOT`) that fails because its VMs were taken back
+(a preemption or stockout error) is preempted: the run goes back to its queue
+as the same W&B run.
 
 The client is `google-cloud-aiplatform` over REST, with the gcp
 environment's project, region and credentials;
@@ -53,6 +56,8 @@ RUN_ID_LABEL = "prefect-launch-run-id"
 # Keys whose own keys are the user's names, not the SDK's.
 _FREE_FORM = {"labels", "env"}
 _CAMEL = re.compile(r"[a-z0-9][A-Z]")
+# How Vertex AI says a Spot VM was taken back (STOCKOUT, "preempted").
+_RECLAIMED = re.compile(r"preempt|stockout|reclaim", re.I)
 _WAITING = {"JOB_STATE_QUEUED", "JOB_STATE_PENDING"}
 _RAN = {"JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"}
 _OUTCOMES = {
@@ -62,6 +67,14 @@ _OUTCOMES = {
     "JOB_STATE_EXPIRED": ("failed", "Vertex AI CustomJob expired before it could run"),
     "JOB_STATE_PARTIALLY_SUCCEEDED": ("failed", "Vertex AI CustomJob only partially succeeded"),
 }
+
+
+def spot_capacity_reclaimed(job: Any) -> bool:
+    """Whether a CustomJob on Spot VMs (`run.scheduling_strategy: SPOT`) failed because Compute Engine took its
+    VMs back: its error names a preemption or a stockout, as Vertex AI reports one. An ordinary failure never is."""
+    scheduling = job.gca_resource.job_spec.scheduling
+    strategy = getattr(scheduling.strategy, "name", str(scheduling.strategy))
+    return strategy == "SPOT" and bool(job.error) and bool(_RECLAIMED.search(job.error.message or ""))
 
 
 def _snake(name: str) -> str:
@@ -256,6 +269,9 @@ class VertexTarget(Target):
                     progress.started()
             if state not in _OUTCOMES:
                 return None
+            if state == "JOB_STATE_FAILED" and spot_capacity_reclaimed(job):
+                return Outcome(state="preempted", message=f"Vertex AI reclaimed the spot capacity of {handle.id}: "
+                                                          f"{job.error.message}")
             kind, message = _OUTCOMES[state]
             if kind == "cancelled" and not cancel_requested:
                 message += " outside prefect-launch"
