@@ -34,8 +34,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
+from prefect_launch.settings import settings
+
 DEFAULT_PORT = 4200
-START_TIMEOUT_SECONDS = 90
 
 
 def configured_api_url() -> str | None:
@@ -183,13 +184,14 @@ def _start_on(home: Path, port: int) -> str | None:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    start_timeout = settings().server_start_timeout
+    deadline = time.monotonic() + start_timeout
     while not healthy(url):
         if proc.poll() is not None:
             raise RuntimeError(f"Prefect server exited with code {proc.returncode}; see {home / 'server.log'}")
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"Prefect server did not answer within {START_TIMEOUT_SECONDS} s; see {home / 'server.log'}")
+            raise RuntimeError(f"Prefect server did not answer within {start_timeout:.0f} s; see {home / 'server.log'}")
         time.sleep(0.25)
     if not _answers_as(url, home, proc, deadline):
         proc.kill()

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     pending_timeout: PositiveFloat = Field(
         default=300.0, description="Seconds a run may stay Pending before an agent puts it back on its queue."
     )
+    server_start_timeout: PositiveFloat = Field(
+        default=300.0,
+        description="Seconds `server start` waits for a new Prefect server to answer; its first start migrates "
+        "a fresh database (30 s to 2 min here, by Prefect release and load).",
+    )
     vertex_api_endpoint: str | None = Field(
         default=None, description="The Vertex AI API endpoint (a stand-in); unset: Google's regional endpoint."
     )

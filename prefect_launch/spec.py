@@ -242,7 +242,8 @@ class LaunchKeys(BaseModel):
     sweeps, never the target, and are taken off before a target parses its config. `job_may_set` is
     prefect-launch's: the fields a queue's admin lets jobs set beyond their target's policy; `ttl` is the
     queue's default time-to-live of a waiting job; `max_requeues` how often a preempted job goes back to the
-    queue (W&B's fixed 5, 0 for never); `checkpoints` where runs keep checkpoints that survive requeues.
+    queue (W&B's fixed 5, 0 for never); `checkpoints` where runs keep checkpoints that survive requeues;
+    `max_running_per_entity` / `max_running_per_project` the queue's fair share (`fair_share`).
 
     >>> own, rest = LaunchKeys.split({"gpus": "all", "builder": {"accelerator": {"base_image": "tf:gpu"}}})
     >>> LaunchKeys.parse(own, "queue config").builder.accelerator_base_image, rest
@@ -264,6 +265,12 @@ class LaunchKeys(BaseModel):
     checkpoints: str | None = Field(
         default=None,
         description="Where runs keep checkpoints that survive requeues: an object-store prefix (s3://, gs://) or a shared path",
+    )
+    max_running_per_entity: int | None = Field(
+        default=None, ge=1, description="Jobs of one W&B entity this queue runs at once, across all its agents (fair share)"
+    )
+    max_running_per_project: int | None = Field(
+        default=None, ge=1, description="Jobs of one W&B project this queue runs at once, across all its agents (fair share)"
     )
 
     @classmethod
@@ -292,6 +299,11 @@ class QueueConfig(BaseModel):
     @classmethod
     def _parse_resource(cls, value: Any) -> Any:
         return Resource.parse(value) if isinstance(value, str) else value
+
+    def launch_keys(self) -> LaunchKeys:
+        """The queue config's own launch keys (its time-to-live, requeue limit, fair share, ...)."""
+        own, _ = LaunchKeys.split(unwrap_resource_key(self.resource_args, self.resource))
+        return LaunchKeys.parse(own, f"{self.resource.value} queue config")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect_launch.deployments.flows import handed_over
 from prefect_launch.deployments.queues import FLOW_NAME, list_queues, read_queue, runs_per_state
 from prefect_launch.errors import LaunchError
+from prefect_launch.fair_share import caps_of, held_by
 from prefect_launch.ownership import Owner
 from prefect_launch.spec import run_id_for
 from prefect_launch.timeline import Timeline, timeline_key
@@ -264,6 +265,9 @@ async def _why_on_queue(client: PrefectClient, pool: WorkPool, flow_run: FlowRun
     alive = [agent.name for agent in await agents_of(client, pool.name) if agent.alive(now)]
     if not alive:
         return f"no agent on queue {pool.name} (none has sent a heartbeat in the last {AGENT_STALE_SECONDS:.0f} s)"
+    capped = await held_by(client, caps_of(pool), flow_run.parameters)
+    if capped:
+        return capped
     scheduled_at = flow_run.state.timestamp if flow_run.state else now
     if (now - scheduled_at).total_seconds() < TAKE_SECONDS:
         return f"waiting for agent {', '.join(alive)} to take it"

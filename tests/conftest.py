@@ -202,6 +202,17 @@ def make_queue() -> Iterator:
         cli("queue", "delete", name, check=False)
 
 
+def peak_overlap(stamps: Path) -> tuple[int, list[tuple[float, float]]]:
+    """The most jobs that ran at once, from the 'start end' lines `report.py --stamp-file` appends, and the intervals."""
+    intervals = [tuple(map(float, line.split())) for line in stamps.read_text().splitlines()]
+    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, delta in points:
+        running += delta
+        peak = max(peak, running)
+    return peak, intervals
+
+
 def launch(*args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
     """`prefect-launch launch ...`; stdout's first line is the run id (then, with --wait, its logs)."""
     return cli("launch", *args, check=check, timeout=timeout)

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 from prefect.client.orchestration import get_client
 
-from conftest import EXAMPLES, JOBS, cancel_run, cli, dry_run_submission, flow_run_of, job_report, launch, run_id_of, run_logs, unique, wait_for_final
+from conftest import EXAMPLES, JOBS, cancel_run, cli, dry_run_submission, flow_run_of, job_report, launch, peak_overlap, run_id_of, run_logs, unique, wait_for_final
 
 STAGES = ["resolve-source", "build", "push", "submit", "monitor"]
 
@@ -131,13 +131,8 @@ def test_max_jobs_bounds_running_jobs_across_queues(make_queue, start_agent, tmp
     start_agent("-q", first, "-q", second, "--max-jobs", "2")
     for run_id in ids:
         assert wait_for_final(run_id).state.is_completed()
-    intervals = [tuple(map(float, line.split())) for line in stamps.read_text().splitlines()]
+    peak, intervals = peak_overlap(stamps)
     assert len(intervals) == 6
-    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running, peak = 0, 0
-    for _, delta in points:
-        running += delta
-        peak = max(peak, running)
     assert peak == 2, f"expected 2 jobs at once at most and at least once, saw {peak}"
 
 
@@ -192,19 +187,6 @@ def test_prefect_worker_start_type_launch_runs_jobs(make_queue):
         check=True, capture_output=True, timeout=120, env=os.environ.copy(),
     )
     assert wait_for_final(run_id, timeout=30).state.is_completed()
-
-
-def test_the_agent_reports_the_integrations_prefect_would():
-    """The worker metadata (installed integrations) is read from package metadata, the same list
-    Prefect's own method builds by importing every integration."""
-    from prefect.workers.base import BaseWorker
-
-    from prefect_launch.worker.launch_worker import LaunchWorker
-
-    worker = LaunchWorker(work_pool_name=unique("never-created"))
-    ours, prefects = anyio.run(worker._worker_metadata), anyio.run(BaseWorker._worker_metadata, worker)
-    assert ours == prefects
-    assert {"prefect-launch", "prefect-aws", "prefect-gcp"} <= {integration.name for integration in ours.integrations}
 
 
 def _alive(pid: int) -> bool:

@@ -98,9 +98,11 @@ class LaunchJob(Block):
     def list_all(cls) -> list["LaunchJob"]:
         from prefect.client.orchestration import get_client
 
+        from prefect_launch.prefect_internals import block_from_document
+
         with get_client(sync_client=True) as client:
-            documents = client.read_block_documents_by_type(cls._block_type_slug, include_secrets=False)
-        return [cls._from_block_document(document) for document in documents]
+            documents = client.read_block_documents_by_type(cls.get_block_type_slug(), include_secrets=False)
+        return [block_from_document(cls, document) for document in documents]
 
 
 # W&B's artifact names (`make_artifact_name_safe`): letters, digits, dashes, underscores and dots.

@@ -37,7 +37,7 @@ from prefect_launch.deployments.queues import holders_of, run_id_in_use
 from prefect_launch.errors import AdoptionFailed, LaunchError, missing_extra
 from prefect_launch.prepare import Preparation
 from prefect_launch.redact import for_display
-from prefect_launch.spec import LaunchKeys, LaunchSpec, QueueConfig, ResolvedJob, run_id_for, unwrap_resource_key
+from prefect_launch.spec import LaunchSpec, QueueConfig, ResolvedJob, run_id_for
 from prefect_launch.targets import Handle, Outcome, Progress
 from prefect_launch.timeline import Rows, Timeline, timeline_key
 
@@ -285,7 +285,7 @@ def launch(spec: LaunchSpec) -> State | None:
         if job is not None:
             _record(job, context, rendered, handle, timeline)
     if outcome.state == "preempted":
-        return _requeue(spec, job, outcome, queue_launch_keys(context.queue).max_requeues)
+        return _requeue(spec, job, outcome, context.queue.launch_keys().max_requeues)
     if outcome.state == "failed":
         return Failed(message=outcome.message)
     if outcome.state == "cancelled":
@@ -297,18 +297,12 @@ def launch(spec: LaunchSpec) -> State | None:
 def _expired(spec: LaunchSpec, context: LaunchContext, flow_run) -> str:
     """Why the run may not start, having waited on its queue past its time-to-live (the spec's `ttl`, else the
     queue config's); "" when it may. A requeued run's wait counts from its requeue."""
-    ttl = spec.ttl or queue_launch_keys(context.queue).ttl
+    ttl = spec.ttl or context.queue.launch_keys().ttl
     waited = (datetime.now(timezone.utc) - flow_run.expected_start_time).total_seconds() if flow_run.expected_start_time else 0
     if ttl and waited > ttl:
         return (f"expired: waited {waited:.0f} s on queue {context.queue_name}, longer than its time-to-live of "
                 f"{ttl} s; it was never started")
     return ""
-
-
-def queue_launch_keys(queue: QueueConfig) -> LaunchKeys:
-    """The queue config's own launch keys (its time-to-live, requeue limit, ...), a job's resource args aside."""
-    own, _ = LaunchKeys.split(unwrap_resource_key(queue.resource_args, queue.resource))
-    return LaunchKeys.parse(own, f"{queue.resource.value} queue config")
 
 
 def _check_run_id_free(spec: LaunchSpec, flow_run) -> None:

@@ -128,8 +128,10 @@ def _write_from_file(block, key: str, path: Path) -> None:
     """Write the file at `path` to `key` in a storage block without reading it into memory where the block allows."""
     from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
+    from prefect_launch.prefect_internals import storage_path
+
     if isinstance(block, LocalFileSystem):
-        target = Path(block._resolve_path(key))
+        target = Path(storage_path(block, key))
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, staging = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         try:
@@ -142,7 +144,7 @@ def _write_from_file(block, key: str, path: Path) -> None:
     elif hasattr(block, "upload_from_path"):  # S3Bucket, GcsBucket, AzureBlobStorageContainer
         block.upload_from_path(str(path), key, _sync=True)
     elif isinstance(block, RemoteFileSystem):
-        with block.filesystem.open(block._resolve_path(key), "wb") as out, path.open("rb") as source:
+        with block.filesystem.open(storage_path(block, key), "wb") as out, path.open("rb") as source:
             shutil.copyfileobj(source, out, _CHUNK)
     else:
         block.write_path(key, path.read_bytes(), _sync=True)
@@ -173,8 +175,10 @@ def _read_to_file(block, key: str, out: _CappedFile) -> None:
     """Copy `key` from a storage block into `out`, streaming where the block allows."""
     from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
+    from prefect_launch.prefect_internals import storage_path
+
     if isinstance(block, LocalFileSystem):
-        path = Path(block._resolve_path(key))
+        path = Path(storage_path(block, key))
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
         with path.open("rb") as source:
@@ -182,7 +186,7 @@ def _read_to_file(block, key: str, out: _CappedFile) -> None:
     elif hasattr(block, "download_object_to_file_object"):  # S3Bucket, GcsBucket, AzureBlobStorageContainer
         block.download_object_to_file_object(key, out, _sync=True)
     elif isinstance(block, RemoteFileSystem):
-        with block.filesystem.open(block._resolve_path(key), "rb") as source:
+        with block.filesystem.open(storage_path(block, key), "rb") as source:
             shutil.copyfileobj(source, out, _CHUNK)
     else:
         out.write(block.read_path(key, _sync=True))

@@ -10,33 +10,22 @@ thread, not an interpreter.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
-from prefect._flow_run_suspension import FlowRunSuspensionRequest, register_flow_run_suspension_request
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import SettingsContext, get_settings_context
-from prefect.flow_engine import FlowRunEngine, _flow_parameters
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+from prefect.utilities.callables import get_call_parameters, parameters_to_args_kwargs
 
 from prefect_launch.flows.launch import LaunchContext, current_launch, launch
+from prefect_launch.prefect_internals import FlowRunEngineWithoutSuspensionObserver
 
 
-class LaunchFlowEngine(FlowRunEngine):
-    """Prefect's sync flow engine, minus the suspension observer.
+class LaunchFlowEngine(FlowRunEngineWithoutSuspensionObserver):
+    """Prefect's sync flow engine, minus the suspension observer (`prefect_internals`), with owner tags.
 
     For every deployment run the stock engine starts a thread with its own
     event loop and a websocket to the server, to notice `suspend_flow_run`;
-    that costs ~0.3 s per run and one server connection per running job. A
-    launch flow never suspends (its job runs elsewhere), so it registers the
-    request without observing it.
+    that costs ~0.3 s per run and one server connection per running job.
     """
-
-    @contextmanager
-    def setup_flow_run_suspension_request(self) -> Iterator[FlowRunSuspensionRequest]:
-        request = self._get_flow_run_suspension_request()
-        with register_flow_run_suspension_request(self.flow_run.id, request):
-            yield request
 
     def set_state(self, state: State, force: bool = False) -> State:
         """Running states carry the agent's owner tag, so another agent can tell when the run is orphaned.
@@ -63,7 +52,7 @@ def run_in_thread(flow_run: FlowRun, context: LaunchContext, settings: SettingsC
     try:
         # A settings context can be entered once at a time: each run enters its own copy.
         with settings.model_copy():
-            engine = LaunchFlowEngine(flow=launch, flow_run=flow_run, parameters=_flow_parameters(launch, flow_run, None))
+            engine = LaunchFlowEngine(flow=launch, flow_run=flow_run, parameters=_parameters(flow_run))
             with engine.start():
                 while engine.is_running():
                     with engine.run_context():
@@ -71,6 +60,12 @@ def run_in_thread(flow_run: FlowRun, context: LaunchContext, settings: SettingsC
             return engine.state
     finally:
         current_launch.reset(token)
+
+
+def _parameters(flow_run: FlowRun) -> dict:
+    """The launch flow's call parameters from the run's, defaults filled in, as Prefect's engine takes them."""
+    args, kwargs = parameters_to_args_kwargs(launch.fn, flow_run.parameters)
+    return get_call_parameters(launch.fn, args, kwargs)
 
 
 def run_settings() -> SettingsContext:

@@ -116,10 +116,10 @@ class HandOver:
         except LaunchError as exc:
             await self._fail(flow_run, str(exc))
             return
-        message = f"{HANDED_OVER} {run_id_for(flow_run.id)} on queue {self._work_pool_name}, which builds and runs it"
+        message = f"{HANDED_OVER} {run_id_for(flow_run.id)} on queue {self.queue_name}, which builds and runs it"
         await self.client.set_flow_run_state(flow_run.id, Pending(message=message), force=True)
         try:
-            launch_run = await hand_over(self.client, self._work_pool_name, flow_run, spec, values)
+            launch_run = await hand_over(self.client, self.queue_name, flow_run, spec, values)
         except LaunchError as exc:
             await self._fail(flow_run, str(exc))
             return

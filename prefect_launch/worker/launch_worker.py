@@ -18,20 +18,22 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from contextlib import AsyncExitStack
 from datetime import datetime, timezone
-from importlib.metadata import distributions, entry_points
 from typing import Any, Callable
 from uuid import UUID
 
 import anyio
 import anyio.abc
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateName
-from prefect.client.schemas.objects import FlowRun, Integration, WorkerMetadata
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.states import Cancelled, Failed, Pending
+from prefect.logging.loggers import get_worker_logger
+from prefect.states import Cancelled, Crashed, Failed, Pending
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 from pydantic import TypeAdapter, ValidationError
@@ -40,9 +42,11 @@ from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.agent_setup import agent_setup
 from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT, default_base_job_template
 from prefect_launch.errors import LaunchError
+from prefect_launch.fair_share import Leases, caps_of
 from prefect_launch.flows.launch import Adoption, LaunchContext
 from prefect_launch.home import launch_home
 from prefect_launch.ownership import Owner
+from prefect_launch.prefect_internals import WorkerInternals
 from prefect_launch.prepare import LaunchJobConfiguration, LaunchWorkerVariables, job_configuration, job_variables
 from prefect_launch.worker.engine import run_in_thread, run_settings
 from prefect_launch.worker.handover import HandOver, executed_flow_run
@@ -56,22 +60,29 @@ class LaunchWorkerResult(BaseWorkerResult):
     pass
 
 
-class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, LaunchWorkerResult]):
+class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
+                   BaseWorker[LaunchJobConfiguration, LaunchWorkerVariables, LaunchWorkerResult]):
+    """Prefect's worker protocol through its public members; the private ones it needs are in
+    `prefect_internals.WorkerInternals`. What it keeps of its own (the queue's name and work
+    queues, its job slots, the task group its runs go in) it takes from its arguments."""
+
     type = "launch"
     job_configuration = LaunchJobConfiguration
     job_configuration_variables = LaunchWorkerVariables
-    _description = "Runs prefect-launch jobs (W&B Launch on Prefect) on local processes, Docker, Kubernetes, SageMaker and Vertex AI."
-    _documentation_url = "https://github.com/prefect-launch/prefect-launch"
 
     def __init__(
         self,
+        work_pool_name: str,
+        work_queues: list[str] | None = None,
         *args: Any,
         shared_limiter: anyio.CapacityLimiter | None = None,
         on_job_done: Callable[[], None] | None = None,
         agent_config: AgentConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(work_pool_name, work_queues, *args, **kwargs)
+        self.queue_name = work_pool_name
+        self._queue_work_queues = list(work_queues or [])
         # `prefect worker start --type launch` has no agent: read W&B's default launch-config.yaml.
         agent_config = agent_config or load_agent_config(None)
         self._build_settings, self._environment, self._registry = agent_setup(agent_config)
@@ -87,6 +98,25 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = run_settings()
         self._owner = Owner.this_process(self.name)
+        # Job slots: the agent's shared max_jobs, or `prefect worker start --limit`'s; None is no limit.
+        self._slots: anyio.CapacityLimiter | None = None
+        # The runs' task group, entered in setup and left (waiting for every run) in teardown.
+        self._runs: anyio.abc.TaskGroup | None = None
+        self._runs_stack = AsyncExitStack()
+        # Fair-share slots outlive a missed heartbeat or two, never a dead agent by much (client: at setup).
+        self._leases = Leases(None, lease_seconds=3 * self.heartbeat_interval_seconds)
+
+    @classmethod
+    def get_description(cls) -> str:
+        return "Runs prefect-launch jobs (W&B Launch on Prefect) on local processes, Docker, Kubernetes, SageMaker and Vertex AI."
+
+    @classmethod
+    def get_documentation_url(cls) -> str:
+        return "https://github.com/prefect-launch/prefect-launch"
+
+    @property
+    def logger(self) -> logging.LoggerAdapter:
+        return get_worker_logger(self)
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:
@@ -94,21 +124,39 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         queue, as `queue create NAME --resource local-process` makes one."""
         return default_base_job_template()
 
-    async def _worker_metadata(self) -> WorkerMetadata | None:
-        """The integrations Prefect reports for a worker (each `prefect.collections` entry point
-        with its package's version), read from package metadata. Prefect's own version imports
-        every integration to list them, prefect_gcp pulling in google-cloud-aiplatform: that was
-        half of an agent's start-up CPU. An integration a job needs is still imported when used."""
-        names = {entry.name or entry.value for entry in entry_points(group="prefect.collections")}
-        integrations = [Integration(name=dist.metadata["Name"], version=dist.version) for dist in distributions()
-                        if dist.metadata and dist.metadata.get("Name", "").replace("-", "_") in names]
-        return WorkerMetadata(integrations=integrations) if integrations else None
-
     async def setup(self) -> None:
         await super().setup()
-        if self._shared_limiter is not None:
-            # One agent serving several queues: max_jobs counts jobs across all of them.
-            self._limiter = self._shared_limiter
+        # One agent serving several queues: max_jobs counts jobs across all of them.
+        self._slots = self._shared_limiter or self._own_limit()
+        self._runs = await self._runs_stack.enter_async_context(anyio.create_task_group())
+        self._leases.client = self.client
+
+    async def sync_with_backend(self) -> None:
+        """The worker's heartbeat, which also keeps the fair-share slots of its running jobs."""
+        await super().sync_with_backend()
+        await self._leases.renew()
+
+    def _own_limit(self) -> anyio.CapacityLimiter | None:
+        try:
+            return self.limiter
+        except RuntimeError:  # Prefect's way of saying the worker has no limit
+            return None
+
+    async def teardown(self, *exc_info: Any) -> None:
+        """Wait for every run to record its end, then let Prefect close the worker's client."""
+        try:
+            await self._runs_stack.__aexit__(*exc_info)
+        finally:
+            self._runs = None
+            await super().teardown(*exc_info)
+
+    def release_slot(self, flow_run_id: UUID) -> None:
+        """Free the job slot a run held; a slot already freed (or never taken) is no error."""
+        if self._slots is not None:
+            try:
+                self._slots.release_on_behalf_of(flow_run_id)
+            except RuntimeError:
+                pass
 
     async def run(
         self,
@@ -122,13 +170,13 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         except ValidationError as exc:
             error = exc.errors()[0]
             where = ".".join(str(p) for p in error["loc"])
-            await self._fail(flow_run, f"queue {self._work_pool_name!r} config: {where}: {error['msg']}")
+            await self._fail(flow_run, f"queue {self.queue_name!r} config: {where}: {error['msg']}")
             if task_status:
                 task_status.started(os.getpid())
             return LaunchWorkerResult(identifier=str(flow_run.id), status_code=0)
 
         context = LaunchContext(
-            queue_name=self._work_pool_name,
+            queue_name=self.queue_name,
             queue=queue,
             home=launch_home(),
             build_settings=self._build_settings,
@@ -169,7 +217,7 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         if self.cancel_in_flight(flow_run_id):
             return
         flow_run = await self.client.read_flow_run(flow_run_id)
-        if flow_run.work_pool_name == self._work_pool_name and flow_run.state and flow_run.state.is_cancelling():
+        if flow_run.work_pool_name == self.queue_name and flow_run.state and flow_run.state.is_cancelling():
             await self.cancel_handed_over(flow_run)
 
     def cancel_in_flight(self, flow_run_id: UUID) -> bool:
@@ -191,33 +239,47 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         before anything starts; three of them are writes that contend for the
         server's database. A launch run needs none of them: claiming it
         (Pending) is what keeps two agents from running it twice, and the
-        flow engine takes it to Running at once. `prefect==3.9.1` is pinned
-        for the base-class attributes used here.
+        flow engine takes it to Running at once.
         """
         await self.check_cancellations()
-        if self._runs_task_group is None or self._work_pool is None:
+        if self._runs is None or not self._has_work_pool():
             return []
-        free = self._limiter.available_tokens if self._limiter is not None else POLL_LIMIT
-        asked = int(max(1, min(free, POLL_LIMIT)))  # free is math.inf without max_jobs
+        free = self._slots.available_tokens if self._slots is not None else POLL_LIMIT
+        caps = caps_of(self.work_pool)
+        # free is math.inf without max_jobs; with fair share, runs the cap holds may be first in line.
+        asked = POLL_LIMIT if caps else int(max(1, min(free, POLL_LIMIT)))
         responses = await self._scheduled_runs(asked)
-        self._last_polled_time = datetime.now(timezone.utc)
+        self.record_poll()
         started: list[FlowRun] = []
         # As many runs as asked for: more may be waiting, so a job that ends should wake the next poll.
         self.saturated = len(responses) >= asked
+        full: set[frozenset[str]] = set()  # the fair-share limits found full in this poll
         for response in responses:
             flow_run = response.flow_run
             if flow_run.id in self._claimed:
                 continue
-            if self._limiter is not None:
+            if self._slots is not None:
                 try:
-                    self._limiter.acquire_on_behalf_of_nowait(flow_run.id)
+                    self._slots.acquire_on_behalf_of_nowait(flow_run.id)
                 except anyio.WouldBlock:
                     self.saturated = True  # runs are waiting for a free slot
                     break
+            limits = caps.limits_of(flow_run.parameters)
+            if limits and (frozenset(limits) in full or not await self._leases.take(flow_run.id, limits)):
+                full.add(frozenset(limits))  # held by the cap: it stays Scheduled, the runs behind it may start
+                self.release_slot(flow_run.id)
+                continue
             self._claimed.add(flow_run.id)
-            self._runs_task_group.start_soon(self._claim_and_run, flow_run)
+            self._runs.start_soon(self._claim_and_run, flow_run, None, bool(limits))
             started.append(flow_run)
         return started
+
+    def _has_work_pool(self) -> bool:
+        """False until the worker has read its work pool (the server was unreachable when it started)."""
+        try:
+            return self.work_pool is not None
+        except RuntimeError:
+            return False
 
     async def _scheduled_runs(self, limit: int) -> list[WorkerFlowRunResponse]:
         """At most `limit` scheduled runs (as many as there are free slots).
@@ -226,29 +288,37 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         backlog makes the server load and send the whole backlog.
         """
         body: dict[str, Any] = {"scheduled_before": datetime.now(timezone.utc).isoformat(), "limit": limit}
-        if self._work_queues:
-            body["work_queue_names"] = list(self._work_queues)
+        if self._queue_work_queues:
+            body["work_queue_names"] = self._queue_work_queues
         response = await self.client.request(
-            "POST", "/work_pools/{name}/get_scheduled_flow_runs", path_params={"name": self._work_pool_name}, json=body
+            "POST", "/work_pools/{name}/get_scheduled_flow_runs", path_params={"name": self.queue_name}, json=body
         )
         return TypeAdapter(list[WorkerFlowRunResponse]).validate_python(response.json())
 
-    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
-        """Claim a run: Pending, tagged with this agent process (see `ownership`); False if someone else has it."""
+    async def _claim(self, flow_run: FlowRun, recheck: bool = False) -> bool:
+        """Claim a run: Pending, tagged with this agent process (see `ownership`); False if someone else has it.
+
+        Prefect lets a finished run go back to Pending (its manual rerun), so a run another agent took and
+        finished since the poll would run again: a claim that waited on the server (`recheck`, after a
+        fair-share slot) first reads that the run still waits."""
+        if recheck:
+            current = await self.client.read_flow_run(flow_run.id)
+            if current.state is None or not current.state.is_scheduled():
+                return False
         try:
             state = await propose_state(self.client, Pending(message=f"Claimed {self._owner.tag()}"), flow_run_id=flow_run.id)
         except Abort:
             return False
         return state.is_pending()
 
-    async def _claim_and_run(self, flow_run: FlowRun, adoption: Adoption | None = None) -> None:
+    async def _claim_and_run(self, flow_run: FlowRun, adoption: Adoption | None = None, recheck: bool = False) -> None:
         try:
-            if adoption is None and not await self._propose_pending_state(flow_run):
+            if adoption is None and not await self._claim(flow_run, recheck):
                 return  # another agent took it, or it was cancelled meanwhile
             try:
                 deployment = await self._deployment(flow_run.deployment_id)
             except ObjectNotFound:
-                await self._fail(flow_run, f"queue {self._work_pool_name!r}: the run's deployment no longer exists")
+                await self._fail(flow_run, f"queue {self.queue_name!r}: the run's deployment no longer exists")
                 return
             if deployment is not None and deployment.entrypoint != LAUNCH_ENTRYPOINT:
                 await self._hand_over(flow_run, deployment)
@@ -261,10 +331,11 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
             await self.run(flow_run, configuration, adoption=adoption)
         except Exception as exc:
             self.get_flow_run_logger(flow_run).exception("The agent could not run this job")
-            await self._propose_crashed_state(flow_run, f"The agent could not run this job: {type(exc).__name__}: {exc}")
+            await self._crash(flow_run, f"The agent could not run this job: {type(exc).__name__}: {exc}")
         finally:
             self._claimed.discard(flow_run.id)
-            self._release_limit_slot(flow_run.id)
+            self.release_slot(flow_run.id)
+            await self._leases.release(flow_run.id)
 
     async def _job_configuration(self, flow_run: FlowRun, deployment: DeploymentResponse | None) -> LaunchJobConfiguration:
         """The queue config for this run: pool template <- deployment <- run job variables."""
@@ -286,6 +357,20 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         self.get_flow_run_logger(flow_run).error("%s", message)
         await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
 
+    async def _crash(self, flow_run: FlowRun, message: str) -> None:
+        """Propose Crashed, as Prefect's workers do when their own code fails a run: a run already
+        final or deleted is left as it is, and a failure to say so is logged, never raised."""
+        run_logger = self.get_flow_run_logger(flow_run)
+        try:
+            state = await propose_state(self.client, Crashed(message=message), flow_run_id=flow_run.id)
+        except (Abort, ObjectNotFound):
+            return
+        except Exception:
+            run_logger.exception("Failed to update state of flow run '%s'", flow_run.id)
+            return
+        if state.is_crashed():
+            run_logger.info("Reported flow run '%s' as crashed: %s", flow_run.id, message)
+
     async def check_cancellations(self) -> None:
         """Stop in-flight jobs whose runs were asked to cancel (one query per poll)."""
         if not self._in_flight:
@@ -304,11 +389,7 @@ class LaunchWorker(HandOver, OrphanRound, BaseWorker[LaunchJobConfiguration, Lau
         for context in self._in_flight.values():
             context.cancel.set()
         if self._in_flight:
-            self._logger.info("Stopping %d running job(s): %s", len(self._in_flight), reason)
-
-    @property
-    def queue_name(self) -> str:
-        return self._work_pool_name
+            self.logger.info("Stopping %d running job(s): %s", len(self._in_flight), reason)
 
 
 __all__ = ["LaunchWorker", "LaunchJobConfiguration", "LaunchWorkerVariables"]

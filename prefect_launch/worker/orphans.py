@@ -7,7 +7,7 @@ waited too long, goes back to its queue; a Running run whose agent is gone is
 adopted, its job followed from where it is, never submitted again.
 
 `OrphanRound` is mixed into `LaunchWorker`, whose client, queue name, owner,
-job slots and runs in flight it uses.
+job slots, runs in flight and runs' task group it uses.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Running, Scheduled
 
 from prefect_launch.deployments.flows import handed_over
+from prefect_launch.fair_share import caps_of
 from prefect_launch.flows.launch import Adoption
 from prefect_launch.ownership import Owner
 
@@ -52,7 +53,7 @@ class OrphanRound:
         """
         busy = set(self._claimed) | set(self._in_flight)  # before the read: a run that ends meanwhile is not an orphan
         runs = await self.client.read_flow_runs(
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.queue_name])),
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running", "Cancelling"]))),
         )
@@ -84,11 +85,11 @@ class OrphanRound:
         return requeued, adopted
 
     async def _agent_heartbeats(self) -> dict[str, datetime]:
-        workers = await self.client.read_workers_for_work_pool(self._work_pool_name)
+        workers = await self.client.read_workers_for_work_pool(self.queue_name)
         return {worker.name: worker.last_heartbeat_time for worker in workers if worker.last_heartbeat_time}
 
     async def _requeue(self, flow_run: FlowRun, why: str) -> None:
-        message = f"Back on queue {self._work_pool_name}: {why}"
+        message = f"Back on queue {self.queue_name}: {why}"
         await self.client.set_flow_run_state(flow_run.id, Scheduled(message=message), force=True)
         self.get_flow_run_logger(flow_run).warning(message)
 
@@ -100,21 +101,21 @@ class OrphanRound:
         (a restarted agent adopts before claiming new work, so with the
         same `max_jobs` it has the slots).
         """
-        if self._limiter is not None:
+        if self._slots is not None:
             try:
-                self._limiter.acquire_on_behalf_of_nowait(flow_run.id)
+                self._slots.acquire_on_behalf_of_nowait(flow_run.id)
             except anyio.WouldBlock:
-                self._logger.warning("Adopting run %s over max_jobs: no slot is free, and its job runs anyway", flow_run.name)
+                self.logger.warning("Adopting run %s over max_jobs: no slot is free, and its job runs anyway", flow_run.name)
         # Every agent that sees this orphan proposes the same transition id: the server accepts the first only.
         transition_id = uuid5(ADOPTION_NAMESPACE, str(flow_run.state.id))
         claim = Running(message=f"Running {self._owner.tag()}, adopted", state_details=StateDetails(transition_id=transition_id))
         try:
             result = await self.client.set_flow_run_state(flow_run.id, claim)
         except Exception:
-            self._release_limit_slot(flow_run.id)
+            self.release_slot(flow_run.id)
             raise
         if result.status != SetStateStatus.ACCEPT:
-            self._release_limit_slot(flow_run.id)
+            self.release_slot(flow_run.id)
             return False
         adoption = Adoption(
             previous_owner=previous.label,
@@ -123,5 +124,7 @@ class OrphanRound:
             started=flow_run.start_time,
         )
         self._claimed.add(flow_run.id)
-        self._runs_task_group.start_soon(self._claim_and_run, flow_run, adoption)
+        # Its job runs already: it takes its fair-share slot now, or once its dead agent's lease lapses.
+        await self._leases.take(flow_run.id, caps_of(self.work_pool).limits_of(flow_run.parameters), running=True)
+        self._runs.start_soon(self._claim_and_run, flow_run, adoption)
         return True

@@ -1,0 +1,84 @@
+"""Every use of Prefect's private API in prefect-launch, in this one module.
+
+prefect-launch supports a range of Prefect releases (`pyproject.toml`), and a
+release may change what Prefect keeps private without notice. Prefect's public
+API covers the rest of the package (a block's documented `_block_type_slug`,
+`_description`, ... declarations included); these cannot do without Prefect's
+internals:
+
+- The agent runs launch flows on threads with Prefect's own sync flow engine,
+  minus the suspension observer the stock engine starts for every deployment
+  run (a thread, an event loop and a websocket each, ~0.3 s per run): the
+  run's suspension request is registered, so `suspend_flow_run` called in this
+  process still reaches it, but the server is not watched for it.
+- The launch worker polls its own way (`LaunchWorker.get_and_submit_flow_runs`),
+  so it records each poll where `BaseWorker.is_worker_still_polling` (the health
+  check of `prefect worker start --with-healthcheck`) reads it; and it lists the
+  installed integrations from package metadata, where Prefect's
+  `BaseWorker._worker_metadata` imports every one of them (half an agent's
+  start-up CPU).
+- Code archives in a `LocalFileSystem` or `RemoteFileSystem` block are streamed
+  to and from the block's own path for a key, not read into memory; and
+  `job list` makes its job blocks from the block documents one request returns,
+  not one request per block.
+
+tests/test_prefect_internals.py checks each name used here against the installed
+Prefect (a signature, an attribute its worker sets and reads, a call inside the
+method replaced), and fails naming the Prefect release that changed it; it also
+fails on a private Prefect name used anywhere else in the package.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import distributions, entry_points
+from typing import Any, Iterator
+
+from prefect._flow_run_suspension import FlowRunSuspensionRequest, register_flow_run_suspension_request
+from prefect.blocks.core import Block
+from prefect.client.schemas.objects import BlockDocument, Integration, WorkerMetadata
+from prefect.flow_engine import FlowRunEngine
+
+
+class FlowRunEngineWithoutSuspensionObserver(FlowRunEngine):
+    """Prefect's sync flow engine, minus the suspension observer.
+
+    A launch flow never suspends (its job runs elsewhere), so the engine
+    registers the run's suspension request without observing the server for it.
+    """
+
+    @contextmanager
+    def setup_flow_run_suspension_request(self) -> Iterator[FlowRunSuspensionRequest]:
+        request = self._get_flow_run_suspension_request()
+        with register_flow_run_suspension_request(self.flow_run.id, request):
+            yield request
+
+
+class WorkerInternals:
+    """Mixed into `LaunchWorker` ahead of `BaseWorker`: the private worker members it must touch."""
+
+    async def _worker_metadata(self) -> WorkerMetadata | None:
+        """The integrations Prefect reports for a worker (each `prefect.collections` entry point
+        with its package's version), read from package metadata. Prefect's own version imports
+        every integration to list them, prefect_gcp pulling in google-cloud-aiplatform: that was
+        half of an agent's start-up CPU. An integration a job needs is still imported when used."""
+        names = {entry.name or entry.value for entry in entry_points(group="prefect.collections")}
+        integrations = [Integration(name=dist.metadata["Name"], version=dist.version) for dist in distributions()
+                        if dist.metadata and dist.metadata.get("Name", "").replace("-", "_") in names]
+        return WorkerMetadata(integrations=integrations) if integrations else None
+
+    def record_poll(self) -> None:
+        """The worker has just asked for scheduled runs: the health check counts from now."""
+        self._last_polled_time = datetime.now(timezone.utc)
+
+
+def storage_path(block: Any, key: str) -> str:
+    """Where `key` is in a `LocalFileSystem` or `RemoteFileSystem` block: its base path joined the block's
+    own way (a `LocalFileSystem` refuses a key that leaves its base path)."""
+    return str(block._resolve_path(key))
+
+
+def block_from_document(cls: type[Block], document: BlockDocument) -> Block:
+    """The block a block document holds, as `Block.load` makes it, without reading the document again."""
+    return cls._from_block_document(document)
