@@ -45,7 +45,7 @@ from prefect_launch.registries.local import LocalImages
 from prefect_launch.render import check_job_args, launch_keys, render
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource, ResolvedJob
 from prefect_launch.targets import Target, get_target
-from prefect_launch.templates import check_no_templates, defaulted_nulls, placeholders
+from prefect_launch.templates import check_no_image, check_no_templates, defaulted_nulls, placeholders
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -86,9 +86,10 @@ async def job_configuration(
     `{{ prefect.blocks.* }}` and `{{ prefect.variables.* }}` references of the
     queue config; a value a job sends is data, never a template: one holding a
     `{{ ... }}` reference is refused, or Prefect would resolve it too and hand
-    the job the admin's Secret blocks.
+    the job the admin's Secret blocks; nor may it set a deployed flow's `image`.
     """
     check_no_templates(values)
+    check_no_image(values)
     check_not_the_queue_config(base_job_template, values)
     values = defaulted_nulls(base_job_template.get("variables", {}), values)
     return await LaunchJobConfiguration.from_template_and_values(
@@ -188,7 +189,8 @@ class Preparation:
         check_job_args(self.queue, spec.resource_args, self.target)
         if self.secure_mode:
             check_secure_mode(spec)
-        return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, runs_remotely=self.target.runs_remotely)
+        return sources.resolve(spec, self.queue_name, self.home, fetch=fetch, runs_remotely=self.target.runs_remotely,
+                               builds_image=self.target.builds_image)
 
     def plan_image(self, job: ResolvedJob, overrides: dict[str, Any]) -> ImagePlan:
         """The image `job` runs: its own, or the content-hash tag of the image built from its code."""

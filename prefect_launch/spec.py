@@ -177,7 +177,8 @@ class LaunchSpec(BaseModel):
     )
     flow_run: uuid.UUID | None = Field(
         default=None,
-        description="The Prefect flow run this job executes, for a flow sent with prefect_launch.deploy (set by the agent)",
+        description="The Prefect flow run this job executes, for a deployed flow (set by the agent); with no job and "
+                    "no source, its deployment's own pull steps fetch the code",
     )
 
     @field_validator("entry_point", mode="before")
@@ -360,7 +361,8 @@ class ResolvedJob(BaseModel):
     entity: str | None = None
     author: str | None = None
     queue: str | None = None
-    source_kind: Literal["code", "git", "image"] = "code"
+    # "deployment": a deployed flow's run whose deployment's own pull steps fetch its code (`sources.resolve`).
+    source_kind: Literal["code", "git", "image", "deployment"] = "code"
     argv: list[str] = Field(description="Entry point followed by its args")
     run_config: dict[str, Any] = Field(default_factory=dict)
     workdir: Path | None = Field(default=None, description="Code folder: run here, or built into an image")

@@ -30,6 +30,12 @@ class TemplateError(LaunchError):
     """A template definition or value that cannot be used."""
 
 
+# The variable Prefect's `flow.deploy(image=...)` looks for in a pool's schema (it refuses a pool without one) and
+# sets in the deployment's job variables: the image a deployed flow's runs use (`deployments.flows`). Queues whose
+# target runs images declare it, optional and without a default; it is no template field, and none may take its name.
+IMAGE_VARIABLE = "image"
+
+
 class TemplateField(BaseModel):
     """One `{{ name }}` field of a queue config."""
 
@@ -56,6 +62,9 @@ def parse_templates(raw: dict[str, Any] | None) -> dict[str, TemplateField]:
     for name, definition in (raw or {}).items():
         if not str(name).isidentifier():
             raise TemplateError(f"template field {name!r}: name must be a Python identifier")
+        if name == IMAGE_VARIABLE:
+            raise TemplateError(f"template field {name!r}: the name of the variable Prefect's flow.deploy(image=...) "
+                                "sets (the image of a deployed flow's runs); name the field otherwise")
         try:
             fields[name] = TemplateField.model_validate(definition or {})
         except ValueError as exc:
@@ -63,8 +72,12 @@ def parse_templates(raw: dict[str, Any] | None) -> dict[str, TemplateField]:
     return fields
 
 
-def variables_schema(fields: dict[str, TemplateField]) -> dict[str, Any]:
-    """The work pool `variables` schema for these fields."""
+def variables_schema(fields: dict[str, TemplateField], image: bool = False) -> dict[str, Any]:
+    """The work pool `variables` schema for these fields, with the optional `image` variable if `image`.
+
+    >>> variables_schema({}, image=True)["properties"]["image"]["type"]
+    'string'
+    """
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, field in fields.items():
@@ -76,6 +89,12 @@ def variables_schema(fields: dict[str, TemplateField]) -> dict[str, Any]:
         properties[name] = prop
         if field.default is None:
             required.append(name)
+    if image:
+        properties[IMAGE_VARIABLE] = {
+            "type": "string", "title": IMAGE_VARIABLE,
+            "description": "The image a deployed flow's runs use, with prefect and the flow's code (flow.deploy(image=...) "
+                           "sets it); a launch job names its image in its spec",
+        }
     schema: dict[str, Any] = {
         "type": "object",
         "properties": properties,
@@ -93,13 +112,15 @@ PREFECT_REFERENCE = "prefect."
 
 def templates_of(schema: dict[str, Any]) -> dict[str, TemplateField]:
     """The template fields a pool's `variables` schema declares (the inverse of `variables_schema`); a property
-    that is no template field (a Prefect default template's `env`, say) is left out.
+    that is no template field (a Prefect default template's `env`, say, or `image`) is left out.
 
     >>> templates_of(variables_schema(parse_templates({"gpus": {"type": "integer", "default": 1, "maximum": 4}})))
     {'gpus': TemplateField(type='integer', default=1, minimum=None, maximum=4, enum=None, description=None)}
     """
     fields = {}
     for name, prop in (schema.get("properties") or {}).items():
+        if name == IMAGE_VARIABLE:
+            continue
         try:
             fields[name] = TemplateField.model_validate({key: value for key, value in prop.items() if key != "title"})
         except ValueError:
@@ -161,6 +182,20 @@ def check_no_templates(values: dict[str, Any]) -> None:
         if found:
             raise TemplateError(f"template value {name} holds {found[0][0]!r}: a job's values are data, never "
                                 "templates; only the queue's config may read Prefect blocks and variables")
+
+
+def check_no_image(values: dict[str, Any]) -> None:
+    """Refuse a launch job's value for `image`, a deployed flow's variable (its runs are handed over with the image as
+    their source): never silently ignored.
+
+    >>> check_no_image({"image": "trainer:1"})
+    Traceback (most recent call last):
+    ...
+    prefect_launch.templates.TemplateError: template value image is the image of a deployed flow's runs (flow.deploy(image=...)); a launch job names its image in its spec (-d/--docker-image)
+    """
+    if values.get(IMAGE_VARIABLE) is not None:
+        raise TemplateError(f"template value {IMAGE_VARIABLE} is the image of a deployed flow's runs "
+                            "(flow.deploy(image=...)); a launch job names its image in its spec (-d/--docker-image)")
 
 
 def _placeholder_matches(value: Any) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ outlives a test run); `docker_engine()` fails loudly when it is missing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -313,3 +314,60 @@ class MotoServer:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+def _installed_closure(*names: str) -> dict[str, "importlib.metadata.Distribution"]:
+    """The distributions installed here that `names` need, with their own requirements (markers evaluated)."""
+    import importlib.metadata
+    import re
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(names)
+    while todo:
+        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        if name in found:
+            continue
+        found[name] = dist = importlib.metadata.distribution(name)
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return found
+
+
+def prefect_image() -> str:
+    """The base image with this machine's prefect and wandb, and all they need, at the versions installed here, so a
+    container runs a deployed flow's run with Prefect's own engine against the tests' server.
+
+    Copied from this environment (its Python and glibc match the image's), never downloaded: the tests need no
+    network. Tagged by the base image and the versions copied, so it is built once and reused while neither changes.
+    """
+    client = docker_engine()
+    closure = _installed_closure("prefect", "wandb")
+    versions = sorted(f"{name}=={dist.version}" for name, dist in closure.items())
+    key = hashlib.sha256("\n".join([client.images.get(BASE_IMAGE).id, *versions]).encode()).hexdigest()[:16]
+    tag = f"prefect-launch/prefect-tests:{key}"
+    with contextlib.suppress(Exception):
+        client.images.get(tag)
+        return tag
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="prefect-image-") as work:
+        site = Path(work) / "site"
+        for dist in closure.values():
+            for file in dist.files or []:
+                if file.parts[0] == ".." or "__pycache__" in file.parts:
+                    continue  # scripts outside site-packages; bytecode is written again in the image
+                source, target = Path(dist.locate_file(file)), site / file
+                if source.is_file():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, target)
+        # First on the path: these versions, consistent with each other, shadow the base image's own.
+        (Path(work) / "Dockerfile").write_text(
+            f"FROM {BASE_IMAGE}\nCOPY site /opt/prefect-site\nENV PYTHONPATH=/opt/prefect-site\n"
+            'RUN ["python", "-c", "import prefect.engine, wandb"]\n'
+        )
+        subprocess.run(["docker", "build", "-q", "--network", "host", "-t", tag, work], check=True, capture_output=True)
+    return tag

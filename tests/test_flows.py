@@ -194,7 +194,7 @@ def test_cancelling_a_deployed_flow_run_stops_its_job(scaled_queue):
     assert wait_for_final(run_id_for(flow_run.id)).state.is_cancelled()
 
 
-def test_a_deployment_not_sent_with_deploy_fails_with_a_clear_message(scaled_queue):
+def test_a_deployment_with_no_code_fails_saying_what_to_do(scaled_queue):
     async def plain():
         async with get_client() as client:
             flow_id = await client.create_flow_from_name("plain")
@@ -203,7 +203,9 @@ def test_a_deployment_not_sent_with_deploy_fails_with_a_clear_message(scaled_que
             return await client.create_flow_run_from_deployment(deployment_id)
 
     flow_run = wait_final(anyio.run(plain).id, timeout=60)
-    assert flow_run.state.is_failed() and "prefect_launch.deploy" in flow_run.state.message
+    assert flow_run.state.is_failed(), flow_run.state
+    assert "names no image and no pull steps, so nothing fetches its code" in flow_run.state.message
+    assert flow_run.state.message in run_logs(flow_run.id), "the reason is in the run's logs too"
 
 
 def test_the_readme_example_deploys_its_flow_and_runs_it(make_queue, start_agent):

@@ -39,9 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from prefect_launch.errors import LaunchError
 from prefect_launch.render import check_job_args, check_queue_config
 from prefect_launch.spec import LaunchSpec, QueueConfig, Resource
-from prefect_launch.targets import SUPPORTED_RESOURCES
+from prefect_launch.targets import SUPPORTED_RESOURCES, target_class
 from prefect_launch.templates import (
     TemplateField,
+    check_no_image,
     check_no_templates,
     check_placeholders_declared,
     templates_of,
@@ -75,13 +76,15 @@ class QueueDefinition(BaseModel):
         return self
 
     def base_job_template(self) -> dict[str, Any]:
+        """The pool's job template: the queue config, and its template fields as the variables schema (with `image`
+        where the target runs images, so Prefect's own `flow.deploy(image=...)` sends flows to the queue)."""
         return {
             "job_configuration": {
                 "resource": self.resource.value,
                 "resource_args": self.resource_args,
                 "require_wandb_run": self.require_wandb_run,
             },
-            "variables": variables_schema(self.templates),
+            "variables": variables_schema(self.templates, image=target_class(self.resource).builds_image),
         }
 
 
@@ -279,10 +282,12 @@ async def enqueue(
     """Put a job on a queue: one flow run of the queue's launch deployment.
 
     What its submitter sends is checked first, as the agent checks it again before anything is built:
-    its resource args against the target's policy, its template values for `{{ ... }}` references.
+    its resource args against the target's policy, its template values for `{{ ... }}` references and a
+    deployed flow's `image`.
     """
     deployment = await _launch_deployment(client, queue) or await ensure_launch_deployment(client, await read_queue(client, queue))
     check_no_templates(values)
+    check_no_image(values)
     if spec.resource_args:
         config = queue_config_of(await read_queue(client, queue))
         if config is not None:  # else its agent says what is wrong with the queue

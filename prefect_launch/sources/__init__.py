@@ -42,6 +42,14 @@ def check_entry_point_file(argv: list[str], folder: Path, where: str) -> None:
             raise LaunchError(f"entry point file {argv[1]!r} not found in {where}")
 
 
+def deployment_needs_image(queue: str | None) -> LaunchError:
+    """Why a deployed flow's run without an image cannot run on a queue whose target runs images: its code comes with its
+    deployment's pull steps, which Prefect's engine runs where the flow runs, and no image holds that engine."""
+    return LaunchError(f"queue {queue!r} runs images and this flow's deployment names none: give it one with Prefect "
+                       "and the flow's code (flow.deploy(..., image=...), or job_variables image in prefect.yaml), or "
+                       "send the flow with prefect_launch.deploy(flow, queue=...), which builds one")
+
+
 def _job_definition(spec: LaunchSpec) -> tuple[Source | None, list[str] | None, dict]:
     from prefect_launch.blocks.job import LaunchJob
 
@@ -66,7 +74,8 @@ def _check_run_config(run_config: dict, schema: dict, job: str) -> None:
 
 
 def resolve(
-    spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True, runs_remotely: bool = False
+    spec: LaunchSpec, queue: str | None, home: Path, fetch: bool = True, runs_remotely: bool = False,
+    builds_image: bool = False,
 ) -> ResolvedJob:
     """Fetch the spec's code (or name its image) and fix its run id, name and argv.
 
@@ -76,6 +85,11 @@ def resolve(
     `fetch=False` (dry runs) that folder is named, not made. A job that `runs_remotely` (its
     target runs off the agent's machine) gets no run folder (`run_dir`), only the code copy its
     build reads.
+
+    A deployed flow's run with neither a job nor a source (its deployment was made with Prefect's
+    own `from_source(...).deploy` or `prefect deploy`, and names no image) gets that folder empty:
+    Prefect's engine runs the deployment's pull steps there (`git_clone`, `set_working_directory`).
+    Only a target that runs the folder itself can run it (not one that `builds_image`).
     """
     source, entry_point = spec.source, spec.entry_point
     if spec.job:
@@ -83,17 +97,21 @@ def resolve(
         source = source or job_source
         entry_point = entry_point or job_entry_point
         _check_run_config(spec.overrides.run_config, schema, spec.job)
-    if source is None:
+    if source is None and spec.flow_run is None:
         raise LaunchError("the job has no source: give -u/--uri, -d/--docker-image or -j/--job")
+    if source is None and builds_image:
+        raise deployment_needs_image(queue)
     entry_point = as_command(list(spec.overrides.entry_point or entry_point or []))
     argv = entry_point + list(spec.overrides.args)
 
     run_id = spec.run_id or new_run_id()
     workdir = image = None
-    if isinstance(source, (CodeSource, GitSource)):
+    if not isinstance(source, ImageSource):
         # The run's own copy, never the shared cache: what a run writes there stays its own.
         workdir = code.work_path(home / "runs" / run_id)
-    if isinstance(source, CodeSource) and fetch:
+    if source is None and fetch:
+        workdir.mkdir(parents=True, exist_ok=True)  # where the deployment's pull steps fetch its code
+    elif isinstance(source, CodeSource) and fetch:
         code.fetch(source, home / "code", workdir)
         check_entry_point_file(argv, workdir, f"code {source.digest[:19]}")
     elif isinstance(source, GitSource) and fetch:
@@ -110,7 +128,7 @@ def resolve(
         entity=spec.entity,
         author=spec.author,
         queue=queue,
-        source_kind=source.type,
+        source_kind="deployment" if source is None else source.type,
         argv=argv,
         entry_point=entry_point,
         dockerfile=spec.overrides.dockerfile,

@@ -1,13 +1,13 @@
-"""Runs of engineers' own deployed flows (`prefect_launch.deploy`), handed to launch runs.
+"""Runs of engineers' own deployed flows (Prefect's `flow.deploy`, `prefect deploy`, `prefect_launch.deploy`), handed to launch runs.
 
 A run of a deployed flow on a launch queue is not run by the worker itself:
-it is handed over to a launch run on the same queue, which builds the flow's
-image and runs it on the queue's target (see `deployments.flows`). This module
+it is handed over to a launch run on the same queue, which runs it on the
+queue's target, building its image where needed (see `deployments.flows`). This module
 keeps the two runs in step: the flow run ends, or goes back to the queue, when
 its launch run will not run it, and cancelling either cancels both.
 
-`HandOver` is mixed into `LaunchWorker`, whose client, queue name, deployment
-cache and `_fail`, and the orphan round's `_requeue`, it uses.
+`HandOver` is mixed into `LaunchWorker`, whose client, work pool, queue name,
+deployment cache and `_fail`, and the orphan round's `_requeue`, it uses.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.states import Cancelled, Cancelling, Crashed, Pending
 
-from prefect_launch.deployments.flows import HANDED_OVER, hand_over, job_of
+from prefect_launch.deployments.flows import HANDED_OVER, flow_run_spec, hand_over
+from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT, queue_config_of
 from prefect_launch.errors import LaunchError
 from prefect_launch.prepare import job_variables
-from prefect_launch.spec import run_id_for
+from prefect_launch.spec import Resource, run_id_for
+from prefect_launch.targets import target_class
+from prefect_launch.templates import IMAGE_VARIABLE
 from prefect_launch.status import UnknownRun, find_run
 from prefect_launch.worker.orphans import seconds_in_state
 
@@ -46,6 +49,7 @@ class HandOver:
             return
         else:
             final = Crashed(message=f"Its launch run {launch_run.name} ended {state.name} before the flow did: {state.message}")
+            self.get_flow_run_logger(flow_run).error("%s", final.message)  # why, in the flow run's own logs too
         await self.client.set_flow_run_state(executed, final, force=True)
 
     async def settle_handed_over(self, flow_run: FlowRun, pending_timeout: float) -> bool:
@@ -78,7 +82,7 @@ class HandOver:
         deployments (launch runs) are left to their agents.
         """
         deployment = await self._deployment(flow_run.deployment_id)
-        if deployment is None or job_of(deployment.tags) is None:
+        if deployment is None or deployment.entrypoint == LAUNCH_ENTRYPOINT:
             return
         launch_run = await self._launch_run_of_flow_run(flow_run)
         if launch_run is None:
@@ -98,25 +102,30 @@ class HandOver:
             return None
 
     async def _hand_over(self, flow_run: FlowRun, deployment: DeploymentResponse) -> None:
-        """A run of an engineer's own flow (`prefect_launch.deploy`): put the launch job that runs it on this queue.
+        """A run of a deployed flow (Prefect's `flow.deploy`, `from_source`, `prefect deploy`, or `prefect_launch.deploy`):
+        put the launch job that runs it on this queue (`deployments.flows.flow_run_spec`).
 
-        The run stays Pending, marked as handed over (so no agent takes it for
-        orphaned), until that job's Prefect engine starts it; the mark comes
-        first, as the job may start it at once.
+        The run stays Pending, marked as handed over (so no agent takes it for orphaned), until that job's Prefect
+        engine starts it; the mark comes first, as the job may start it at once. A run this queue cannot run (a
+        deployment without an image on a queue that runs images) fails at once, saying what to do in its logs.
         """
-        job = job_of(deployment.tags)
-        if job is None:
-            await self._fail(
-                flow_run,
-                f"deployment {deployment.name!r} on queue {self.queue_name!r} was not created by "
-                "prefect_launch.deploy: launch queues run the launch flow and flows sent with prefect_launch.deploy(flow, queue=...)",
-            )
+        values = job_variables(flow_run, deployment)
+        try:
+            flow = await self.client.read_flow(deployment.flow_id)
+            spec = flow_run_spec(flow_run, deployment, flow.name, values.get(IMAGE_VARIABLE), self._runs_images())
+        except LaunchError as exc:
+            await self._fail(flow_run, str(exc))
             return
         message = f"{HANDED_OVER} {run_id_for(flow_run.id)} on queue {self.queue_name}, which builds and runs it"
         await self.client.set_flow_run_state(flow_run.id, Pending(message=message), force=True)
         try:
-            launch_run = await hand_over(self.client, self.queue_name, flow_run, job, job_variables(flow_run, deployment))
+            launch_run = await hand_over(self.client, self.queue_name, flow_run, spec, values)
         except LaunchError as exc:
             await self._fail(flow_run, str(exc))
             return
         self.get_flow_run_logger(flow_run).info("%s (launch flow run %s)", message, launch_run.id)
+
+    def _runs_images(self) -> bool:
+        """Whether this queue's target runs images; a pool whose template holds no queue config runs on local-process."""
+        config = queue_config_of(self.work_pool)
+        return target_class(config.resource if config is not None else Resource.local_process).builds_image

@@ -337,7 +337,6 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             try:
                 configuration = await self._job_configuration(flow_run, deployment)
             except LaunchError as exc:  # the run's own template values: its job fails, the agent goes on
-                self.get_flow_run_logger(flow_run).error("%s", exc)
                 await self._fail(flow_run, str(exc))
                 return
             await self.run(flow_run, configuration, adoption=adoption)
@@ -365,6 +364,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         return cached[1]
 
     async def _fail(self, flow_run: FlowRun, message: str) -> None:
+        """End a run the agent will not run Failed, saying why in its logs as well as in its state."""
+        self.get_flow_run_logger(flow_run).error("%s", message)
         await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
 
     async def _crash(self, flow_run: FlowRun, message: str) -> None:
