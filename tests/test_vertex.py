@@ -182,7 +182,8 @@ def test_a_new_agent_adopts_a_custom_job_by_its_label_and_creates_one_never_crea
 
     never_created = run_id_of(launch("-q", vertex_agent, "-d", image, "-E", "python train.py"))
     held_by(never_created, DEAD_AGENT, submitted=True)  # its agent died after recording the submission
-    start_agent("-q", vertex_agent, "--config", str(tmp_path / "launch-config.yaml"))
+    # Two orphans, two slots: an orphan is adopted only into a free slot, and either may come first.
+    start_agent("-q", vertex_agent, "--config", str(tmp_path / "launch-config.yaml"), "--max-jobs", "2")
     wait_for_log(followed, lambda line: line == f"Following Vertex AI CustomJob {name} (JOB_STATE_RUNNING)")
     listed = [r for r in vertex.requests if r.method == "GET" and r.path.endswith("/customJobs")]
     assert any(r.query.get("filter") == [f'labels.prefect-launch-run-id="{followed}"'] for r in listed), listed

@@ -1,6 +1,6 @@
 """A launch job for tests: reports what it sees, then behaves as its arguments say.
 
-    python report.py [--no-wandb] [--exit N] [--sleep S] [--pid-file F] [ARGS...]
+    python report.py [--no-wandb] [--exit N] [--sleep S] [--pid-file F] [--stamp-file F] [--wait-for F] [ARGS...]
 
 Prints `CONFIG {json}` (wandb.config after wandb.init), `ENV {json}` (the
 launch variables), `ARGS {json}` and `PROCESS {json}` (its command line as
@@ -26,6 +26,7 @@ parser.add_argument("--exit", type=int, default=0)
 parser.add_argument("--sleep", type=float, default=0)
 parser.add_argument("--pid-file")
 parser.add_argument("--stamp-file", help="append 'start end' wall-clock times here")
+parser.add_argument("--wait-for", help="before ending, wait until this file exists (a test releases the job)")
 args, rest = parser.parse_known_args()
 started = time.time()
 if args.pid_file:
@@ -43,6 +44,8 @@ report("ARGS " + json.dumps(rest))
 with open("/proc/self/cmdline", "rb") as cmdline:
     report("PROCESS " + json.dumps({"argv": cmdline.read().decode().split("\0")[:-1], "cwd": os.getcwd()}))
 time.sleep(args.sleep)
+while args.wait_for and not os.path.exists(args.wait_for):
+    time.sleep(0.05)
 if not args.no_wandb:
     run.finish()
 if args.stamp_file:
