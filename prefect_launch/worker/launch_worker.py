@@ -42,7 +42,7 @@ from prefect_launch.agent_config import AgentConfig, load_agent_config
 from prefect_launch.agent_setup import agent_setup
 from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT, default_base_job_template
 from prefect_launch.errors import LaunchError
-from prefect_launch.fair_share import Leases, caps_of
+from prefect_launch.fair_share import Caps, Leases, caps_of
 from prefect_launch.flows.launch import Adoption, LaunchContext
 from prefect_launch.home import launch_home
 from prefect_launch.ownership import Owner
@@ -106,6 +106,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         self._runs_stack = AsyncExitStack()
         # Fair-share slots outlive a missed heartbeat or two, never a dead agent by much (client: at setup).
         self._leases = Leases(None, lease_seconds=3 * self.heartbeat_interval_seconds)
+        # The queue's fair-share caps, read from its pool when the pool is (not on every poll).
+        self._caps = Caps(self.queue_name)
         # Heartbeats go out under the name and this host (`ownership`): an agent of the same name elsewhere beats apart.
         self.name = self._owner.heartbeat_name
         # An orphaned run waits for a free job slot of this agent (`OrphanRound`): no new run is claimed meanwhile.
@@ -141,6 +143,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
     async def sync_with_backend(self) -> None:
         """The worker's heartbeat, which also keeps the fair-share slots of its running jobs."""
         await super().sync_with_backend()
+        if self._has_work_pool():
+            self._caps = caps_of(self.work_pool)
         await self._leases.renew()
 
     def _own_limit(self) -> anyio.CapacityLimiter | None:
@@ -256,7 +260,7 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         if self._runs is None or not self._has_work_pool():
             return []
         free = self._slots.available_tokens if self._slots is not None else POLL_LIMIT
-        caps = caps_of(self.work_pool)
+        caps = self._caps
         # free is math.inf without max_jobs; with fair share, runs the cap holds may be first in line.
         asked = POLL_LIMIT if caps else int(max(1, min(free, POLL_LIMIT)))
         responses = await self._scheduled_runs(asked)

@@ -36,7 +36,6 @@ from prefect.states import Cancelled, Running, Scheduled
 
 from prefect_launch.deployments.flows import handed_over
 from prefect_launch.deployments.queues import LAUNCH_ENTRYPOINT
-from prefect_launch.fair_share import caps_of
 from prefect_launch.flows.launch import Adoption, stop_orphaned_job
 from prefect_launch.ownership import Owner
 from prefect_launch.spec import LaunchSpec, run_id_for
@@ -173,6 +172,6 @@ class OrphanRound:
         )
         self._claimed.add(flow_run.id)
         # Its job runs already: it takes its fair-share slot now, or once its dead agent's lease lapses.
-        await self._leases.take(flow_run.id, caps_of(self.work_pool).limits_of(flow_run.parameters), running=True)
+        await self._leases.take(flow_run.id, self._caps.limits_of(flow_run.parameters), running=True)
         self._runs.start_soon(self._claim_and_run, flow_run, adoption)
         return True
