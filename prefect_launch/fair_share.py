@@ -50,38 +50,45 @@ class Caps:
     def __bool__(self) -> bool:
         return bool(self.per_entity or self.per_project)
 
-    def limits(self, entity: str | None, project: str) -> dict[str, int]:
-        """The concurrency limits a run of this entity and project takes a slot of, by name.
+    def named(self, entity: str | None, project: str) -> list[tuple[str, str, str, int]]:
+        """Each limit a run of this entity and project takes a slot of: (name, kind, whose, cap).
 
-        >>> Caps("gpu", per_entity=2, per_project=1).limits(None, "mnist")
-        {'launch:gpu:entity:default': 2, 'launch:gpu:project:default:mnist': 1}
+        >>> Caps("gpu", per_entity=2, per_project=1).named(None, "mnist")
+        [('launch:gpu:entity:default', 'entity', 'default', 2), ('launch:gpu:project:default:mnist', 'project', 'default/mnist', 1)]
         """
         entity = entity or DEFAULT_ENTITY
-        limits = {}
+        named = []
         if self.per_entity:
-            limits[f"launch:{self.queue}:entity:{entity}"] = self.per_entity
+            named.append((f"launch:{self.queue}:entity:{entity}", "entity", entity, self.per_entity))
         if self.per_project:
-            limits[f"launch:{self.queue}:project:{entity}:{project}"] = self.per_project
-        return limits
+            named.append((f"launch:{self.queue}:project:{entity}:{project}", "project", f"{entity}/{project}", self.per_project))
+        return named
 
-    def limits_of(self, parameters: dict[str, Any]) -> dict[str, int]:
-        """The limits of a launch run, from its flow run parameters (a deployed flow's run has none)."""
+    def limits(self, entity: str | None, project: str) -> dict[str, int]:
+        """The concurrency limits a run of this entity and project takes a slot of, by name."""
+        return {name: cap for name, _, _, cap in self.named(entity, project)}
+
+    def named_of(self, parameters: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+        """`named` for a launch run, from its flow run parameters (a deployed flow's run has none)."""
         spec = parameters.get("spec")
         if not self or not isinstance(spec, dict):
-            return {}
-        return self.limits(spec.get("entity"), spec.get("project") or "uncategorized")
+            return []
+        return self.named(spec.get("entity"), spec.get("project") or "uncategorized")
+
+    def limits_of(self, parameters: dict[str, Any]) -> dict[str, int]:
+        """The limits of a launch run, from its flow run parameters."""
+        return {name: cap for name, _, _, cap in self.named_of(parameters)}
 
 
 async def held_by(client: PrefectClient, caps: Caps, parameters: dict[str, Any]) -> str | None:
     """Why the cap holds a waiting run (`entity vision runs 2 of max_running_per_entity 2`), or None."""
-    for name, cap in caps.limits_of(parameters).items():
+    for name, kind, whose, cap in caps.named_of(parameters):
         try:
             limit = await client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             continue
         if limit.active_slots >= limit.limit:
-            kind, _, owner = name.split(":", 2)[2].partition(":")
-            return f"held by fair share: {kind} {owner} runs {limit.active_slots} of max_running_per_{kind} {cap}"
+            return f"held by fair share: {kind} {whose} runs {limit.active_slots} of max_running_per_{kind} {cap}"
     return None
 
 
