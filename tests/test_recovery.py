@@ -6,7 +6,8 @@
   the reason and is not submitted again; one its dead agent never created is
   created once; a local-process job, which dies with its agent, ends Crashed.
 - The Prefect server restarted mid-run: a job that ends during the outage,
-  one waiting on the queue and one enqueued after the restart all complete.
+  one waiting on the queue and one enqueued after the restart all complete;
+  a run whose job lost the server as it started is put back, not crashed.
 
 - The restart drill on the Kubernetes stand-in, whose TTL controller removes
   finished Jobs 2 s after they end.
@@ -325,3 +326,49 @@ def test_a_server_restart_mid_run_loses_no_job(own_server, start_agent, tmp_path
     assert "Completed" in after.stdout
     assert agent.alive()
     assert "released" in run_logs(flow_run_of(waiting).id)
+
+
+def test_a_run_whose_job_lost_the_server_as_it_started_is_put_back_not_crashed(make_queue, tmp_path):
+    """The server went away between the claim and the job's start (a restart): the run was claimed, its
+    job never ran. It is not ended Crashed: the agent's orphan round puts it back on its queue once the
+    server answers, and its job runs once. The in-thread engine's client is the one that meets the
+    outage (a new client per run, which Prefect does not retry on a refused connection)."""
+    from datetime import timedelta
+
+    import anyio
+    from prefect.context import SettingsContext
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_launch.worker.launch_worker import LaunchWorker
+
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "job.py").write_text("print('job ran', flush=True)\n")
+    run_id = run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py"))
+    flow_run_id = flow_run_of(run_id).id
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{free.getsockname()[1]}/api"  # nothing listens once it is closed
+
+    async def scenario() -> None:
+        async with LaunchWorker(work_pool_name=queue, create_pool_if_not_found=False) as worker:
+            await worker.sync_with_backend()
+            reachable = worker._run_settings
+            worker._run_settings = SettingsContext(
+                profile=reachable.profile, settings=reachable.settings.copy_with_update(updates={PREFECT_API_URL: gone}))
+            assert [run.id for run in await worker.get_and_submit_flow_runs()] == [flow_run_id]
+            with anyio.fail_after(60):  # the claim and the engine's failed start
+                while worker._claimed:
+                    await anyio.sleep(0.1)
+            state = on_server("read_flow_run", flow_run_id).state
+            assert state.is_pending(), state  # claimed, not Crashed
+            worker._run_settings = reachable  # the server answers again
+            requeued, adopted = await worker.take_over_orphans(300, timedelta(seconds=90))
+            assert (requeued, adopted) == ([flow_run_id], [])
+            assert [run.id for run in await worker.get_and_submit_flow_runs()] == [flow_run_id]
+
+    anyio.run(scenario)
+    final = wait_for_final(run_id, timeout=60)
+    assert final.state.is_completed(), final.state
+    assert run_logs(final.id).count("job ran") == 1

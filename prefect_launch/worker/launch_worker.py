@@ -28,6 +28,7 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+import httpx
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateName
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
@@ -345,6 +346,13 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
                 return
             await self.run(flow_run, configuration, adoption=adoption)
         except Exception as exc:
+            if (lost := _transport_error(exc)) is not None:
+                # The server went away (a restart, a network cut): crashing the run would end a job that never
+                # started, or one running fine. Left as it is, it is this agent's orphan once the server is back:
+                # a Pending run goes back on its queue, a Running one is followed from where its job is.
+                self.logger.warning("Run %s: the server could not be reached (%s: %s); the orphan round settles it "
+                                    "once the server answers", flow_run.id, type(lost).__name__, lost)
+                return
             self.get_flow_run_logger(flow_run).exception("The agent could not run this job")
             await self._crash(flow_run, f"The agent could not run this job: {type(exc).__name__}: {exc}")
         finally:
@@ -408,3 +416,10 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
 
 
 __all__ = ["LaunchWorker", "LaunchJobConfiguration", "LaunchWorkerVariables"]
+
+
+def _transport_error(exc: BaseException | None) -> httpx.TransportError | None:
+    """The transport error behind `exc`, if any: Prefect wraps some (its API version check raises RuntimeError)."""
+    while exc is not None and not isinstance(exc, httpx.TransportError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
