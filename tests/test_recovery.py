@@ -7,7 +7,8 @@
   created once; a local-process job, which dies with its agent, ends Crashed.
 - The Prefect server restarted mid-run: a job that ends during the outage,
   one waiting on the queue and one enqueued after the restart all complete;
-  a run whose job lost the server as it started is put back, not crashed.
+  a run whose job lost the server as it started is put back, not crashed;
+  an orphan whose agent recorded its job's submission as it died is not started again.
 
 - The restart drill on the Kubernetes stand-in, whose TTL controller removes
   finished Jobs 2 s after they end.
@@ -372,3 +373,32 @@ def test_a_run_whose_job_lost_the_server_as_it_started_is_put_back_not_crashed(m
     final = wait_for_final(run_id, timeout=60)
     assert final.state.is_completed(), final.state
     assert run_logs(final.id).count("job ran") == 1
+
+
+def test_an_orphan_whose_agent_recorded_its_submission_as_it_died_is_not_started_again(make_queue, tmp_path):
+    """The orphan round reads the queue's runs, then judges each one's agent: an agent that put its job's
+    submission on record between the two (and died) started the job. The adopter goes by that record, not
+    by what it read first: the job is not started a second time."""
+    import anyio
+
+    from prefect_launch.ownership import Owner
+    from prefect_launch.worker.launch_worker import LaunchWorker
+
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "job.py").write_text("print('job ran', flush=True)\n")
+    run_id = run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py"))
+    held_by(run_id, DEAD_AGENT, submitted=False)
+    as_read = flow_run_of(run_id)  # what the round read
+    on_server("update_flow_run", as_read.id, infrastructure_pid=f"submitted/{run_id}")  # the agent's last act
+
+    async def adopt() -> None:
+        async with LaunchWorker(work_pool_name=queue, create_pool_if_not_found=False) as worker:
+            await worker.sync_with_backend()
+            assert await worker._adopt(as_read, Owner.parse(as_read.state.message))
+
+    anyio.run(adopt)
+    final = wait_for_final(run_id, timeout=60)
+    assert final.state.is_crashed() and "cannot be adopted by another agent" in final.state.message, final.state
+    assert "job ran" not in run_logs(final.id)

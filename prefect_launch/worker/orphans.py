@@ -164,6 +164,9 @@ class OrphanRound:
         if result.status != SetStateStatus.ACCEPT:
             self.release_slot(flow_run.id)
             return False
+        # The round read this run before it judged its agent gone, and the agent may have put its job's
+        # submission on record in between, as it died: read now, or a job it started would start again.
+        flow_run = await self.client.read_flow_run(flow_run.id)
         adoption = Adoption(
             previous_owner=previous.label,
             submitted=bool(flow_run.infrastructure_pid),
