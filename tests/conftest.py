@@ -48,11 +48,46 @@ def _runs_tests(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no"
 
 
+# A fresh Prefect server's start took ~33 s of CPU here (2 cores, under load), and ~11 s with a migrated
+# database and no block registration: migrating an empty database and importing every installed integration
+# (google-cloud-aiplatform alone is a fifth of it) to register block types is the rest. The run does that once, by starting and stopping a server on an empty home (the product's own first start); every server a test
+# starts then begins with a copy of that database, block types included, and skips the registration.
+DATABASE_TEMPLATE = "PREFECT_LAUNCH_TEST_DATABASE_TEMPLATE"
+_TEMPLATE_SERVER_ENV = {"PREFECT_API_BLOCKS_REGISTER_ON_START": "false", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
+
+
+def _make_database_template() -> Path:
+    from prefect_launch.server import start_server, stop_server
+
+    template_home = Path(tempfile.mkdtemp(prefix="prefect-launch-tests-template-"))
+    start_server(template_home, port=0)
+    stop_server(template_home)
+    os.environ[DATABASE_TEMPLATE] = str(_database_of(template_home))
+    os.environ.update(_TEMPLATE_SERVER_ENV)  # for every server started from here on, in this process and the workers
+    return template_home
+
+
+def _database_of(home: Path) -> Path:
+    from prefect_launch.server import server_env
+
+    return Path(server_env(home)["PREFECT_HOME"]) / "prefect.db"
+
+
+def seed_database(home: Path) -> Path:
+    """`home` with a copy of the run's migrated database (see `DATABASE_TEMPLATE`), for a server started on it."""
+    template, database = Path(os.environ[DATABASE_TEMPLATE]), _database_of(home)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    for part in template.parent.glob(f"{template.name}*"):  # the database and any journal SQLite left
+        shutil.copy(part, database.parent / part.name)
+    return home
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         from run_cost import RunCost
 
         config.pluginmanager.register(RunCost(), "run-cost")
+        _session["template_home"] = _make_database_template()
     if not _runs_tests(config):
         return
     # Each test process (a parallel worker, or the one process of a serial run) gets a home and
@@ -70,7 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     os.environ.update(server_env(home))
     # Any free port: the default one (4200) is a developer's own embedded server.
-    os.environ["PREFECT_API_URL"] = start_server(home, port=0)
+    os.environ["PREFECT_API_URL"] = start_server(seed_database(home), port=0)
     _session["home"] = home
 
 
@@ -81,6 +116,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         stop_server(home)
         shutil.rmtree(home, ignore_errors=True)
+    if "template_home" in _session:
+        shutil.rmtree(_session["template_home"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent_process import AgentProcess
-from conftest import JOBS, cli, unique
+from conftest import JOBS, cli, seed_database, unique
 from prefect_launch.config_files import MAX_FILE_BYTES
 from prefect_launch.server import free_port, start_server, stop_server
 
@@ -159,7 +159,7 @@ def _wait_until(condition, timeout: float, what: str) -> None:
 
 def test_an_agent_started_before_its_server_waits_then_serves(tmp_path):
     server_home = tmp_path / "server"
-    url = start_server(server_home, port=_port_below_the_ephemeral_range())
+    url = start_server(seed_database(server_home), port=_port_below_the_ephemeral_range())
     env = {"PREFECT_API_URL": url}
     queue = unique("late-server")
     code = tmp_path / "code"

@@ -38,7 +38,7 @@ import cross_host  # drills/cross_host.py (conftest puts drills/ on the path)
 import restart  # drills/restart.py
 from prefect_server import stable_port  # drills/prefect_server.py
 from conftest import (DEAD_AGENT, AgentProcess, cancel_run, cli, dry_run_submission, flow_run_of, held_by, launch, on_server,
-                      run_id_of, run_logs, wait_for_final, wait_for_log)
+                      run_id_of, run_logs, seed_database, wait_for_final, wait_for_log)
 from prefect_launch.server import start_server, stop_server
 from services import BASE_IMAGE, docker_engine
 
@@ -296,7 +296,7 @@ def own_server(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server_home = tmp_path / "server"
-    url = start_server(server_home, port=stable_port())
+    url = start_server(seed_database(server_home), port=stable_port())
     monkeypatch.setenv("PREFECT_API_URL", url)  # the CLI and agents
     with temporary_settings({PREFECT_API_URL: url}):  # this process's client (settings are read at import)
         yield server_home, url

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import seed_database
 from prefect_launch import server
 from prefect_launch.server import ensure_server, serves, start_server, stop_server
 
@@ -14,7 +15,7 @@ from prefect_launch.server import ensure_server, serves, start_server, stop_serv
 def other_server(tmp_path_factory):
     """Another home's server, on a port of its own."""
     home = tmp_path_factory.mktemp("other-home")
-    url = start_server(home, port=0)
+    url = start_server(seed_database(home), port=0)
     yield home, url
     stop_server(home)
 
@@ -24,7 +25,7 @@ def test_a_state_file_pointing_at_another_homes_server_is_not_trusted(other_serv
     home = tmp_path / "home"
     home.mkdir()
     (home / "server.json").write_text(json.dumps({"url": other_url, "pid": 1}))
-    url = ensure_server(home)
+    url = ensure_server(seed_database(home))
     try:
         assert url != other_url and serves(url, home) and not serves(other_url, home)
         assert serves(other_url, other_home)
@@ -41,7 +42,7 @@ def test_a_server_that_loses_its_port_to_another_starts_on_another(other_server,
     answers = iter([taken])  # the first check "finds" the other server's port free
     monkeypatch.setattr(server, "free_port", lambda preferred=0: next(answers, None) or free_port(preferred))
     home = tmp_path / "home"
-    url = start_server(home, port=taken)
+    url = start_server(seed_database(home), port=taken)
     try:
         assert url != other_url and serves(url, home)
         assert json.loads((home / "server.json").read_text())["url"] == url

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import cli, launch, unique
+from conftest import cli, launch, seed_database, unique
 from prefect_launch.server import start_server, stop_server
 
 AUTH = "launch-admin:pa55-7c1d"
@@ -24,7 +24,7 @@ def auth_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("auth-server")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PREFECT_SERVER_API_AUTH_STRING", AUTH)
-        url = start_server(home, port=0)
+        url = start_server(seed_database(home), port=0)
     yield url
     stop_server(home)
 
