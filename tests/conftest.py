@@ -13,6 +13,7 @@ process of its own where it serves or runs a flow.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -316,36 +317,42 @@ def cancel_run(run_id: str) -> None:
                    check=True, capture_output=True, env=os.environ.copy())
 
 
+def _pause(looks: int) -> None:
+    """Between two looks at the server: 0.2 s at first, growing to 1 s. Each look is one to three reads on the
+    server the test process shares with its agents: a test that waits a minute for a job looks ~65 times, not 200."""
+    time.sleep(min(1.0, 0.2 * 1.25 ** looks))
+
+
 def wait_for_log(run_id: str, predicate, timeout: float = 60) -> list[str]:
     """The run's log lines once one of them satisfies `predicate` (the run is seen to have reached a point)."""
     deadline = time.monotonic() + timeout
-    while True:
+    for looks in itertools.count():
         lines = run_logs(flow_run_of(run_id).id)
         if any(predicate(line) for line in lines):
             return lines
         assert time.monotonic() < deadline, f"no such log line within {timeout} s; last lines:\n" + "\n".join(lines[-20:])
-        time.sleep(0.3)
+        _pause(looks)
 
 
 def wait_for_attempts(run_id: str, count: int, timeout: float = 120) -> list:
     """Every attempt (flow run) of a requeued W&B run, once there are `count` and all have ended."""
     deadline = time.monotonic() + timeout
-    while True:
+    for looks in itertools.count():
         runs = flow_runs_named(run_id)
         if len(runs) >= count and all(run.state and run.state.is_final() for run in runs):
             return runs
         assert time.monotonic() < deadline, [run.state for run in runs]
-        time.sleep(0.3)
+        _pause(looks)
 
 
 def wait_for_final(run_id: str, timeout: float = 120):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    for looks in itertools.count():
         flow_run = flow_run_of(run_id)
         if flow_run and flow_run.state and flow_run.state.is_final():
             return flow_run
-        time.sleep(0.3)
-    raise AssertionError(f"run {run_id} did not finish within {timeout} s: {flow_run_of(run_id)}")
+        assert time.monotonic() < deadline, f"run {run_id} did not finish within {timeout} s: {flow_run}"
+        _pause(looks)
 
 
 def run_logs(flow_run_id) -> list[str]:
