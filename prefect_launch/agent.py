@@ -211,7 +211,8 @@ class Agent:
             except Exception as exc:  # the server may be restarting; keep serving
                 logger.warning("Polling failed (%s); retrying in %.0f s", exc, backoff)
                 await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                # No longer apart than an ordinary poll: a server back from a restart is served within one.
+                backoff = min(backoff * 2, self.poll_seconds)
 
     async def _heartbeat_loop(self) -> None:
         while True:
