@@ -110,6 +110,8 @@ class KubeStandIn:
         self._server = kmock.Server(self.kmock)
         await self._server.__aenter__()
         self.kmock["get /version/"] << SERVER_VERSION
+        # An API server lists events (empty) before any is recorded; undeclared, kmock answers 404.
+        self.kmock.resources["v1/events"] = {}
         self.kmock[kmock.action.CREATE] << 201 << self._created
         self.kmock[kmock.action.LIST, PODS] << self._list_pods
         self.kmock[kmock.action.WATCH, PODS] << self._watch_pods

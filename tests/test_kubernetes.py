@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, launch, run_id_of, run_logs,
-                      wait_for_attempts, wait_for_final, wait_for_log, write_json)
+from conftest import (DEAD_AGENT, SEEDS, cancel_run, cli, dry_run_submission, flow_run_of, flow_runs_named, held_by, launch,
+                      run_id_of, run_logs, wait_for_attempts, wait_for_final, wait_for_log, write_json)
 from helm_chart import render, unauthorized
 from kube_kubelet import Kubelet
 from kube_standin import KubeStandIn
@@ -276,6 +276,9 @@ def test_jobs_removed_after_their_ttl_while_no_agent_followed_them_end_as_their_
     for end, run_id in runs.items():
         jobs[end] = _job(kube, "ttl", run_id)
         kube.create_pod("ttl", f"prefect-launch-{run_id}-t1", _labels(run_id), phase="Running")
+        # As the Job controller records each pod it creates: the deleted Job's event says it was created.
+        kube.event("ttl", "Job", f"prefect-launch-{run_id}", None, "Normal", "SuccessfulCreate",
+                   f"Created pod: prefect-launch-{run_id}-t1")
         kube.pod_log("ttl", f"prefect-launch-{run_id}-t1", [f"{end} is running"])
     for end, run_id in runs.items():
         wait_for_log(run_id, lambda line: line == f"{end} is running")
@@ -431,3 +434,22 @@ def test_a_preempted_job_resumes_from_its_checkpoint_in_the_same_wandb_run(kube_
     files = run_files(runs_dir / run_id, run_id)
     assert len(files) == 2, files
     assert _logged_steps(files[1]) == list(range(last_saved + 1, 8))
+
+
+def test_a_job_its_dead_agent_never_created_is_created_once(make_queue, start_agent, monkeypatch, tmp_path):
+    """The agent died between recording the submission and creating the Job: there is no Job, and no event
+    names one since the run started (a created Job's controller records its pod at once), so the adopter
+    creates it, once. The stand-in's kubelet runs it."""
+    with KubeStandIn() as cluster, Kubelet(cluster, tmp_path / "node"):
+        monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig(tmp_path / "kubeconfig"))
+        config = write_json(tmp_path / "queue.json", {"namespace": "never"})
+        queue = make_queue("--resource", "kubernetes", "--config", str(config), "--no-require-wandb-run", prefix="k8s")
+        run_id = run_id_of(launch("-q", queue, "-d", IMAGE, "-E", "python -c 'print(\"trained once\")'"))
+        held_by(run_id, DEAD_AGENT, submitted=True)  # its agent died after recording the submission
+        start_agent("-q", queue)
+        final = wait_for_final(run_id, timeout=90)
+        assert final.state.is_completed(), final.state
+        lines = run_logs(final.id)
+        assert lines.count("trained once") == 1
+        assert any("whose events show it was never created" in line and "died before creating it" in line for line in lines)
+        assert _jobs_created(cluster, run_id) == 1

@@ -65,11 +65,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import re
 from typing import Any, Callable, Iterator
@@ -85,15 +86,19 @@ from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods
 from prefect_launch.targets.policy import Refusal
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
-from prefect_launch.wandb_files import run_exit_code
+from prefect_launch.wandb_files import run_exit_code, run_files
 
 RUN_ID_LABEL = "prefect-launch/run-id"
 # Pods of a requeued run carry its attempt, so a new attempt never sees the old one's pods.
 ATTEMPT_LABEL = "prefect-launch/attempt"
 DEFAULT_NAMESPACE = "default"
+logger = logging.getLogger(__name__)
+
 JOB_DEFAULTS = {"backoffLimit": 0, "ttlSecondsAfterFinished": 60}
 CONTAINER_KINDS = ("containers", "initContainers", "ephemeralContainers")
 # The Job controller's event reasons for a Job that has ended: completed, or failed for good.
+# How long Kubernetes keeps events (the API server's --event-ttl is an hour by default), less a margin.
+EVENTS_KEPT = timedelta(minutes=50)
 JOB_COMPLETED_REASONS = {"Completed"}
 JOB_FAILED_REASONS = {"BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy", "MaxFailedIndexesExceeded",
                       "FailedIndexes"}
@@ -468,7 +473,7 @@ class KubernetesTarget(Target):
                     pods.see("ADDED", pod, log, on_running)
                 version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
             if not pods.pods:  # at most once a watch round (WATCH_SECONDS), and only while no pod exists
-                events = self._object_events(core, submitted, log)
+                events = self._object_events(core, submitted, log) or []
                 pods.see_object_warning(_latest_warning(events), log)
                 if not self._exists(submitted):  # its end went by unseen: removed after its TTL, or deleted
                     ended = self._ended_unseen(submitted, log, events)
@@ -505,9 +510,9 @@ class KubernetesTarget(Target):
                 log.warning("Pod watch interrupted (%s); resuming", exc)
                 time.sleep(1)
 
-    def _object_events(self, core: Any, submitted: "Submitted", log: Log) -> list[dict[str, Any]]:
+    def _object_events(self, core: Any, submitted: "Submitted", log: Log) -> list[dict[str, Any]] | None:
         """The events on the run's object since the run started (an earlier attempt's object had the same
-        name), oldest first; none if they cannot be read."""
+        name), oldest first; None if they cannot be read."""
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -515,7 +520,7 @@ class KubernetesTarget(Target):
                 submitted.namespace, field_selector=f"involvedObject.name={submitted.name}"))
         except ApiException as exc:  # a hint only: the pods still decide the run
             log.debug("Events of %s %s not readable: %s", submitted.kind, submitted.name, kube.api_error(exc))
-            return []
+            return None
         since = submitted.since.replace(microsecond=0) if submitted.since else None
 
         def this_objects(event: dict[str, Any]) -> bool:
@@ -540,7 +545,7 @@ class KubernetesTarget(Target):
 
         if submitted.kind == "Job" and submitted.group == "batch":
             if events is None:
-                events = self._object_events(client.CoreV1Api(self._api), submitted, log)
+                events = self._object_events(client.CoreV1Api(self._api), submitted, log) or []
             ended = [event for event in events if event.get("reason") in JOB_COMPLETED_REASONS | JOB_FAILED_REASONS]
             if ended:
                 last = ended[-1]
@@ -559,6 +564,28 @@ class KubernetesTarget(Target):
                     state="failed", exit_code=code, message=f"the job exited with code {code} (recorded by its W&B run "
                                                             f"{submitted.run_id}; its {submitted.kind} was gone before its pods were read)")
         return None
+
+    def never_created(self, submission: dict[str, Any], since: datetime) -> bool:
+        """A batch Job that is not found, and on which nothing was recorded since its run started, was never created.
+
+        Its controller records each pod it creates at once (`SuccessfulCreate`), a Job cannot end (and go
+        after its TTL) without a pod, and events outlive the Job for an hour (`--event-ttl`), so a run started
+        within that hour whose Job left no event had its agent die before creating it. The job's W&B run
+        folder, where this agent reads it, must hold nothing of the run either. A custom resource's
+        controller may record nothing: it is never presumed uncreated.
+        """
+        from kubernetes import client
+
+        submitted = Submitted.of(submission, since=since)
+        if not (submitted.kind == "Job" and submitted.group == "batch"):
+            return False
+        if datetime.now(timezone.utc) - since > EVENTS_KEPT:
+            return False
+        events = self._object_events(client.CoreV1Api(self._api), submitted, logger)
+        if events is None or events:
+            return False
+        run_dir = Path(submitted.wandb_dir) if submitted.wandb_dir else None
+        return not (run_dir and any(path.stat().st_mtime >= since.timestamp() for path in run_files(run_dir, submitted.run_id)))
 
     def _delete(self, submitted: "Submitted", log: Log, wait: bool = False) -> None:
         from kubernetes import client
