@@ -107,7 +107,7 @@ def test_code_job_is_pushed_to_artifact_registry_and_run_as_a_custom_job(vertex,
     assert create.path == f"/v1/projects/{PROJECT}/locations/{REGION}/customJobs"
     assert create.headers["authorization"].startswith("Bearer ")
     body = create.body
-    assert body["displayName"] == run_id and body["labels"] == {"prefect-launch-run-id": run_id}
+    assert body["displayName"] == run_id and body["labels"] == {"prefect-launch-run-id": run_id, "prefect-launch-attempt": "0"}
     spec = body["jobSpec"]
     assert spec["serviceAccount"] == RUNNER  # spec.service_account, as the seed documents it
     assert spec["baseOutputDirectory"]["outputUriPrefix"].startswith("gs://ml-staging/")
@@ -186,17 +186,40 @@ def test_a_new_agent_adopts_a_custom_job_by_its_label_and_creates_one_never_crea
     start_agent("-q", vertex_agent, "--config", str(tmp_path / "launch-config.yaml"), "--max-jobs", "2")
     wait_for_log(followed, lambda line: line == f"Following Vertex AI CustomJob {name} (JOB_STATE_RUNNING)")
     listed = [r for r in vertex.requests if r.method == "GET" and r.path.endswith("/customJobs")]
-    assert any(r.query.get("filter") == [f'labels.prefect-launch-run-id="{followed}"'] for r in listed), listed
+    assert any(r.query.get("filter") == [f'labels.prefect-launch-run-id="{followed}" AND labels.prefect-launch-attempt="0"'] for r in listed), listed
     vertex.set_state(name, "JOB_STATE_SUCCEEDED")
     assert wait_for_final(followed, timeout=60).state.is_completed()
 
     created, _ = _created(vertex, before + 2)
-    assert vertex.jobs[created]["labels"] == {"prefect-launch-run-id": never_created}
+    assert vertex.jobs[created]["labels"] == {"prefect-launch-run-id": never_created, "prefect-launch-attempt": "0"}
     vertex.set_state(created, "JOB_STATE_SUCCEEDED")
     final = wait_for_final(never_created, timeout=60)
     assert final.state.is_completed(), final.state
     assert any("where a job stays once created" in line for line in run_logs(final.id))
     assert _creates(vertex) == before + 2  # one CustomJob per run: followed, or created once
+
+
+def test_an_adopter_finds_the_custom_job_of_its_runs_attempt_only(vertex, gcp_env):
+    """A run requeued after a preemption keeps its run id. An adopter of attempt 1 whose dead agent never created
+    its CustomJob must not follow attempt 0's, created moments before: the attempt label tells them apart."""
+    import logging
+    from datetime import datetime, timedelta, timezone
+
+    from prefect_launch.agent_config import load_agent_config_text
+    from prefect_launch.agent_setup import agent_setup
+    from prefect_launch.spec import ResolvedJob
+    from prefect_launch.targets.vertex import VertexTarget
+
+    agent_config = f"environment:\n  type: gcp\n  region: {REGION}\n  project: {PROJECT}\n"
+    _, environment, _ = agent_setup(load_agent_config_text(agent_config, "launch-config.yaml"))
+    target, log = VertexTarget(environment=environment), logging.getLogger("test")
+    config = VertexTarget.parse_config(_queue_config(), "queue config")
+    job = ResolvedJob(run_id=unique("attempts"), run_name="attempts", project="p", argv=["python", "train.py"], image="img:1")
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    first = target.render(job, config)
+    created = target.submit(first, log)
+    assert target.attach(first, log, since).id == created.id
+    assert target.attach(target.render(job.model_copy(update={"attempt": 1}), config), log, since) is None
 
 
 def test_vertex_seeds_render_through_dry_run():
@@ -212,7 +235,7 @@ def test_vertex_seeds_render_through_dry_run():
     assert submission["run"] == {"restart_job_on_worker_restart": False, "service_account": RUNNER}
     spec = submission["spec"]
     assert spec["staging_bucket"] == "gs://ml-staging" and spec["display_name"] == "abc123"
-    assert spec["labels"] == {"prefect-launch-run-id": "abc123"}
+    assert spec["labels"] == {"prefect-launch-run-id": "abc123", "prefect-launch-attempt": "0"}
     (pool,) = spec["worker_pool_specs"]
     assert pool["machine_spec"] == {"machine_type": "n1-standard-4", "accelerator_type": "ACCELERATOR_TYPE_UNSPECIFIED",
                                     "accelerator_count": 0}

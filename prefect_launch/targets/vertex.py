@@ -23,10 +23,12 @@ environment's project, region and credentials;
 monitor maps every `JobState`; cancelling the run cancels the CustomJob.
 
 A CustomJob's name is a number Vertex AI gives it, so an agent adopting the run
-of a dead one finds its job by the run-id label instead: the newest CustomJob
-listed with that label and created after the run started (less
-`CLOCK_SKEW_SECONDS`: Vertex AI's clock is not the Prefect server's). CustomJobs
-stay listed until someone deletes them, so one not found was never created.
+of a dead one finds its job by its labels instead: the run id and the attempt
+(a run requeued after a preemption keeps its run id; each attempt has a
+CustomJob of its own), the newest listed with both and created after the run
+started (less `CLOCK_SKEW_SECONDS`: Vertex AI's clock is not the Prefect
+server's). CustomJobs stay listed until someone deletes them, so one not found
+was never created.
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
@@ -60,6 +62,7 @@ from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
 
 RUN_ID_LABEL = "prefect-launch-run-id"
+ATTEMPT_LABEL = "prefect-launch-attempt"  # 0, then N after the Nth preemption
 # How far Vertex AI's clock may be behind the Prefect server's, when a job's creation is compared with its run's start.
 CLOCK_SKEW_SECONDS = 60
 # Keys whose own keys are the user's names, not the SDK's.
@@ -230,7 +233,7 @@ class VertexTarget(Target):
             own = {item["name"] for item in env}
             container["env"] = [item for item in container.get("env", []) if item.get("name") not in own] + env
         spec.setdefault("display_name", job.run_name)
-        spec["labels"] = {**(spec.get("labels") or {}), RUN_ID_LABEL: _label(job.run_id)}
+        spec["labels"] = {**(spec.get("labels") or {}), RUN_ID_LABEL: _label(job.run_id), ATTEMPT_LABEL: str(job.attempt)}
         return {"spec": spec, "run": run}
 
     @property
@@ -264,11 +267,12 @@ class VertexTarget(Target):
         return Handle(id=job.resource_name, detail=job)
 
     def attach(self, submission: dict[str, Any], log: Log, since: datetime | None) -> Handle | None:
-        label = submission["spec"]["labels"][RUN_ID_LABEL]
+        labels = submission["spec"]["labels"]
+        wanted = " AND ".join(f'labels.{key}="{labels[key]}"' for key in (RUN_ID_LABEL, ATTEMPT_LABEL))
         try:
-            listed = self._aiplatform.CustomJob.list(filter=f'labels.{RUN_ID_LABEL}="{label}"')
+            listed = self._aiplatform.CustomJob.list(filter=wanted)
         except Exception as exc:  # the SDK raises google.api_core errors and ValueError alike
-            raise LaunchError(f"Vertex AI could not list the CustomJobs labelled {RUN_ID_LABEL}={label}: {exc}") from None
+            raise LaunchError(f"Vertex AI could not list the CustomJobs with {wanted}: {exc}") from None
         earliest = since - timedelta(seconds=CLOCK_SKEW_SECONDS) if since else None
         jobs = [job for job in listed if earliest is None or job.create_time >= earliest]
         if not jobs:
