@@ -8,7 +8,8 @@
 - The Prefect server restarted mid-run: a job that ends during the outage,
   one waiting on the queue and one enqueued after the restart all complete;
   a run whose job lost the server as it started is put back, not crashed;
-  an orphan whose agent recorded its job's submission as it died is not started again.
+  an orphan whose agent recorded its job's submission as it died is not started again;
+  a local-process job whose agent died before starting it is started by the adopter, once.
 
 - The restart drill on the Kubernetes stand-in, whose TTL controller removes
   finished Jobs 2 s after they end.
@@ -28,6 +29,7 @@ import random
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -288,6 +290,45 @@ def test_a_local_process_job_whose_agent_died_is_settled_by_its_record_or_starte
     assert "job ran" not in lines["0"] and "job ran" not in lines["3"]  # followed to their recorded end
     assert lines["unstarted"].count("job ran") == 1
     assert any("died before it started the job: starting it" in line for line in lines["unstarted"])
+
+
+def test_a_local_process_job_whose_agent_died_before_starting_it_is_started_once(start_agent, make_queue, tmp_path,
+                                                                                 home):
+    """Three runs whose agent recorded the submission, then died. Its death watcher, told of the three jobs,
+    writes into each run folder how many of the job's processes it found to stop. Never started (no start on
+    record, none found): the adopter starts it, once. Stopped as it started (found one, its start not yet on
+    record) and started (its start on record): both may have run, and end Crashed, never run twice."""
+    from prefect_launch.targets import process_tree
+    from prefect_launch.targets.local_process import FOUND_RECORD, STARTED_RECORD
+
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "job.py").write_text("print('job ran', flush=True)\n")
+    runs = {kind: run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py"))
+            for kind in ("never started", "stopped as it started", "started")}
+    cookies = {kind: str(flow_run_of(run_id).id) for kind, run_id in runs.items()}
+    for kind, run_id in runs.items():
+        held_by(run_id, DEAD_AGENT, submitted=True)
+        (home / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+    (home / "runs" / runs["started"] / STARTED_RECORD).write_text("4194306\n")
+    running = subprocess.Popen(["sleep", "600"], env={**os.environ, process_tree.COOKIE_ENV: cookies["stopped as it started"]})
+    watcher = subprocess.Popen([sys.executable, "-I", process_tree.__file__, str(os.getpid())], stdin=subprocess.PIPE)
+    registered = "".join(f"+{cookies[kind]}\t{home / 'runs' / run_id / FOUND_RECORD}\n" for kind, run_id in runs.items())
+    watcher.communicate(registered.encode(), timeout=60)  # its input ends: the agent is gone
+    assert running.wait(timeout=30) != 0  # stopped by the watcher
+    found = {kind: (home / "runs" / run_id / FOUND_RECORD).read_text() for kind, run_id in runs.items()}
+    assert found == {"never started": "0\n", "stopped as it started": "1\n", "started": "0\n"}
+
+    start_agent("-q", queue)
+    never, stopped, started = (wait_for_final(run_id, timeout=90) for run_id in runs.values())
+    assert never.state.is_completed(), never.state
+    lines = run_logs(never.id)
+    assert lines.count("job ran") == 1
+    assert any("the agent died before starting it" in line for line in lines)
+    for run in (stopped, started):
+        assert run.state.is_crashed() and "cannot be adopted by another agent" in run.state.message, run.state
+        assert "job ran" not in run_logs(run.id)
 
 
 @pytest.fixture

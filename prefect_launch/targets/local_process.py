@@ -14,6 +14,14 @@ process exits, its exit code goes into its run folder (`EXIT_RECORD`): an
 agent that dies before the run's final state is on record leaves it to the
 adopter on this machine, which ends the run as the job ended, not Crashed.
 
+The agent records its job's submission before it starts the job. Dying in
+between, it leaves a run that looks submitted and a job that never ran; the
+adopter tells that apart from a job stopped with its agent by two records in
+the run folder: the process start (`STARTED_RECORD`, written as the process
+starts) and what the dead agent's watcher found of the job (`FOUND_RECORD`).
+Neither a start nor a process found: the job never ran, and the adopter
+starts it. Anything else, and the run ends Crashed, never run twice.
+
 Example:
     >>> from prefect_launch.spec import ResolvedJob
     >>> job = ResolvedJob(run_id="r1", run_name="r1", project="p", argv=["python", "t.py"],
@@ -92,8 +100,33 @@ def _run_cookie() -> str | None:
 EXIT_RECORD = ".prefect-launch-exit-code"
 
 
+# In the run folder: the job's process id, written as it starts; how many of its processes the dead agent's
+# watcher found to stop (`process_tree`).
+STARTED_RECORD = ".prefect-launch-started"
+FOUND_RECORD = ".prefect-launch-found-at-agent-death"
+
+
 def _exit_record(submission: dict[str, Any]) -> Path:
-    return Path(submission["env"]["WANDB_DIR"]) / EXIT_RECORD
+    return _run_record(submission, EXIT_RECORD)
+
+
+def _run_record(submission: dict[str, Any], name: str) -> Path:
+    return Path(submission["env"]["WANDB_DIR"]) / name
+
+
+def _since(record: Path, since: datetime | None) -> bool:
+    """Whether `record` exists and was written since `since` (an earlier attempt of the run wrote the same folder)."""
+    try:
+        return since is None or record.stat().st_mtime >= since.timestamp()
+    except OSError:
+        return False
+
+
+def _never_started(submission: dict[str, Any], since: datetime | None) -> bool:
+    """The dead agent never started the job: no start on record, and its watcher found none of its processes."""
+    found = _run_record(submission, FOUND_RECORD)
+    return (not _since(_run_record(submission, STARTED_RECORD), since) and _since(found, since)
+            and found.read_text().strip() == "0")
 
 
 class LocalProcessTarget(Target):
@@ -123,7 +156,11 @@ class LocalProcessTarget(Target):
         # Jobs run with the agent's Python first on PATH, so `python train.py`
         # means the interpreter (and packages) the agent was installed with.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        handle = process.start(submission["argv"], env, submission["cwd"], log, cookie=_run_cookie() or str(uuid.uuid4()))
+        folder = _exit_record(submission).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = process.start(submission["argv"], env, submission["cwd"], log, cookie=_run_cookie() or str(uuid.uuid4()),
+                               found_record=folder / FOUND_RECORD)
+        (folder / STARTED_RECORD).write_text(f"{handle.id}\n")
         handle.detail.exit_record = _exit_record(submission)
         return handle
 
@@ -136,14 +173,21 @@ class LocalProcessTarget(Target):
         if stopped:
             log.warning("Stopped %d process(es) of the dead agent's job: %s", len(stopped), ", ".join(stopped))
         record = _exit_record(submission)
-        if record.exists() and (since is None or record.stat().st_mtime >= since.timestamp()):
+        if _since(record, since):
             code = int(record.read_text())
             log.info("The job exited with code %d before its agent died (its run folder's exit record)", code)
             return Handle(id="exited", detail=process.exit_outcome(code), attached=True)
+        if _never_started(submission, since):
+            log.info("No start of the job is on record and the dead agent's watcher found none of its processes: "
+                     "the agent died before starting it")
+            return None
         raise AdoptionFailed(
             "local-process jobs cannot be adopted by another agent: its job dies with its agent"
             + (f" ({len(stopped)} process(es) still running on this machine were stopped)" if stopped else "")
         )
+
+    def never_created(self, submission: dict[str, Any], since: datetime) -> bool:
+        return _never_started(submission, since)
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         progress.started()  # the process runs from its submission on

@@ -47,11 +47,14 @@ class Job(subprocess.Popen):
     exit_record: Path | None = None
 
 
-def start(argv: list[str], env: dict[str, str], cwd: str | None, log: Log, cookie: str | None = None) -> Handle:
-    """Start `argv` in a new session; with a `cookie`, in its environment and on this agent's death watch."""
+def start(argv: list[str], env: dict[str, str], cwd: str | None, log: Log, cookie: str | None = None,
+          found_record: Path | None = None) -> Handle:
+    """Start `argv` in a new session; with a `cookie`, in its environment and on this agent's death watch (which
+    writes into `found_record` how many of the job's processes it found if the agent dies first)."""
     if cookie is not None:
         env = {**env, process_tree.COOKIE_ENV: cookie}
-        process_tree.DeathWatch.register(cookie)  # before the job exists: an agent dying at once still stops it
+        # Before the job exists: an agent dying at once still stops it.
+        process_tree.DeathWatch.register(cookie, str(found_record or ""))
     try:
         proc = Job(
             argv,

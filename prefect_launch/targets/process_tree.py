@@ -23,7 +23,10 @@ children's exit statuses, and the cookie finds orphans without it.
 When the agent dies, even by SIGKILL, its jobs die too: each agent process has one watcher (this file
 run as a script, standard library only, in a session of its own) that reads the cookies of the
 agent's running jobs from a pipe whose only writer is the agent. End-of-file on that pipe means the
-agent is gone: the watcher stops every process of every job still registered, and exits.
+agent is gone: the watcher stops every process of every job still registered, and exits. Before it
+stops them it writes, for each job registered with a record file, how many of its processes it
+found (`found_record`): 0 tells an adopter on this machine that the job never started (the agent
+died between registering it and starting it), as no process of it was left to stop.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from typing import Iterable
 COOKIE_ENV = "PREFECT_LAUNCH_RUN_COOKIE"
 # What a job's main process leaves behind gets this long after SIGTERM before SIGKILL.
 LEFTOVER_GRACE_SECONDS = 5.0
+# The watcher looks for a dead agent's jobs this long after its death: a job forked as the agent died
+# carries its cookie only once it has exec'd.
+EXEC_GRACE_SECONDS = 0.5
 STOP_GRACE_SECONDS = 10.0
 KILL_SECONDS = 30.0
 
@@ -124,18 +130,20 @@ class DeathWatch:
 
     _lock = threading.Lock()
     _proc: subprocess.Popen | None = None
-    _cookies: set[str] = set()
+    _cookies: dict[str, str] = {}  # cookie -> the file the watcher writes what it found into ("": none)
 
     @classmethod
-    def register(cls, cookie: str) -> None:
+    def register(cls, cookie: str, found_record: str = "") -> None:
+        """Watch the job with this cookie; if the agent dies first, write how many of its processes were left into
+        `found_record` (when given), then stop them."""
         with cls._lock:
-            cls._cookies.add(cookie)
-            cls._send(f"+{cookie}\n")
+            cls._cookies[cookie] = found_record
+            cls._send(f"+{cookie}\t{found_record}\n")
 
     @classmethod
     def unregister(cls, cookie: str) -> None:
         with cls._lock:
-            cls._cookies.discard(cookie)
+            cls._cookies.pop(cookie, None)
             cls._send(f"-{cookie}\n")
 
     @classmethod
@@ -159,22 +167,37 @@ class DeathWatch:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, env={k: v for k, v in os.environ.items() if k != COOKIE_ENV},
         )
-        cls._proc.stdin.write("".join(f"+{cookie}\n" for cookie in cls._cookies).encode())
+        cls._proc.stdin.write("".join(f"+{cookie}\t{record}\n" for cookie, record in cls._cookies.items()).encode())
 
 
 def _watch(agent: int) -> None:
     """The watcher's loop: keep the registered cookies; at end-of-file (the agent is gone) stop their jobs."""
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a Ctrl-C to the agent's terminal is the agent's to handle
-    cookies: set[str] = set()
+    cookies: dict[str, str] = {}  # cookie -> found record ("": none)
     for raw in sys.stdin.buffer:
-        line = raw.decode(errors="replace").strip()
+        line = raw.decode(errors="replace").rstrip("\n")
         if line.startswith("+"):
-            cookies.add(line[1:])
+            cookie, _, record = line[1:].partition("\t")
+            cookies[cookie] = record
         elif line.startswith("-"):
-            cookies.discard(line[1:])
+            cookies.pop(line[1:], None)
     if cookies:
-        kill_tree(cookies, STOP_GRACE_SECONDS)
+        time.sleep(EXEC_GRACE_SECONDS)
+        for cookie, record in cookies.items():
+            if record:
+                _write_found(record, len(processes_with([cookie])))
+        kill_tree(list(cookies), STOP_GRACE_SECONDS)
+
+
+def _write_found(record: str, count: int) -> None:
+    """`count` into `record`, whole or not at all (a reader never sees half a number)."""
+    try:
+        with open(record + ".tmp", "w") as out:
+            out.write(f"{count}\n")
+        os.replace(record + ".tmp", record)
+    except OSError:  # the run folder is gone: an adopter then knows nothing, and does not start the job
+        pass
 
 
 if __name__ == "__main__":
