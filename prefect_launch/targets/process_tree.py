@@ -42,7 +42,7 @@ from typing import Iterable
 COOKIE_ENV = "PREFECT_LAUNCH_RUN_COOKIE"
 # What a job's main process leaves behind gets this long after SIGTERM before SIGKILL.
 LEFTOVER_GRACE_SECONDS = 5.0
-# The watcher looks for a dead agent's jobs this long after its death: a job forked as the agent died
+# The watcher looks for a dead agent's jobs again this long after its death: a job forked as the agent died
 # carries its cookie only once it has exec'd.
 EXEC_GRACE_SECONDS = 0.5
 STOP_GRACE_SECONDS = 10.0
@@ -183,11 +183,14 @@ def _watch(agent: int) -> None:
         elif line.startswith("-"):
             cookies.pop(line[1:], None)
     if cookies:
-        time.sleep(EXEC_GRACE_SECONDS)
+        looked = time.monotonic()
+        found = {cookie: len(processes_with([cookie])) for cookie in cookies}
+        kill_tree(list(cookies), STOP_GRACE_SECONDS)  # at once: a job must not outlive its agent to finish unseen
+        time.sleep(max(0.0, looked + EXEC_GRACE_SECONDS - time.monotonic()))
         for cookie, record in cookies.items():
+            found[cookie] += len(kill_tree(cookie, STOP_GRACE_SECONDS))  # one that had not exec'd at the first look
             if record:
-                _write_found(record, len(processes_with([cookie])))
-        kill_tree(list(cookies), STOP_GRACE_SECONDS)
+                _write_found(record, found[cookie])
 
 
 def _write_found(record: str, count: int) -> None:
