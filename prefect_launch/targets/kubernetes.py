@@ -378,7 +378,7 @@ class KubernetesTarget(Target):
             create_secret = functools.partial(client.CoreV1Api(self._api).create_namespaced_secret,
                                               submitted.namespace, secret)
             kube.create(create_secret, f"Secret {secret['metadata']['name']}", log)
-        if submitted.kind == "Job" and submitted.group == "batch":
+        if submitted.is_batch_job:
             create = functools.partial(client.BatchV1Api(self._api).create_namespaced_job, submitted.namespace, submission)
         else:
             submitted.plural = self._plural(submitted)
@@ -392,7 +392,7 @@ class KubernetesTarget(Target):
         from kubernetes.client.exceptions import ApiException
 
         submitted = Submitted.of(submission, since=since)
-        if not (submitted.kind == "Job" and submitted.group == "batch"):
+        if not submitted.is_batch_job:
             submitted.plural = self._plural(submitted)
         try:
             found = self._exists(submitted)
@@ -543,7 +543,7 @@ class KubernetesTarget(Target):
         """
         from kubernetes import client
 
-        if submitted.kind == "Job" and submitted.group == "batch":
+        if submitted.is_batch_job:
             if events is None:
                 events = self._object_events(client.CoreV1Api(self._api), submitted, log) or []
             ended = [event for event in events if event.get("reason") in JOB_COMPLETED_REASONS | JOB_FAILED_REASONS]
@@ -577,7 +577,7 @@ class KubernetesTarget(Target):
         from kubernetes import client
 
         submitted = Submitted.of(submission, since=since)
-        if not (submitted.kind == "Job" and submitted.group == "batch"):
+        if not submitted.is_batch_job:
             return False
         if datetime.now(timezone.utc) - since > EVENTS_KEPT:
             return False
@@ -648,6 +648,11 @@ class Submitted:
     wandb_dir: str | None = None
     # How it ended, read when it was found gone at adoption.
     ended: Outcome | None = None
+
+    @property
+    def is_batch_job(self) -> bool:
+        """A batch/v1 Job (else a custom resource)."""
+        return self.kind == "Job" and self.group == "batch"
 
     @classmethod
     def of(cls, manifest: dict[str, Any], since: datetime | None) -> "Submitted":

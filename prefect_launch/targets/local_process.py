@@ -117,9 +117,10 @@ def _run_record(submission: dict[str, Any], name: str) -> Path:
 def _since(record: Path, since: datetime | None) -> bool:
     """Whether `record` exists and was written since `since` (an earlier attempt of the run wrote the same folder)."""
     try:
-        return since is None or record.stat().st_mtime >= since.timestamp()
+        written = record.stat().st_mtime
     except OSError:
         return False
+    return since is None or written >= since.timestamp()
 
 
 def _never_started(submission: dict[str, Any], since: datetime | None) -> bool:
@@ -156,11 +157,10 @@ class LocalProcessTarget(Target):
         # Jobs run with the agent's Python first on PATH, so `python train.py`
         # means the interpreter (and packages) the agent was installed with.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        folder = _exit_record(submission).parent
-        folder.mkdir(parents=True, exist_ok=True)
+        _exit_record(submission).parent.mkdir(parents=True, exist_ok=True)
         handle = process.start(submission["argv"], env, submission["cwd"], log, cookie=_run_cookie() or str(uuid.uuid4()),
-                               found_record=folder / FOUND_RECORD)
-        (folder / STARTED_RECORD).write_text(f"{handle.id}\n")
+                               found_record=_run_record(submission, FOUND_RECORD))
+        _run_record(submission, STARTED_RECORD).write_text(f"{handle.id}\n")
         handle.detail.exit_record = _exit_record(submission)
         return handle
 

@@ -23,10 +23,11 @@ children's exit statuses, and the cookie finds orphans without it.
 When the agent dies, even by SIGKILL, its jobs die too: each agent process has one watcher (this file
 run as a script, standard library only, in a session of its own) that reads the cookies of the
 agent's running jobs from a pipe whose only writer is the agent. End-of-file on that pipe means the
-agent is gone: the watcher stops every process of every job still registered, and exits. Before it
-stops them it writes, for each job registered with a record file, how many of its processes it
-found (`found_record`): 0 tells an adopter on this machine that the job never started (the agent
-died between registering it and starting it), as no process of it was left to stop.
+agent is gone: the watcher stops every process of every job still registered at once, looks again
+`EXEC_GRACE_SECONDS` later (for a job forked but not yet exec'd), and exits. For each job registered
+with a record file it then writes how many of its processes it found (`found_record`): 0 tells an
+adopter on this machine that the job never started (the agent died between registering it and
+starting it), as no process of it was left to stop.
 """
 
 from __future__ import annotations
