@@ -68,8 +68,11 @@ class SageMakerStandIn:
         init = FakeTrainingJob.__init__
 
         def create_training_job(response: SageMakerResponse):
-            recorded.append(json.loads(response.body))
-            return create(response)
+            # Recorded once moto holds the job: a test that sees the request then moves the job.
+            try:
+                return create(response)
+            finally:
+                recorded.append(json.loads(response.body))
 
         def stop_training_job(response: SageMakerResponse):
             job = _backend().training_jobs[response._get_param("TrainingJobName")]
