@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from prefect.utilities.schema_tools.validation import ValidationError, validate
 from prefect.utilities.templating import PLACEHOLDER_CAPTURE_REGEX, apply_values
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -208,6 +207,9 @@ def _placeholder_matches(value: Any) -> list[tuple[str, str]]:
 
 def check_values(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """Validate values exactly as the Prefect server does; return them with defaults."""
+    # Imported here: Prefect's schema tools pull in SQLAlchemy (0.3 s of every agent's start).
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
     try:
         validate(
             values,
