@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import uuid5
 
 import pytest
 from prefect.states import Cancelled, Completed
@@ -42,6 +43,7 @@ from prefect_server import stable_port  # drills/prefect_server.py
 from conftest import (DEAD_AGENT, AgentProcess, cancel_run, cli, dry_run_submission, flow_run_of, held_by, launch, on_server,
                       run_id_of, run_logs, seed_database, wait_for_final, wait_for_log)
 from prefect_launch.server import start_server, stop_server
+from prefect_launch.worker.orphans import ADOPTION_NAMESPACE, adoption_variable
 from services import BASE_IMAGE, docker_engine
 
 WAIT_FOR_RELEASE = "import os, time\nwhile not os.path.exists({release!r}): time.sleep(0.1)\nprint('released', flush=True)\n"
@@ -127,6 +129,7 @@ def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agen
     queue = _container_queue(tmp_path, rm=rm)
     run_id = run_id_of(launch("-q", queue, "-d", BASE_IMAGE, "-E", "python -c 'print(\"trained once\")'"))
     held_by(run_id, DEAD_AGENT, submitted=True)  # its agent died after recording the submission
+    adoption = adoption_variable(uuid5(ADOPTION_NAMESPACE, str(flow_run_of(run_id).state.id)))
     agent = start_agent("-q", queue)
     final = wait_for_final(run_id, timeout=90)
     assert final.state.is_completed(), final.state
@@ -135,6 +138,10 @@ def test_a_job_its_dead_agent_never_created_is_submitted_once(engine, start_agen
     why = "whose events show it was never created" if rm else "where a job stays once created"
     assert any(why in line and "agent gone [" in line and "died before creating it" in line for line in lines)
     assert "Adopted 1 running job(s)" in agent.output()
+    deadline = time.monotonic() + 30
+    while on_server("read_variable_by_name", adoption) is not None:  # the adopter deletes it once the run ends
+        assert time.monotonic() < deadline, f"variable {adoption} left after its run ended"
+        time.sleep(0.2)
 
 
 def _wait_for_file_job(release: Path, line: str) -> str:
@@ -416,6 +423,16 @@ def test_a_run_whose_job_lost_the_server_as_it_started_is_put_back_not_crashed(m
     assert run_logs(final.id).count("job ran") == 1
 
 
+def _left_running_by_a_dead_agent(queue: str, folder: Path) -> str:
+    """A local-process run of a job that prints 'job ran', Running under an agent that died before submitting."""
+    code = folder / "code"
+    code.mkdir()
+    (code / "job.py").write_text("print('job ran', flush=True)\n")
+    run_id = run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py"))
+    held_by(run_id, DEAD_AGENT, submitted=False)
+    return run_id
+
+
 def test_an_orphan_whose_agent_recorded_its_submission_as_it_died_is_not_started_again(make_queue, tmp_path):
     """The orphan round reads the queue's runs, then judges each one's agent: an agent that put its job's
     submission on record between the two (and died) started the job. The adopter goes by that record, not
@@ -426,11 +443,7 @@ def test_an_orphan_whose_agent_recorded_its_submission_as_it_died_is_not_started
     from prefect_launch.worker.launch_worker import LaunchWorker
 
     queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "job.py").write_text("print('job ran', flush=True)\n")
-    run_id = run_id_of(launch("-q", queue, "-u", str(code), "-E", "python job.py"))
-    held_by(run_id, DEAD_AGENT, submitted=False)
+    run_id = _left_running_by_a_dead_agent(queue, tmp_path)
     as_read = flow_run_of(run_id)  # what the round read
     on_server("update_flow_run", as_read.id, infrastructure_pid=f"submitted/{run_id}")  # the agent's last act
 
@@ -443,3 +456,38 @@ def test_an_orphan_whose_agent_recorded_its_submission_as_it_died_is_not_started
     final = wait_for_final(run_id, timeout=60)
     assert final.state.is_crashed() and "cannot be adopted by another agent" in final.state.message, final.state
     assert "job ran" not in run_logs(final.id)
+
+
+def test_of_two_adopting_claims_both_accepted_only_the_one_holding_the_adoption_variable_runs_the_job(make_queue,
+                                                                                                     tmp_path):
+    """On PostgreSQL the server accepted two agents' adopting claims made in the same instant under the same
+    transition id, and both ran the job (the chaos drill's fifth full run). The adoption's variable, named
+    after the transition id, has one creator: here another, live agent made it first, so this agent leaves the
+    run and names that agent on it again. Its own later rounds see a live owner, not an orphan."""
+    from datetime import timedelta
+
+    import anyio
+    from prefect.client.schemas.actions import VariableCreate
+
+    from prefect_launch.ownership import Owner
+    from prefect_launch.worker.launch_worker import LaunchWorker
+
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    run_id = _left_running_by_a_dead_agent(queue, tmp_path)
+    as_read = flow_run_of(run_id)
+    winner = Owner.this_process("winner").tag()  # alive as long as this test
+    variable = adoption_variable(uuid5(ADOPTION_NAMESPACE, str(as_read.state.id)))
+    on_server("create_variable", VariableCreate(name=variable, value=winner))
+
+    async def adopt() -> None:
+        async with LaunchWorker(work_pool_name=queue, create_pool_if_not_found=False) as worker:
+            await worker.sync_with_backend()
+            assert not await worker._adopt(as_read, Owner.parse(as_read.state.message))  # its claim is accepted
+            assert not worker._claimed
+            assert await worker.take_over_orphans(300, timedelta(seconds=90)) == ([], [])
+
+    anyio.run(adopt)
+    flow_run = flow_run_of(run_id)
+    assert flow_run.state.is_running() and flow_run.state.message == f"Running {winner}, adopted", flow_run.state
+    assert "job ran" not in run_logs(flow_run.id)
+    on_server("delete_variable_by_name", variable)

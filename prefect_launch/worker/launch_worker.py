@@ -359,6 +359,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             self._claimed.discard(flow_run.id)
             self.release_slot(flow_run.id)
             await self._leases.release(flow_run.id)
+            if adoption is not None:
+                await self.forget_adoption(adoption)
 
     async def _job_configuration(self, flow_run: FlowRun, deployment: DeploymentResponse | None) -> LaunchJobConfiguration:
         """The queue config for this run: pool template <- deployment <- run job variables."""

@@ -30,8 +30,10 @@ from prefect.client.schemas.filters import (
     WorkPoolFilter,
     WorkPoolFilterName,
 )
+from prefect.client.schemas.actions import VariableCreate
 from prefect.client.schemas.objects import FlowRun, StateDetails
 from prefect.client.schemas.responses import SetStateStatus
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import Cancelled, Running, Scheduled
 
 from prefect_launch.deployments.flows import handed_over
@@ -41,6 +43,12 @@ from prefect_launch.ownership import Owner
 from prefect_launch.spec import LaunchSpec, run_id_for
 
 ADOPTION_NAMESPACE = UUID("5b0c2f0e-6f5a-4d1e-9a57-3c1f0d7e2a10")
+ADOPTION_VARIABLE_PREFIX = "prefect-launch-adoption-"
+
+
+def adoption_variable(transition_id: UUID) -> str:
+    """The name of the Prefect variable an adopter creates for its claim: only one creation succeeds."""
+    return f"{ADOPTION_VARIABLE_PREFIX}{transition_id}"
 
 
 def seconds_in_state(flow_run: FlowRun) -> float:
@@ -106,6 +114,35 @@ class OrphanRound:
             self._heartbeats = {worker.name: worker.last_heartbeat_time for worker in workers if worker.last_heartbeat_time}
         return not owner.alive(self._heartbeats or {}, stale_after)
 
+    async def _sole_adopter(self, flow_run: FlowRun, transition_id: UUID) -> bool:
+        """Whether this agent's accepted claim is the one that counts.
+
+        The server accepts one claim per transition id nearly always, but on PostgreSQL two claims made in the
+        same instant were both accepted (its row lock does not cover the state it compares with), and both
+        agents ran the job. A variable named after the transition id settles it, names being unique: the agent
+        that creates it adopts the run. Any other leaves it, and names the adopter on the run again, as its own
+        claim may be the run's last state (a run naming a live agent that does not follow it is never adopted).
+        """
+        name = adoption_variable(transition_id)
+        try:
+            await self.client.create_variable(VariableCreate(name=name, value=self._owner.tag()))
+            return True
+        except ObjectAlreadyExists:
+            pass
+        adopter = await self.client.read_variable_by_name(name)
+        if adopter is not None:  # else it is gone with its run's end
+            self.logger.info("Run %s was adopted %s at the same moment; leaving it to that agent",
+                             flow_run.name, adopter.value)
+            await self.client.set_flow_run_state(flow_run.id, Running(message=f"Running {adopter.value}, adopted"))
+        return False
+
+    async def forget_adoption(self, adoption: Adoption) -> None:
+        """Delete the adoption's variable once its run has ended; a server that cannot be reached leaves it."""
+        try:
+            await self.client.delete_variable_by_name(adoption_variable(adoption.transition_id))
+        except Exception as exc:  # a leftover variable is harmless: its transition id never recurs
+            self.logger.debug("Could not delete the variable of run adoption %s: %s", adoption.transition_id, exc)
+
     async def _cancel_orphan(self, flow_run: FlowRun, stale_after: timedelta) -> None:
         """A run asked to cancel whose agent is gone: its job is stopped where it is found, and it ends Cancelled.
 
@@ -161,7 +198,7 @@ class OrphanRound:
         except Exception:
             self.release_slot(flow_run.id)
             raise
-        if result.status != SetStateStatus.ACCEPT:
+        if result.status != SetStateStatus.ACCEPT or not await self._sole_adopter(flow_run, transition_id):
             self.release_slot(flow_run.id)
             return False
         # The round read this run before it judged its agent gone, and the agent may have put its job's
