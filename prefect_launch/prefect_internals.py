@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib.metadata import distributions, entry_points
+from importlib.metadata import entry_points
 from typing import Any, Iterator
 
 from prefect._flow_run_suspension import FlowRunSuspensionRequest, register_flow_run_suspension_request
@@ -63,9 +63,12 @@ class WorkerInternals:
         with its package's version), read from package metadata. Prefect's own version imports
         every integration to list them, prefect_gcp pulling in google-cloud-aiplatform: that was
         half of an agent's start-up CPU. An integration a job needs is still imported when used."""
-        names = {entry.name or entry.value for entry in entry_points(group="prefect.collections")}
-        integrations = [Integration(name=dist.metadata["Name"], version=dist.version) for dist in distributions()
-                        if dist.metadata and dist.metadata.get("Name", "").replace("-", "_") in names]
+        entries = entry_points(group="prefect.collections")
+        names = {entry.name or entry.value for entry in entries}
+        # Only the distributions that declare an entry: parsing every installed one's metadata took 0.2 s.
+        versions = {entry.dist.name: entry.dist.version for entry in entries
+                    if entry.dist is not None and entry.dist.name.replace("-", "_") in names}
+        integrations = [Integration(name=name, version=version) for name, version in versions.items()]
         return WorkerMetadata(integrations=integrations) if integrations else None
 
     def record_poll(self) -> None:
