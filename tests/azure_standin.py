@@ -39,9 +39,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 class AcrStandIn:
     identity_header = "stand-in-identity-secret"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, base_in: str | None = None) -> None:
         (root / "registry").mkdir()
-        self.registry = Registry(root / "registry", login=(ACR_USER, REFRESH_TOKEN), relative_urls=True)
+        self.registry = Registry(root / "registry", login=(ACR_USER, REFRESH_TOKEN), relative_urls=True,
+                                 base_in=base_in)
         self.exchanges: list[dict[str, list[str]]] = []
         self.identity_requests: list[str] = []
         self._front, self.cert = https_server(_front_handler(self), root, "acr")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import http.server
 import json
@@ -23,6 +24,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -248,12 +250,16 @@ class Registry:
     """Debian's docker-registry on 127.0.0.1:PORT, storing under `root`.
 
     With `login` it asks for that user and password; `relative_urls` makes its
-    upload `Location`s relative, for a proxy in front of it.
+    upload `Location`s relative, for a proxy in front of it. With `base_in`,
+    that repository starts with the base image's layers (`_link_base_layers`).
     """
 
-    def __init__(self, root: Path, login: tuple[str, str] | None = None, relative_urls: bool = False) -> None:
+    def __init__(self, root: Path, login: tuple[str, str] | None = None, relative_urls: bool = False,
+                 base_in: str | None = None) -> None:
         self.port = free_port()
         self.login = login
+        if base_in:
+            _link_base_layers(root / "data", base_in)
         config = root / "registry.yml"
         auth = ""
         if login:
@@ -295,6 +301,49 @@ class Registry:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+def _link_base_layers(storage: Path, repository: str) -> None:
+    """Put the base image's layers into `repository` of a registry's storage, as if pushed there before.
+
+    Each push of an image built on the base to a new registry made the Docker engine compress the base's
+    314 MB again (~15 s of CPU) and the registry hash them, six times a run. With the layers in place the
+    engine finds them there ("Layer already exists"), by the digests it recorded when it pushed them to
+    `_base_layers`'s registry. Hard links: the blobs are never written to, and a registry that deletes one
+    unlinks its own name only."""
+    blobs, digests = _base_layers()
+    v2 = storage / "docker" / "registry" / "v2"
+    for digest in digests:
+        blob = v2 / "blobs" / "sha256" / digest[:2] / digest / "data"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.link(blobs / digest[:2] / digest / "data", blob)
+        link = v2 / "repositories" / repository / "_layers" / "sha256" / digest / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(f"sha256:{digest}")
+
+
+def _base_layers() -> tuple[Path, list[str]]:
+    """(the blobs folder, the layer and config digests) of the base image pushed to a registry of its own, once
+    per machine and base image: the first test worker to ask pushes, the others wait for it."""
+    image_id = docker_engine().images.get(BASE_IMAGE).id.removeprefix("sha256:")[:16]
+    folder = Path(tempfile.gettempdir()) / f"prefect-launch-test-base-layers-{image_id}"
+    folder.mkdir(exist_ok=True)
+    digests, root = folder / "digests.json", folder / "registry"
+    with (folder / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not digests.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            registry = Registry(root)
+            image = f"{registry.host}/base:pushed"
+            try:
+                for command in (["tag", BASE_IMAGE, image], ["push", "--quiet", image], ["rmi", image]):
+                    subprocess.run(["docker", *command], check=True, capture_output=True, timeout=300)
+            finally:
+                registry.close()
+            layers = root / "data" / "docker" / "registry" / "v2" / "repositories" / "base" / "_layers" / "sha256"
+            digests.write_text(json.dumps(sorted(path.name for path in layers.iterdir())))
+    return root / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256", json.loads(digests.read_text())
 
 
 class MotoServer:

@@ -22,7 +22,7 @@ REPOSITORY = "launch-acr"
 @pytest.fixture(scope="module")
 def acr(tmp_path_factory):
     docker_engine()
-    with AcrStandIn(tmp_path_factory.mktemp("acr")) as acr:
+    with AcrStandIn(tmp_path_factory.mktemp("acr"), base_in=REPOSITORY) as acr:
         yield acr
 
 

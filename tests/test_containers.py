@@ -47,7 +47,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def registry(engine, tmp_path_factory):
-    registry = Registry(tmp_path_factory.mktemp("registry"))
+    registry = Registry(tmp_path_factory.mktemp("registry"), base_in="launch-tests")
     yield registry
     registry.close()
 

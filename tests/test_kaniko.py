@@ -48,7 +48,7 @@ def aws():
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     docker_engine()
-    registry = Registry(tmp_path_factory.mktemp("kaniko-registry"), login=LOGIN)
+    registry = Registry(tmp_path_factory.mktemp("kaniko-registry"), login=LOGIN, base_in=REPOSITORY)
     yield registry
     registry.close()
 

@@ -32,7 +32,7 @@ def aws():
 def ecr_registry(tmp_path_factory):
     """A registry that accepts exactly the login moto's ECR hands out."""
     docker_engine()
-    registry = Registry(tmp_path_factory.mktemp("ecr"), login=("AWS", f"{ACCOUNT}-auth-token"))
+    registry = Registry(tmp_path_factory.mktemp("ecr"), login=("AWS", f"{ACCOUNT}-auth-token"), base_in=REPOSITORY)
     yield registry
     registry.close()
 

@@ -41,7 +41,7 @@ def _hits(text: str) -> list[str]:
 def test_no_secret_in_logs_parameters_artifacts_dry_run_or_image(make_queue, start_agent, monkeypatch, tmp_path):
     engine = docker_engine()
     (tmp_path / "registry").mkdir()
-    registry = Registry(tmp_path / "registry", login=("launch", REGISTRY_PASSWORD))
+    registry = Registry(tmp_path / "registry", login=("launch", REGISTRY_PASSWORD), base_in="secrets")
     try:
         docker_config = tmp_path / "docker"
         docker_config.mkdir()

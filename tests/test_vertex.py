@@ -40,7 +40,8 @@ def vertex():
 @pytest.fixture(scope="module")
 def artifact_registry(vertex, tmp_path_factory):
     docker_engine()
-    registry = Registry(tmp_path_factory.mktemp("gar"), login=("oauth2accesstoken", vertex.access_token))
+    registry = Registry(tmp_path_factory.mktemp("gar"), login=("oauth2accesstoken", vertex.access_token),
+                        base_in=REPOSITORY)
     yield registry
     registry.close()
 
