@@ -338,6 +338,40 @@ def test_a_local_process_job_whose_agent_died_before_starting_it_is_started_once
         assert "job ran" not in run_logs(run.id)
 
 
+# An agent killed the moment its job's submission is on record: its launch flow puts the job on the death
+# watch (before the record, as the agent's submit task does), and the process dies before starting the job.
+DIES_AFTER_THE_RECORD = """\
+import os, sys
+from prefect import flow
+from prefect_launch.targets.local_process import LocalProcessTarget
+
+@flow
+def launch():
+    LocalProcessTarget().before_record({"argv": ["python", "job.py"], "env": {"WANDB_DIR": sys.argv[1]}, "cwd": "."})
+    os._exit(9)
+
+launch()
+"""
+
+
+def test_an_agent_killed_once_the_submission_is_on_record_leaves_its_watchers_word_that_the_job_never_ran(tmp_path):
+    """The window the sixth full chaos drill lost 2 local-process runs in: the agent recorded the
+    submission and died before its job was on the death watch, so no record told the adopter the job never
+    ran. Put on the watch before the record, the job is found in none of its processes: the watcher writes 0,
+    and the adopter starts the job (test_a_local_process_job_whose_agent_died_before_starting_it_is_started_once)."""
+    from prefect_launch.targets.local_process import FOUND_RECORD
+
+    folder = tmp_path / "run"
+    agent = subprocess.run([sys.executable, "-c", DIES_AFTER_THE_RECORD, str(folder)], capture_output=True, text=True,
+                           timeout=120)
+    assert agent.returncode == 9, agent.stderr[-2000:]
+    record, deadline = folder / FOUND_RECORD, time.monotonic() + 30
+    while not record.exists():  # the watcher writes it within a second or so of the agent's death
+        assert time.monotonic() < deadline, f"the dead agent's watcher wrote no {FOUND_RECORD}"
+        time.sleep(0.1)
+    assert record.read_text() == "0\n"
+
+
 @pytest.fixture
 def own_server(tmp_path, monkeypatch):
     """A second Prefect server, for this test to stop and start again on the same port and database."""
@@ -433,19 +467,22 @@ def _left_running_by_a_dead_agent(queue: str, folder: Path) -> str:
     return run_id
 
 
-def test_an_orphan_whose_agent_recorded_its_submission_as_it_died_is_not_started_again(make_queue, tmp_path):
+def test_an_orphan_whose_agent_recorded_its_submission_as_it_died_is_not_started_again(make_queue, tmp_path, home):
     """The orphan round reads the queue's runs, then judges each one's agent: an agent that put its job's
     submission on record between the two (and died) started the job. The adopter goes by that record, not
     by what it read first: the job is not started a second time."""
     import anyio
 
     from prefect_launch.ownership import Owner
+    from prefect_launch.targets.local_process import FOUND_RECORD
     from prefect_launch.worker.launch_worker import LaunchWorker
 
     queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
     run_id = _left_running_by_a_dead_agent(queue, tmp_path)
     as_read = flow_run_of(run_id)  # what the round read
-    on_server("update_flow_run", as_read.id, infrastructure_pid=f"submitted/{run_id}")  # the agent's last act
+    on_server("update_flow_run", as_read.id, infrastructure_pid=f"submitted/{run_id}")  # the agent's last acts:
+    (home / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+    (home / "runs" / run_id / FOUND_RECORD).write_text("1\n")  # its watcher found the job it had started
 
     async def adopt() -> None:
         async with LaunchWorker(work_pool_name=queue, create_pool_if_not_found=False) as worker:

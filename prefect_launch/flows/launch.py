@@ -176,6 +176,7 @@ def submit(job: ResolvedJob, context: LaunchContext, overrides: dict[str, Any]) 
     # On record before the job can exist, so an agent adopting this run after this one dies knows that a job
     # missing from the target was submitted once and must not be submitted again, and that a job which dies
     # with its agent (local-process) and is not on record never started.
+    context.target.before_record(rendered["submission"])
     run_context = FlowRunContext.get()
     run_context.client.update_flow_run(run_context.flow_run.id, infrastructure_pid=f"{queue.resource.value}/{job.run_id}")
     _not_cancelled(context, "before the submit")

@@ -130,6 +130,13 @@ class Target(abc.ABC):
     def render(self, job: ResolvedJob, config: Any) -> dict[str, Any]:
         """The exact payload the target receives, from its parsed config (`config_model`). Pure: no I/O."""
 
+    def before_record(self, submission: dict[str, Any]) -> None:
+        """Called just before the run's submission goes on record (its `infrastructure_pid`), then `submit`.
+
+        Nothing by default. A target whose jobs die with their agent makes sure here that an agent dying
+        between the record and the job's start leaves an adopter something to go by.
+        """
+
     @abc.abstractmethod
     def submit(self, submission: dict[str, Any], log: logging.Logger | logging.LoggerAdapter) -> Handle:
         """Start the job; return once it is running (or raise LaunchError)."""

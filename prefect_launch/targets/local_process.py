@@ -14,13 +14,15 @@ process exits, its exit code goes into its run folder (`EXIT_RECORD`): an
 agent that dies before the run's final state is on record leaves it to the
 adopter on this machine, which ends the run as the job ended, not Crashed.
 
-The agent records its job's submission before it starts the job. Dying in
-between, it leaves a run that looks submitted and a job that never ran; the
-adopter tells that apart from a job stopped with its agent by two records in
-the run folder: the process start (`STARTED_RECORD`, written as the process
-starts) and what the dead agent's watcher found of the job (`FOUND_RECORD`).
-Neither a start nor a process found: the job never ran, and the adopter
-starts it. Anything else, and the run ends Crashed, never run twice.
+The agent puts its job on its death watch, then records its job's submission,
+then starts the job. Dying after the record, it leaves a run that looks
+submitted, and maybe a job that never ran; the adopter tells that apart from a
+job stopped with its agent by two records in the run folder: the process start
+(`STARTED_RECORD`, written as the process starts) and what the dead agent's
+watcher found of the job (`FOUND_RECORD`, which the adopter waits for: the
+watcher writes it within a second or so of the death). Neither a start nor a
+process found: the job never ran, and the adopter starts it. Anything else,
+and the run ends Crashed, never run twice.
 
 Example:
     >>> from prefect_launch.spec import ResolvedJob
@@ -37,6 +39,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -123,11 +126,21 @@ def _since(record: Path, since: datetime | None) -> bool:
     return since is None or written >= since.timestamp()
 
 
-def _never_started(submission: dict[str, Any], since: datetime | None) -> bool:
-    """The dead agent never started the job: no start on record, and its watcher found none of its processes."""
+# How long an adopter waits for the dead agent's watcher to write what it found: it stops the job's processes
+# first, waiting for each up to its grace, twice (at once, and after the exec grace).
+FOUND_WAIT_SECONDS = 2 * process_tree.STOP_GRACE_SECONDS + 5
+
+
+def _never_started(submission: dict[str, Any], since: datetime | None, wait: float = 0.0) -> bool:
+    """The dead agent never started the job: no start on record, and its watcher found none of its processes
+    (its record waited for up to `wait` s)."""
+    if _since(_run_record(submission, STARTED_RECORD), since):
+        return False
     found = _run_record(submission, FOUND_RECORD)
-    return (not _since(_run_record(submission, STARTED_RECORD), since) and _since(found, since)
-            and found.read_text().strip() == "0")
+    deadline = time.monotonic() + wait
+    while not _since(found, since) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _since(found, since) and found.read_text().strip() == "0"
 
 
 class LocalProcessTarget(Target):
@@ -151,6 +164,13 @@ class LocalProcessTarget(Target):
             raise LaunchError("the job has no entry point: give -E/--entry-point")
         env = {**wandb_env(job), **config.environment()}
         return {"argv": list(job.argv), "env": env, "cwd": str(job.workdir)}
+
+    def before_record(self, submission: dict[str, Any]) -> None:
+        """On the death watch before the submission is on record: if the agent dies from then on, its watcher
+        writes what it found of the job (`FOUND_RECORD`), which tells the adopter whether the job started."""
+        _exit_record(submission).parent.mkdir(parents=True, exist_ok=True)
+        if (cookie := _run_cookie()) is not None:
+            process_tree.DeathWatch.register(cookie, str(_run_record(submission, FOUND_RECORD)))
 
     def submit(self, submission: dict[str, Any], log: Log) -> Handle:
         env = {**os.environ, **submission["env"], "PYTHONUNBUFFERED": "1"}
@@ -177,7 +197,7 @@ class LocalProcessTarget(Target):
             code = int(record.read_text())
             log.info("The job exited with code %d before its agent died (its run folder's exit record)", code)
             return Handle(id="exited", detail=process.exit_outcome(code), attached=True)
-        if _never_started(submission, since):
+        if _never_started(submission, since, wait=FOUND_WAIT_SECONDS):
             log.info("No start of the job is on record and the dead agent's watcher found none of its processes: "
                      "the agent died before starting it")
             return None
