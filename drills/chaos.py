@@ -14,10 +14,12 @@ KILLS random moments (starting a new one in its place 0.5-3 s later) and stops a
 Prefect server RESTARTS times (same port and database, down 2-8 s plus its start), all spread
 over 20-90% of the runs' ends. Then, per job, from its own records and its run's states:
 
-- lost: never started; started twice: more than one start;
+- lost: never started (no start of its own, and for local-process no process the agent started);
+  started twice: more than one start;
 - its final state matches what it did: exit 0 Completed, exit 3 Failed, and a local-process job
-  killed with its agent (started, never ended) Crashed; a false failure is a job that exited 0
-  whose run did not end Completed;
+  killed with its agent (started, never ended) Crashed, also when the agent's record shows the
+  process started and the job's first line had not run yet (counted apart); a false failure is a
+  job that exited 0 whose run did not end Completed;
 - at most `max_jobs` runs Running at once per agent process (from the owner tags on the runs'
   states, each agent's time ending at its kill);
 - each orphan's wait: from its agent's kill to the state that took it over (adopted: the
@@ -51,6 +53,8 @@ from load import max_overlap
 from prefect_server import (child_env, cli, over_max_jobs, progress, run_and_report, stable_port, start_drill_server,
                             start_server_on, table_row)
 from restart import BASE_IMAGE, create_kubernetes_queue, create_queue, kubernetes_cluster
+
+from prefect_launch.targets.local_process import STARTED_RECORD
 
 QUEUES = ("process", "container", "container-rm", "kubernetes")
 JOB_SECONDS = (0.5, 3.0)
@@ -102,6 +106,8 @@ class Result:
     twice: list[str] = field(default_factory=list)
     false_failures: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # final state not what the job did
+    # local-process jobs whose process the agent started, stopped with their agent before the job's first line
+    killed_before_first_line: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)  # expected state -> runs that ended so
     max_running_per_agent: dict[str, int] = field(default_factory=dict)  # agent process -> peak Running
     orphan_waits: dict[str, list[float]] = field(default_factory=dict)  # adopted / requeued -> seconds
@@ -145,6 +151,7 @@ class Result:
             row("  Completed (exit 0) / Failed (exit 3) / Crashed (killed with",
                 "/".join(str(self.outcomes.get(state, 0)) for state in ("Completed", "Failed", "Crashed"))),
             row("  its local-process agent)", ""),
+            row("  of the Crashed, killed before the job's first line ran", self.killed_before_first_line),
             row("most runs Running at once per agent process", max(peaks, default=0), self.max_jobs,
                 bool(peaks) and peaks[0] <= self.max_jobs),
             row(f"  agent processes at max_jobs / below (of {len(peaks)})",
@@ -191,15 +198,19 @@ def _start_ticks(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
-def expected_state(starts: int, exit_code: int | None, queue: str) -> str | None:
-    """What a job's run should end as, from what the job did; None for a job that never ran.
+def expected_state(starts: int, exit_code: int | None, queue: str, process_started: bool = False) -> str | None:
+    """What a job's run should end as, from what the job did; None for a job that never ran. `process_started`:
+    the agent started a local-process job's process (its record in the run folder), whether or not the job's
+    first line ran before its agent died and took it along.
 
     >>> expected_state(1, 0, "container"), expected_state(1, 3, "kubernetes"), expected_state(1, None, "process")
     ('Completed', 'Failed', 'Crashed')
     >>> expected_state(0, None, "container") is None, expected_state(1, None, "container")
     (True, 'Running')
+    >>> expected_state(0, None, "process") is None, expected_state(0, None, "process", process_started=True)
+    (True, 'Crashed')
     """
-    if starts == 0:
+    if starts == 0 and not process_started:
         return None
     if exit_code is not None:
         return "Completed" if exit_code == 0 else "Failed"
@@ -374,7 +385,10 @@ def judge(result: Result, jobs: list[Job], runs: dict[str, tuple[Any, list[Any]]
         exit_code = int((folder / "exit").read_text()) if (folder / "exit").exists() else None
         run, states = runs.get(job.run_id, (None, []))
         actual = run.state.name if run is not None and run.state is not None else "missing"
-        expected = expected_state(starts, exit_code, job.queue)
+        process_started = job.queue == "process" and (folder / STARTED_RECORD).exists()
+        if process_started and starts == 0:
+            result.killed_before_first_line += 1
+        expected = expected_state(starts, exit_code, job.queue, process_started)
         described = f"{job.run_id} ({job.queue}: {actual}: {run.state.message if run and run.state else ''})"
         if expected is None:
             result.lost.append(described)
