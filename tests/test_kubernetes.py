@@ -426,8 +426,11 @@ def test_a_preempted_job_resumes_from_its_checkpoint_in_the_same_wandb_run(kube_
     preempted, resumed = (run_logs(attempt.id) for attempt in attempts)
     (resume_line,) = [line for line in resumed if line.startswith("resuming after epoch")]
     last_saved = int(resume_line.split()[3])
-    # The first attempt trained up to its last checkpoint (a step it printed after saving none is done again).
-    assert last_saved >= 2 and epochs(preempted)[: last_saved + 1] == list(range(last_saved + 1)), (resume_line, preempted)
+    # The first attempt trained up to its last checkpoint (a step it printed after saving none is done again). The
+    # line of the epoch it saved last may be lost with its pod: on a loaded machine the pod went on to its last epoch
+    # before the preemption reached it, saved it, and was killed before that line was read.
+    printed = epochs(preempted)
+    assert last_saved >= 2 and printed == list(range(len(printed))) and last_saved <= len(printed), (resume_line, preempted)
     assert epochs(resumed) == list(range(last_saved + 1, 8)), (resume_line, resumed)
     # One W&B run, a run folder per attempt; the resumed attempt's history goes on at the next step. (The preempted
     # attempt's own file holds what wandb had flushed when its process group was killed: maybe nothing.)
