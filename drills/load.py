@@ -27,7 +27,7 @@ than once; flow runs not Completed; wall time and jobs per minute.
 Run it from the repository root (as root, or as a user who may run PostgreSQL):
 
     .venv/bin/python drills/load.py                           # 500 jobs, 3 agents, max_jobs 4
-    .venv/bin/python drills/load.py --jobs 60 --agents 3      # the CI size (tests/test_load.py)
+    .venv/bin/python drills/load.py --jobs 36 --agents 3      # the CI size (tests/test_load.py)
     .venv/bin/python drills/load.py --keep                    # keep the temp folders (logs, job records)
 
 Progress goes to stderr, the result table to stdout; the exit code is 1 when a

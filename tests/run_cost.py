@@ -11,7 +11,7 @@ the run's own cost. "CPU-bound" is the share of seconds in which the cores were 
 Example (the end of a `.ci/run` on 2 cores, before pytest's own closing line)::
 
     25 slowest tests (setup + call + teardown):
-       129.9 s  gw2  tests/test_load.py::test_sixty_jobs_on_three_agents_over_postgresql_never_exceed_twelve_at_once
+       129.9 s  gw2  tests/test_load.py::test_thirty_six_jobs_on_three_agents_over_postgresql_never_exceed_twelve_at_once
        ...
     run cost: 624 s wall, 1159 s CPU on 2 cores (1.86 busy on average), CPU-bound 85% of the time
     .ci/run so far, install included: 714 s wall, 1254 s CPU
