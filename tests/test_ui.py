@@ -230,6 +230,9 @@ def test_custom_run_from_the_ui_with_override_and_template_value(make_queue, sta
         "xpath", f"{ui.prop('Source (Optional)')}//div[contains(@class,'p-button-group')]/button")]
     assert source_choices == ["Code folder", "Git repository", "Image", "None"]
     form_shot = ui.screenshot("custom-run-form", height=4200)
+    # Leave the job variables' editor first, as a user's click elsewhere does: the editor hands its text to
+    # the form as it loses focus, and on a loaded machine a Submit in the same moment was lost (oldest Prefect).
+    browser.execute_script("document.activeElement && document.activeElement.blur()")
     ui.click("//button[@type='submit'][normalize-space()='Submit']")
     ui.until(lambda: "/run" not in browser.current_url.split("?")[0], "Submit did not leave the run form")
 
