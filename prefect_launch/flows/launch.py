@@ -5,8 +5,9 @@ its own logs (each stage prepares the job through `prefect_launch.prepare`, as
 `launch --dry-run` does), then a markdown artifact with the resolved config (secrets
 masked), the image, the target's handle and the stage timeline. The timeline
 (`prefect_launch.timeline`: queue wait, resolve, build, push, submit, start,
-run, and why the job waits) is also published live, as it changes, in the
-table artifact `launch-<run id>-timeline` that `prefect-launch status` reads.
+run, and why the job waits) is also published live, within a second of each
+change, in the table artifact `launch-<run id>-timeline` that `prefect-launch
+status` reads (`flows.timeline_artifact`).
 
 The flow runs inside a launch agent (or `prefect worker start --type launch`),
 which sets `LaunchContext` with the queue's resolved config before running it:
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +29,6 @@ from uuid import UUID
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Crashed, Failed, State
 from prefect.utilities.annotations import quote
@@ -40,7 +39,8 @@ from prefect_launch.prepare import Preparation
 from prefect_launch.redact import for_display
 from prefect_launch.spec import LaunchSpec, QueueConfig, ResolvedJob, run_id_for
 from prefect_launch.targets import Handle, Outcome, Progress
-from prefect_launch.timeline import Rows, Timeline, timeline_key
+from prefect_launch.flows.timeline_artifact import TimelineArtifact
+from prefect_launch.timeline import Timeline
 from prefect_launch.wandb_files import run_created
 
 
@@ -262,7 +262,7 @@ def launch(spec: LaunchSpec) -> State | None:
         # own; from now on it is named after its W&B run id, as every launch run is.
         FlowRunContext.get().client.update_flow_run(flow_run.id, name=spec.run_id)
         log.info("Flow run %s is W&B run %s: renamed after it", flow_run.name, spec.run_id)
-    published = _TimelineArtifact(spec.run_id, flow_run.id)
+    published = TimelineArtifact(spec.run_id, flow_run.id, FlowRunContext.get().client, log)
     timeline = Timeline(publish=published)
     if flow_run.expected_start_time:
         timeline.begin("queue wait", at=flow_run.expected_start_time.timestamp())
@@ -344,66 +344,6 @@ def _check_run_id_free(spec: LaunchSpec, flow_run) -> None:
         predecessor = (holder.parameters.get("spec") or {}).get("preemptions", 0) == spec.preemptions - 1
         if holder.id != flow_run.id and holder.created < flow_run.created and not predecessor:
             raise run_id_in_use(spec.run_id, holder)
-
-
-class _TimelineArtifact:
-    """Publishes a run's timeline rows: its table artifact, created at the first change, updated in place after.
-
-    The writes go out on a thread of their own, the newest rows only: before a job starts, its stages
-    (queue wait, resolve, build, push, submit, start) follow each other within milliseconds for a job
-    with nothing to build, and six writes on the run's own thread put their time between the claim and
-    the job's start. `flush` waits for the last write, as the run ends. A failed write is logged and
-    skipped (the next change writes the whole table again): the timeline informs, the job goes on.
-    """
-
-    def __init__(self, run_id: str, flow_run_id: UUID) -> None:
-        self.key = timeline_key(run_id)
-        self.flow_run_id = flow_run_id
-        self.artifact_id: UUID | None = None
-        self._client = FlowRunContext.get().client  # an httpx client underneath: it may be shared between threads
-        self._log = get_run_logger()
-        self._newest: Rows | None = None
-        self._writing = False
-        self._idle = threading.Condition()
-
-    def __call__(self, rows: Rows) -> None:
-        with self._idle:
-            self._newest = rows
-            if self._writing:
-                return  # the write going on takes these rows next
-            self._writing = True
-        _TIMELINE_WRITERS.submit(self._write_newest)
-
-    def flush(self, timeout: float = 60.0) -> None:
-        """Wait until the newest rows are written (or `timeout` s pass: the server may be down)."""
-        with self._idle:
-            self._idle.wait_for(lambda: not self._writing, timeout)
-
-    def _write_newest(self) -> None:
-        while True:
-            with self._idle:
-                rows, self._newest = self._newest, None
-                if rows is None:
-                    self._writing = False
-                    self._idle.notify_all()
-                    return
-            self._write(rows)
-
-    def _write(self, rows: Rows) -> None:
-        try:
-            if self.artifact_id is None:
-                self.artifact_id = self._client.create_artifact(ArtifactCreate(
-                    key=self.key, type="table", data=rows, flow_run_id=self.flow_run_id,
-                    description="Launch run stages, live: queue wait, resolve, build, push, submit, start, run",
-                )).id
-            else:
-                self._client.update_artifact(self.artifact_id, ArtifactUpdate(data=rows))
-        except Exception as exc:  # the server is briefly unreachable: the run's own states retry on their own
-            self._log.warning("Timeline not published (%s); the next stage change writes it again", exc)
-
-
-# The threads that write timelines, shared by the runs of an agent process (a write takes milliseconds).
-_TIMELINE_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch-timeline")
 
 
 def _requeue(spec: LaunchSpec, job: ResolvedJob, outcome: Outcome, max_requeues: int) -> State:
