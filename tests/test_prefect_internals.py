@@ -59,6 +59,29 @@ def test_the_engine_still_starts_the_observer_through_the_method_replaced():
         "FlowRunEngine.start (no longer enters setup_flow_run_suspension_request)")
 
 
+def test_a_run_borrows_a_client_the_engine_uses_and_the_next_run_gets_it_back():
+    """Otherwise every in-thread run builds a client of its own again (~40 ms and a CSRF request each)."""
+    from prefect.context import SyncClientContext
+
+    assert "SyncClientContext.get_or_create()" in inspect.getsource(FlowRunEngine.initialize_run), broken(
+        "FlowRunEngine.initialize_run (no longer takes its client from SyncClientContext.get_or_create)")
+    from prefect.client.orchestration import SyncPrefectClient
+
+    # The pool's clients share one TLS context only if Prefect's client takes the one it is given.
+    assert "isinstance(tls_verify, ssl.SSLContext)" in inspect.getsource(SyncPrefectClient.__init__), broken(
+        "SyncPrefectClient.__init__ (builds its own TLS context even when given one)")
+    clients = prefect_internals.SyncClients()
+    with clients.borrowed() as first:
+        with SyncClientContext.get_or_create() as context:
+            assert context.client is first, broken("SyncClientContext.get_or_create (ignores the context entered)")
+        with clients.borrowed() as second:  # a run at the same time gets a client of its own
+            assert second is not first
+    with clients.borrowed() as again:
+        assert again in (first, second) and not again._closed
+    clients.close()
+    assert first._closed and second._closed
+
+
 def test_a_poll_is_recorded_where_the_health_check_reads_it():
     from prefect_launch.worker.launch_worker import LaunchWorker
 

@@ -415,7 +415,8 @@ def test_a_run_whose_job_lost_the_server_as_it_started_is_put_back_not_crashed(m
     """The server went away between the claim and the job's start (a restart): the run was claimed, its
     job never ran. It is not ended Crashed: the agent's orphan round puts it back on its queue once the
     server answers, and its job runs once. The in-thread engine's client is the one that meets the
-    outage (a new client per run, which Prefect does not retry on a refused connection)."""
+    outage (Prefect does not retry a refused connection); runs borrow clients by the API URL their
+    settings name, so the run after the outage gets a client of the reachable server."""
     from datetime import timedelta
 
     import anyio

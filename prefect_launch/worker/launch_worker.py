@@ -47,7 +47,7 @@ from prefect_launch.fair_share import Caps, Leases, caps_of
 from prefect_launch.flows.launch import Adoption, LaunchContext
 from prefect_launch.home import launch_home
 from prefect_launch.ownership import Owner
-from prefect_launch.prefect_internals import WorkerInternals
+from prefect_launch.prefect_internals import SyncClients, WorkerInternals
 from prefect_launch.prepare import LaunchJobConfiguration, LaunchWorkerVariables, job_configuration, job_variables
 from prefect_launch.spec import QueueConfig
 from prefect_launch.worker.engine import run_in_thread, run_settings
@@ -99,6 +99,7 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         self.saturated = False
         self._threads = anyio.CapacityLimiter(10_000)
         self._run_settings = run_settings()
+        self._run_clients = SyncClients()  # the in-thread runs' Prefect clients, closed in teardown
         self._owner = Owner.this_process(self.name)
         # Job slots: the agent's shared max_jobs, or `prefect worker start --limit`'s; None is no limit.
         self._slots: anyio.CapacityLimiter | None = None
@@ -160,6 +161,7 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             await self._runs_stack.__aexit__(*exc_info)
         finally:
             self._runs = None
+            self._run_clients.close()
             await super().teardown(*exc_info)
 
     def release_slot(self, flow_run_id: UUID) -> None:
@@ -195,7 +197,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         if task_status:
             task_status.started(os.getpid())
         try:
-            state = await anyio.to_thread.run_sync(run_in_thread, flow_run, context, self._run_settings, limiter=self._threads)
+            state = await anyio.to_thread.run_sync(run_in_thread, flow_run, context, self._run_settings,
+                                                self._run_clients, limiter=self._threads)
             if state.is_cancelling():
                 # Cancelled as its job ended: the server refused the engine's final state, and no job is left to stop.
                 state = Cancelled(message="Cancelled as its job ended")
