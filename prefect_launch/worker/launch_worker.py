@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from contextlib import AsyncExitStack
@@ -56,6 +57,10 @@ from prefect_launch.worker.orphans import OrphanRound
 
 DEPLOYMENT_CACHE_SECONDS = 30.0
 POLL_LIMIT = 100
+# A Cancelling event stops a job at once (the agent subscribes to them); the check for cancelled runs
+# catches one missed while the event stream was down, so it need not go with every poll: a busy
+# agent polls as each job ends, and the check was one request in ten a job made.
+CANCELLATION_CHECK_SECONDS = 5.0
 
 
 class LaunchWorkerResult(BaseWorkerResult):
@@ -116,6 +121,7 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         self.orphans_waiting = False
         self._waiting_for_slot: set[UUID] = set()  # orphans logged as waiting for a slot
         self._heartbeats: dict[str, datetime] | None = None  # the queue's agents' last heartbeats, read once a round
+        self._cancellations_checked = -math.inf
 
     @classmethod
     def get_description(cls) -> str:
@@ -260,7 +266,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
         (Pending) is what keeps two agents from running it twice, and the
         flow engine takes it to Running at once.
         """
-        await self.check_cancellations()
+        if time.monotonic() - self._cancellations_checked >= CANCELLATION_CHECK_SECONDS:
+            await self.check_cancellations()
         if self._runs is None or not self._has_work_pool():
             return []
         free = self._slots.available_tokens if self._slots is not None else POLL_LIMIT
@@ -400,7 +407,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             run_logger.info("Reported flow run '%s' as crashed: %s", flow_run.id, message)
 
     async def check_cancellations(self) -> None:
-        """Stop in-flight jobs whose runs were asked to cancel (one query per poll)."""
+        """Stop in-flight jobs whose runs were asked to cancel (one query)."""
+        self._cancellations_checked = time.monotonic()
         if not self._in_flight:
             return
         cancelling = await self.client.read_flow_runs(
