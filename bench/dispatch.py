@@ -655,12 +655,7 @@ def main() -> int:
     # SIGTERM cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
 
-    began, load_before = time.monotonic(), os.getloadavg()[0]
-    results = on_embedded_server(run_benchmark, sizes, args.keep)
-    if results is None:
-        return 130
-    print_table(report(results), load_before, began)
-    return 0
+    return bench_and_report(run_benchmark, sizes, args.keep, lambda results, _: report(results))
 
 
 def on_embedded_server(bench: Callable[[Path, Processes, Any], Awaitable[Any]], sizes: Any, keep: bool) -> Any:
@@ -698,6 +693,18 @@ def on_embedded_server(bench: Callable[[Path, Processes, Any], Awaitable[Any]], 
             progress(f"kept {home} (agent.log, the server's log)")
         else:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def bench_and_report(bench: Callable[[Path, Processes, Any], Awaitable[Any]], sizes: Any, keep: bool,
+                     report: Callable[[Any, Any], str]) -> int:
+    """`bench(home, processes, sizes)` on an embedded server, then `report(results, sizes)` printed as a table;
+    the exit code (130 if interrupted)."""
+    began, load_before = time.monotonic(), os.getloadavg()[0]
+    results = on_embedded_server(bench, sizes, keep)
+    if results is None:
+        return 130
+    print_table(report(results, sizes), load_before, began)
+    return 0
 
 
 def print_table(table: str, load_before: float, began: float) -> None:

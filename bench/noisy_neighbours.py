@@ -69,13 +69,12 @@ from dispatch import (  # noqa: E402
     VENV_BIN,
     Processes,
     _interrupt,
+    bench_and_report,
     check_completed,
     create_launch_queue,
     launch_submitter,
     measure_latency,
-    on_embedded_server,
     p95,
-    print_table,
     progress,
     rss_mb,
     running,
@@ -455,12 +454,7 @@ def main() -> int:
     )
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C does
 
-    began, load_before = time.monotonic(), os.getloadavg()[0]
-    conditions = on_embedded_server(run_benchmark, sizes, args.keep)
-    if conditions is None:
-        return 130
-    print_table(report(conditions, sizes), load_before, began)
-    return 0
+    return bench_and_report(run_benchmark, sizes, args.keep, report)
 
 
 if __name__ == "__main__":
