@@ -5,9 +5,9 @@ with `--prioritization` (Prefect work queues critical, high, medium, low). In on
 
 - *idle*: `critical` probe jobs on the empty queue, one at a time, timed as `bench/dispatch.py`
   times them: the create-flow-run call inside `enqueue()` -> the job's first line;
-- `--backlog` runs are Scheduled on `low`, one a second from now on (a deployment of the launch flow
-  with an interval schedule: Prefect's scheduler service inserts them in bulk), as a sweep or a
-  schedule leaves them; those that fall due while the probes run start too, one a second;
+- `--backlog` runs are Scheduled on `low`, from now on (a deployment of the launch flow with interval
+  schedules: Prefect's scheduler service inserts them in bulk), as a sweep or a schedule leaves
+  them; those that fall due while the probes run (one every 6 s for 10,000) start too;
 - *backlog*: the same `critical` probes, on a new agent, with the backlog on the queue.
 
 It also times the agent's poll itself (the request the agent makes for runs, `limit` 1, sent by
@@ -25,7 +25,7 @@ import os
 import statistics
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import dispatch  # noqa: E402  (bench/dispatch.py: the job, the server, processe
 from dispatch import progress  # noqa: E402
 
 MAX_JOBS = 8
+SCHEDULE_SECONDS = 60  # each schedule's interval: its runs fall due one a minute, all of them every 60/n s
 
 
 async def probe_latencies(client: Any, source: Any, stamps: Path, probes: int, label: str) -> list[float]:
@@ -62,7 +63,6 @@ async def probe_latencies(client: Any, source: Any, stamps: Path, probes: int, l
 
 async def poll_seconds(client: Any, samples: int = 20) -> list[float]:
     """The agent's poll for runs (`limit` 1), sent `samples` times: its round trip (s)."""
-    from datetime import datetime, timezone
 
     times = []
     for _ in range(samples):
@@ -75,9 +75,11 @@ async def poll_seconds(client: Any, samples: int = 20) -> list[float]:
 
 
 async def schedule_backlog(client: Any, source: Any, stamps: Path, count: int) -> None:
-    """`count` runs Scheduled on `low`, one a second from now on: a deployment of the launch flow on the queue
-    with an interval schedule, whose runs Prefect's scheduler service inserts in bulk. Creating them one
-    request each would take the embedded server tens of minutes."""
+    """`count` runs Scheduled on `low`, from now on: a deployment of the launch flow on the queue with
+    interval schedules, whose runs Prefect's scheduler service inserts in bulk (creating them one request
+    each would take the embedded server tens of minutes). A schedule makes at most 1,000 runs
+    (`MAX_ITERATIONS` of Prefect's schedules), so there is one schedule per 1,000 runs, each every
+    `SCHEDULE_SECONDS` s, their anchors apart so that no two runs fall at the same time."""
     import anyio
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
@@ -89,12 +91,16 @@ async def schedule_backlog(client: Any, source: Any, stamps: Path, count: int) -
 
     backlog = stamps / "backlog"
     backlog.mkdir()
+    schedules = -(-count // 1000)
+    anchor = datetime.now(timezone.utc)
     spec = LaunchSpec(source=source, entry_point=["python", "job.py", str(backlog / "stamp")])
     await client.create_deployment(
         flow_id=await client.create_flow_from_name("launch"), name="bench-backlog", entrypoint=LAUNCH_ENTRYPOINT,
         work_pool_name=dispatch.LAUNCH_QUEUE, work_queue_name="low",
         parameters={"spec": spec.model_dump(mode="json", exclude_none=True)},
-        schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(seconds=1)))])
+        schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(
+            interval=timedelta(seconds=SCHEDULE_SECONDS), anchor_date=anchor + timedelta(seconds=index * SCHEDULE_SECONDS / schedules)))
+            for index in range(schedules)])
     scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
     deadline = time.monotonic() + 600
     while (waiting := await client.count_flow_runs(flow_run_filter=scheduled)) < count:
@@ -141,7 +147,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     poll_idle, poll_backlog = results["poll idle"], results["poll backlog"]
     rows = [
         ("critical run: create call -> first line, empty queue (s)", idle, 1.0),
-        (f"critical run: the same, {args.backlog:,} runs waiting on low, every slot busy (s)", backlog,
+        (f"critical run: the same, {args.backlog:,} runs Scheduled on low (s)", backlog,
          statistics.median(backlog) / statistics.median(idle)),
         ("the agent's poll (limit 1), empty queue (s)", poll_idle, 1.0),
         (f"the agent's poll (limit 1), {args.backlog:,} runs waiting (s)", poll_backlog,
@@ -161,8 +167,9 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the temporary home (server and agent logs)")
     args = parser.parse_args()
-    # Prefect's scheduler inserts up to `max_runs` runs of a deployment per visit, every `loop_seconds`.
-    os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS"] = str(args.backlog)
+    # Prefect's scheduler inserts the fewest runs that meet its minimums (runs and time ahead), every `loop_seconds`.
+    os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS"] = os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS"] = str(args.backlog)
+    os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME"] = "P2D"
     os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
     return dispatch.bench_and_report(bench, args, args.keep, report)
 
