@@ -271,15 +271,28 @@ class Agent:
             try:
                 async with get_events_subscriber(filter=event_filter) as subscriber:
                     async for event in subscriber:
+                        queue = event.resource_in_role["work-pool"].name  # the filter matched one of ours
+                        flow_run_id = event.resource.prefect_object_id("prefect.flow-run")
                         if event.event.endswith("Cancelling"):
-                            queue = event.resource_in_role["work-pool"].name  # the filter matched one of ours
-                            await self._cancel(event.resource.prefect_object_id("prefect.flow-run"), queue)
-                        else:
+                            await self._cancel(flow_run_id, queue)
+                        elif not await self._take_announced(flow_run_id, queue):
                             self.wake()
             except Exception as exc:
                 # The fallback poll keeps jobs flowing while the stream is down.
                 logger.warning("Event stream lost (%s); reconnecting", exc)
                 await anyio.sleep(2.0)
+
+    async def _take_announced(self, flow_run_id: UUID, queue: str) -> bool:
+        """Claim a run its Scheduled event names, without a poll (`LaunchWorker.take_announced`); False: poll."""
+        if self._orphans_waiting():
+            return False
+        for worker in self.workers:
+            if worker.queue_name == queue:
+                try:
+                    return await worker.take_announced(flow_run_id)
+                except Exception as exc:  # the poll it falls back to says more, and retries
+                    logger.debug("Claiming announced run %s failed: %s", flow_run_id, exc)
+        return False
 
     async def _cancel(self, flow_run_id: UUID, queue: str | None) -> None:
         for worker in self.workers:

@@ -300,6 +300,35 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             started.append(flow_run)
         return started
 
+    async def take_announced(self, flow_run_id: UUID) -> bool:
+        """Claim a run the server has just announced (its Scheduled event names it) without polling for it;
+        False when the poll must decide, and nothing was claimed.
+
+        Only an agent with slots to spare takes this path: a run that falls due later, one held by a
+        fair-share cap, one on another of the pool's work queues, or the last free slot are left to the poll,
+        which orders runs by priority. With thousands of runs Scheduled on a pool, the poll's query grows
+        with them (Prefect's, on SQLite: 0.06 s -> 0.5-0.8 s with 10,000); reading one run does not.
+        """
+        if self._runs is None or self.saturated or flow_run_id in self._claimed or not self._has_work_pool():
+            return False
+        if self._slots is not None and self._slots.available_tokens < 2:
+            return False
+        flow_run = await self.client.read_flow_run(flow_run_id)
+        due = flow_run.next_scheduled_start_time or flow_run.expected_start_time
+        if (flow_run.state is None or not flow_run.state.is_scheduled() or flow_run.work_pool_name != self.queue_name
+                or (self._queue_work_queues and flow_run.work_queue_name not in self._queue_work_queues)
+                or (due is not None and due > datetime.now(timezone.utc))
+                or self._caps.limits_of(flow_run.parameters) or flow_run.id in self._claimed):
+            return False
+        if self._slots is not None:
+            try:
+                self._slots.acquire_on_behalf_of_nowait(flow_run.id)
+            except anyio.WouldBlock:
+                return False
+        self._claimed.add(flow_run.id)
+        self._runs.start_soon(self._claim_and_run, flow_run, None, False)
+        return True
+
     def _has_work_pool(self) -> bool:
         """False until the worker has read its work pool (the server was unreachable when it started)."""
         try:
