@@ -170,6 +170,16 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             self._run_clients.close()
             await super().teardown(*exc_info)
 
+    def _take_slot(self, flow_run_id: UUID) -> bool:
+        """A job slot for this run if one is free now (always, for a worker without a limit)."""
+        if self._slots is None:
+            return True
+        try:
+            self._slots.acquire_on_behalf_of_nowait(flow_run_id)
+        except anyio.WouldBlock:
+            return False
+        return True
+
     def release_slot(self, flow_run_id: UUID) -> None:
         """Free the job slot a run held; a slot already freed (or never taken) is no error."""
         if self._slots is not None:
@@ -284,12 +294,9 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
             flow_run = response.flow_run
             if flow_run.id in self._claimed:
                 continue
-            if self._slots is not None:
-                try:
-                    self._slots.acquire_on_behalf_of_nowait(flow_run.id)
-                except anyio.WouldBlock:
-                    self.saturated = True  # runs are waiting for a free slot
-                    break
+            if not self._take_slot(flow_run.id):
+                self.saturated = True  # runs are waiting for a free slot
+                break
             limits = caps.limits_of(flow_run.parameters)
             if limits and (frozenset(limits) in full or not await self._leases.take(flow_run.id, limits)):
                 full.add(frozenset(limits))  # held by the cap: it stays Scheduled, the runs behind it may start
@@ -320,11 +327,8 @@ class LaunchWorker(WorkerInternals, HandOver, OrphanRound,
                 or (due is not None and due > datetime.now(timezone.utc))
                 or self._caps.limits_of(flow_run.parameters) or flow_run.id in self._claimed):
             return False
-        if self._slots is not None:
-            try:
-                self._slots.acquire_on_behalf_of_nowait(flow_run.id)
-            except anyio.WouldBlock:
-                return False
+        if not self._take_slot(flow_run.id):
+            return False
         self._claimed.add(flow_run.id)
         self._runs.start_soon(self._claim_and_run, flow_run, None, False)
         return True

@@ -180,16 +180,13 @@ class OrphanRound:
     async def _adopt(self, flow_run: FlowRun, previous: Owner) -> bool:
         """Claim a Running run of a dead agent and follow its job; False if another agent won the claim, or no
         job slot is free (then the orphan waits for one: `orphans_waiting`)."""
-        if self._slots is not None:
-            try:
-                self._slots.acquire_on_behalf_of_nowait(flow_run.id)
-            except anyio.WouldBlock:
-                self.orphans_waiting = True
-                if flow_run.id not in self._waiting_for_slot:
-                    self._waiting_for_slot.add(flow_run.id)
-                    self.logger.info("Run %s is orphaned (agent %s is gone) and waits for a free job slot; no new run "
-                                      "is claimed meanwhile", flow_run.name, previous.label)
-                return False
+        if not self._take_slot(flow_run.id):
+            self.orphans_waiting = True
+            if flow_run.id not in self._waiting_for_slot:
+                self._waiting_for_slot.add(flow_run.id)
+                self.logger.info("Run %s is orphaned (agent %s is gone) and waits for a free job slot; no new run "
+                                 "is claimed meanwhile", flow_run.name, previous.label)
+            return False
         # Every agent that sees this orphan proposes the same transition id: the server accepts the first only.
         transition_id = uuid5(ADOPTION_NAMESPACE, str(flow_run.state.id))
         claim = Running(message=f"Running {self._owner.tag()}, adopted", state_details=StateDetails(transition_id=transition_id))
