@@ -82,15 +82,13 @@ from prefect_launch.errors import AdoptionFailed, LaunchError
 from prefect_launch.jobenv import wandb_env
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
-from prefect_launch.targets.kubernetes_monitor import WATCH_SECONDS, RunPods
+from prefect_launch.targets.kubernetes_monitor import RunPods
+from prefect_launch.targets.kubernetes_watch import ATTEMPT_LABEL, RUN_ID_LABEL, WATCH_SECONDS, watch_pods
 from prefect_launch.targets.policy import Refusal
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import unfilled
 from prefect_launch.wandb_files import run_exit_code, run_files
 
-RUN_ID_LABEL = "prefect-launch/run-id"
-# Pods of a requeued run carry its attempt, so a new attempt never sees the old one's pods.
-ATTEMPT_LABEL = "prefect-launch/attempt"
 DEFAULT_NAMESPACE = "default"
 logger = logging.getLogger(__name__)
 
@@ -453,62 +451,38 @@ class KubernetesTarget(Target):
             kube.delete_secret(self._api, submitted.namespace, pull_secret_name(submitted.run_id), log)
 
     def _follow(self, submitted: "Submitted", cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
-        from kubernetes import client, watch
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes import client
 
         core = client.CoreV1Api(self._api)
-        selector = f"{RUN_ID_LABEL}={submitted.run_id},{ATTEMPT_LABEL}={submitted.attempt}"
         pods = RunPods(progress)
         streams: dict[str, threading.Thread] = {}
 
         def on_running(pod: str) -> None:
             streams[pod] = kube.stream_logs(core, submitted.namespace, pod, log)
 
-        version = None
-        while True:
-            if version is None:  # (re)list: at the start, and after a 410
-                listing = self._api.sanitize_for_serialization(
-                    core.list_namespaced_pod(submitted.namespace, label_selector=selector))
-                for pod in listing.get("items", []):
-                    pods.see("ADDED", pod, log, on_running)
-                version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
-            if not pods.pods:  # at most once a watch round (WATCH_SECONDS), and only while no pod exists
-                events = self._object_events(core, submitted, log) or []
-                pods.see_object_warning(_latest_warning(events), log)
-                if not self._exists(submitted):  # its end went by unseen: removed after its TTL, or deleted
-                    ended = self._ended_unseen(submitted, log, events)
-                    if ended is None:
-                        raise _gone(submitted)
-                    return ended
-            outcome = pods.outcome()
-            if outcome is None and cancel.is_set():
-                self._delete(submitted, log)
-                outcome = Outcome(state="cancelled", message=f"{submitted.kind} {submitted.name} deleted")
-            if outcome is not None and outcome.state == "preempted":
-                # Gone before the run goes back to its queue, so the next attempt creates a new object.
-                self._delete(submitted, log, wait=True)
-            if outcome is not None:
-                for thread in streams.values():
-                    thread.join(timeout=5)  # the last lines of a finished pod
-                return outcome
-            try:
-                for event in watch.Watch().stream(core.list_namespaced_pod, submitted.namespace, label_selector=selector,
-                                                  resource_version=version, timeout_seconds=WATCH_SECONDS):
-                    if event["type"] == "ERROR":
-                        version = None if (event["raw_object"] or {}).get("code") == 410 else version
-                        break
-                    pod = event["raw_object"]
-                    version = pod["metadata"].get("resourceVersion", version)
-                    pods.see(event["type"], pod, log, on_running)
-                    if pods.outcome() is not None or cancel.is_set():
-                        break
-            except ApiException as exc:
-                if exc.status != 410:
-                    raise LaunchError(f"Kubernetes pod watch failed: {kube.api_error(exc)}") from None
-                version = None  # the resourceVersion expired: relist
-            except Exception as exc:  # a dropped connection: resume from the last version seen
-                log.warning("Pod watch interrupted (%s); resuming", exc)
-                time.sleep(1)
+        with watch_pods(self._api, submitted.namespace, submitted.run_id, submitted.attempt) as events:
+            while True:
+                if not pods.pods:  # at most once a round (WATCH_SECONDS), and only while no pod exists
+                    object_events = self._object_events(core, submitted, log) or []
+                    pods.see_object_warning(_latest_warning(object_events), log)
+                    if not self._exists(submitted):  # its end went by unseen: removed after its TTL, or deleted
+                        ended = self._ended_unseen(submitted, log, object_events)
+                        if ended is None:
+                            raise _gone(submitted)
+                        return ended
+                outcome = pods.outcome()
+                if outcome is None and cancel.is_set():
+                    self._delete(submitted, log)
+                    outcome = Outcome(state="cancelled", message=f"{submitted.kind} {submitted.name} deleted")
+                if outcome is not None and outcome.state == "preempted":
+                    # Gone before the run goes back to its queue, so the next attempt creates a new object.
+                    self._delete(submitted, log, wait=True)
+                if outcome is not None:
+                    for thread in streams.values():
+                        thread.join(timeout=5)  # the last lines of a finished pod
+                    return outcome
+                for event_type, pod in events.events(timeout=WATCH_SECONDS):
+                    pods.see(event_type, pod, log, on_running)
 
     def _object_events(self, core: Any, submitted: "Submitted", log: Log) -> list[dict[str, Any]] | None:
         """The events on the run's object since the run started (an earlier attempt's object had the same

@@ -1,9 +1,8 @@
-"""Following a launch run's pods on Kubernetes: a watch scoped by the run's label.
+"""Following a launch run's pods on Kubernetes: what a run's pods say about the run.
 
-The monitor watches only the pods labelled `prefect-launch/run-id=<run id>`
-(never a list of every pod), resumes after a dropped connection and relists
-after a 410 (an expired resourceVersion). From the pods it derives the run's
-progress: why a pod waits (unschedulable, image pull, quota, config) goes to
+The run's pod events come from its namespace's shared watch (`kubernetes_watch`),
+which selects the pods labelled `prefect-launch/run-id` and hands each run its own.
+From the pods it derives the run's progress: why a pod waits (unschedulable, image pull, quota, config) goes to
 the run's log and its `Progress` each time it changes, as does the warning on
 the run's object while it has no pod (a Job's `FailedCreate: ... exceeded
 quota`); the first pod running starts the run; a pod deleted after it ended
@@ -31,7 +30,6 @@ from prefect_launch.targets.process import Log
 
 # DisruptionTarget reasons that mean the pod was taken away, not that the job failed.
 PREEMPTION_REASONS = {"EvictionByEvictionAPI", "PreemptionByScheduler", "TerminationByKubelet"}
-WATCH_SECONDS = 5  # a watch call ends this often, so cancellation and the start timeout are checked
 
 
 def preemption_reason(pod: dict[str, Any]) -> str | None:
