@@ -16,8 +16,8 @@ import pytest
 
 from kube_standin import KubeStandIn
 from prefect_launch.errors import LaunchError
-from prefect_launch.targets import kubernetes_watch
-from prefect_launch.targets.kubernetes_watch import WATCH_SECONDS, watch_pods
+from prefect_launch.targets.fanout import shared_fanouts
+from prefect_launch.targets.kubernetes_watch import WATCH_SECONDS, NamespacePods, watch_pods
 
 
 def _api(kube: KubeStandIn) -> kubernetes.client.ApiClient:
@@ -34,7 +34,7 @@ def _seen(subscription, count: int, timeout: float = 30) -> list[tuple[str, str,
     seen: list[tuple[str, str, str]] = []
     while len(seen) < count:
         assert time.monotonic() < deadline, f"saw only {seen} within {timeout} s"
-        seen += [(kind, pod["metadata"]["name"], pod["status"]["phase"]) for kind, pod in subscription.events(timeout=0.2)]
+        seen += [(kind, pod["metadata"]["name"], pod["status"]["phase"]) for kind, pod in subscription.take(timeout=0.2)]
     return seen
 
 
@@ -84,11 +84,11 @@ def test_runs_in_a_namespace_share_one_watch_and_see_only_their_own_pods(kube):
         assert ("MODIFIED", "a-0", "Succeeded") in _seen(run_a, 1, timeout=WATCH_SECONDS * 4)
         assert ("DELETED", "b-0", "Succeeded") in _seen(run_b, 1, timeout=WATCH_SECONDS * 4)
         assert len(_pod_reads(kube, "shared", watching=False)) == 2
-        assert run_a_again.events(timeout=0) == []  # nothing of its pod changed: the relist says nothing
+        assert run_a_again.take(timeout=0) == []  # nothing of its pod changed: the relist says nothing
 
     # The last run gone, the watch ends at its next round and forgets what it saw.
     deadline = time.monotonic() + WATCH_SECONDS * 4
-    while kubernetes_watch._WATCHES:
+    while shared_fanouts(NamespacePods):
         assert time.monotonic() < deadline, "the watch outlived its last run"
         time.sleep(0.1)
 

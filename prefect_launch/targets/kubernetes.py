@@ -460,7 +460,7 @@ class KubernetesTarget(Target):
         def on_running(pod: str) -> None:
             streams[pod] = kube.stream_logs(core, submitted.namespace, pod, log)
 
-        with watch_pods(self._api, submitted.namespace, submitted.run_id, submitted.attempt) as events:
+        with watch_pods(self._api, submitted.namespace, submitted.run_id, submitted.attempt) as pod_events:
             while True:
                 if not pods.pods:  # at most once a round (WATCH_SECONDS), and only while no pod exists
                     object_events = self._object_events(core, submitted, log) or []
@@ -481,7 +481,7 @@ class KubernetesTarget(Target):
                     for thread in streams.values():
                         thread.join(timeout=5)  # the last lines of a finished pod
                     return outcome
-                for event_type, pod in events.events(timeout=WATCH_SECONDS):
+                for event_type, pod in pod_events.take(timeout=WATCH_SECONDS):
                     pods.see(event_type, pod, log, on_running)
 
     def _object_events(self, core: Any, submitted: "Submitted", log: Log) -> list[dict[str, Any]] | None:

@@ -12,23 +12,20 @@ ends when its last run unsubscribes.
 Example, a run reads its own pods' events::
 
     with watch_pods(api, "wandb", run_id="r1", attempt="0") as pods:
-        for event_type, pod in pods.events(timeout=5):
+        for event_type, pod in pods.take(timeout=5):
             print(event_type, pod["metadata"]["name"])
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
-import queue
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 from prefect_launch import kube
 from prefect_launch.errors import LaunchError
+from prefect_launch.targets.fanout import Fanout, Mailbox, subscribe_shared
 
 RUN_ID_LABEL = "prefect-launch/run-id"
 # Pods of a requeued run carry its attempt, so a new attempt never sees the old one's pods.
@@ -49,74 +46,33 @@ def _version(pod: dict[str, Any]) -> str | None:
     return pod["metadata"].get("resourceVersion")
 
 
-class Subscription:
-    """One run's share of a namespace's pod watch: the events of its own pods, in order."""
-
-    def __init__(self, key: RunKey) -> None:
-        self.key = key
-        self._events: queue.SimpleQueue[PodEvent | LaunchError] = queue.SimpleQueue()
-
-    def put(self, item: PodEvent | LaunchError) -> None:
-        self._events.put(item)
-
-    def events(self, timeout: float) -> list[PodEvent]:
-        """The events that came since the last call, after waiting up to `timeout` for the first; raises the
-        watch's failure (a LaunchError: the API server refused to list or watch pods)."""
-        try:
-            batch = [self._events.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                batch.append(self._events.get_nowait())
-        for item in batch:
-            if isinstance(item, LaunchError):
-                raise item
-        return batch  # type: ignore[return-value]
-
-
-class NamespacePods:
+class NamespacePods(Fanout):
     """The watch of one namespace's launch pods: a thread while any run subscribes."""
 
-    def __init__(self, api: Any, namespace: str, on_idle: Any) -> None:
+    def __init__(self, api: Any, namespace: str) -> None:
+        super().__init__()
         self.api = api
         self.namespace = namespace
-        self._on_idle = on_idle  # called under the registry's lock when the last run has gone
-        self._lock = threading.Lock()
-        self._subscribers: dict[RunKey, list[Subscription]] = {}
         self._pods: dict[str, dict[str, Any]] = {}  # every launch pod in the namespace, as last seen
-        self._thread: threading.Thread | None = None
         self._version: str | None = None  # the last resourceVersion the watch saw; None: list afresh
 
-    def subscribe(self, key: RunKey) -> Subscription:
-        subscription = Subscription(key)
-        with self._lock:
-            self._subscribers.setdefault(key, []).append(subscription)
-            for pod in self._pods.values():
-                if run_key(pod) == key:
-                    subscription.put(("ADDED", pod))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"pod-watch-{self.namespace}", daemon=True)
-                self._thread.start()
-        return subscription
+    def subscribed(self, mailbox: Mailbox) -> None:
+        for pod in self._pods.values():
+            if run_key(pod) == mailbox.key:
+                mailbox.put(("ADDED", pod))
 
-    def unsubscribe(self, subscription: Subscription) -> None:
-        with self._lock:
-            runs = self._subscribers.get(subscription.key, [])
-            if subscription in runs:
-                runs.remove(subscription)
-            if not runs:
-                self._subscribers.pop(subscription.key, None)
+    def stopped(self) -> None:
+        self._pods.clear()
+        self._version = None
 
     def _deliver(self, event_type: str, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
-        with self._lock:
+        with self.lock:
             if event_type == "DELETED":
                 self._pods.pop(name, None)
             else:
                 self._pods[name] = pod
-            for subscription in self._subscribers.get(run_key(pod), []):
-                subscription.put((event_type, pod))
+            self.deliver_locked(run_key(pod), (event_type, pod))
 
     def _relist(self, core: Any) -> str:
         """List the namespace's launch pods afresh; tell each run what changed since the last look."""
@@ -127,7 +83,7 @@ class NamespacePods:
         finally:
             response.release_conn()
         current = {pod["metadata"]["name"]: pod for pod in listing.get("items") or []}
-        with self._lock:
+        with self.lock:
             known = dict(self._pods)
         for name, pod in known.items():
             if name not in current:
@@ -138,27 +94,6 @@ class NamespacePods:
             elif _version(known[name]) != _version(pod):
                 self._deliver("MODIFIED", pod)
         return (listing.get("metadata") or {}).get("resourceVersion") or "0"
-
-    def _idle(self) -> bool:
-        """Whether no run subscribes any more; the watch then ends, forgetting what it saw."""
-        with _REGISTRY_LOCK, self._lock:
-            if self._subscribers:
-                return False
-            self._thread = None
-            self._pods.clear()
-            self._on_idle(self)
-            return True
-
-    def _fail(self, error: LaunchError) -> None:
-        """Every subscribed run learns the watch's failure; the next subscription starts a new watch."""
-        with _REGISTRY_LOCK, self._lock:
-            for runs in self._subscribers.values():
-                for subscription in runs:
-                    subscription.put(error)
-            self._subscribers.clear()
-            self._thread = None
-            self._pods.clear()
-            self._on_idle(self)
 
     def _watch(self, core: Any) -> None:
         """Deliver the pod events after `self._version` for one watch call; a 410 leaves no version (relist)."""
@@ -181,50 +116,30 @@ class NamespacePods:
         finally:
             response.release_conn()
 
-    def _run(self) -> None:
+    def serve(self) -> None:
+        """One watch call (a list first, at the start and after a 410)."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         core = client.CoreV1Api(self.api)
-        self._version = None
-        while not self._idle():
-            try:
-                if self._version is None:  # at the start, and after a 410 (the resourceVersion expired)
-                    self._version = self._relist(core)
-                self._watch(core)
-            except ApiException as exc:
-                if exc.status != 410:
-                    self._fail(LaunchError(f"Kubernetes pod watch in namespace {self.namespace} failed: "
-                                           f"{kube.api_error(exc)}"))
-                    return
-                self._version = None
-            except Exception as exc:  # a dropped connection: resume from the last version seen
-                logger.warning("Pod watch in namespace %s interrupted (%s); resuming", self.namespace, exc)
-                time.sleep(1)
+        try:
+            if self._version is None:
+                self._version = self._relist(core)
+            self._watch(core)
+        except ApiException as exc:
+            if exc.status != 410:
+                self.fail(LaunchError(f"Kubernetes pod watch in namespace {self.namespace} failed: {kube.api_error(exc)}"))
+            self._version = None  # the resourceVersion expired: relist
+        except Exception as exc:  # a dropped connection: resume from the last version seen
+            logger.warning("Pod watch in namespace %s interrupted (%s); resuming", self.namespace, exc)
+            time.sleep(1)
 
 
-_REGISTRY_LOCK = threading.Lock()
-_WATCHES: dict[tuple[str, str], NamespacePods] = {}
-
-
-def _forget(where: tuple[str, str], idle: NamespacePods) -> None:
-    if _WATCHES.get(where) is idle:
-        del _WATCHES[where]
-
-
-@contextlib.contextmanager
-def watch_pods(api: Any, namespace: str, run_id: str, attempt: str) -> Iterator[Subscription]:
-    """The events of one run attempt's pods, from the namespace's shared watch on `api`'s cluster.
+def watch_pods(api: Any, namespace: str, run_id: str, attempt: str) -> ContextManager[Mailbox]:
+    """The events of one run attempt's pods (`PodEvent`s, `take` them), from the namespace's shared watch on
+    `api`'s cluster; taking them raises the watch's failure (a LaunchError: the API refused to list or watch pods).
 
     Its first events are the run's pods the watch already knows; a watch started for it lists them.
     """
-    where = (api.configuration.host, namespace)
-    with _REGISTRY_LOCK:
-        pods = _WATCHES.get(where)
-        if pods is None:
-            pods = _WATCHES[where] = NamespacePods(api, namespace, on_idle=functools.partial(_forget, where))
-        subscription = pods.subscribe((run_id, attempt))
-    try:
-        yield subscription
-    finally:
-        pods.unsubscribe(subscription)
+    where = ("pods", api.configuration.host, namespace)
+    return subscribe_shared(where, lambda: NamespacePods(api, namespace), (run_id, attempt))
