@@ -5,7 +5,8 @@ CloudWatch Logs) to the real boto3 in the agent. Two gaps are closed here, in
 the stand-in and never in the client: moto completes a training job the moment
 it is created, so new jobs start `InProgress` and wait for `set_status`; and it
 has no `StopTrainingJob`, so one is added that stops the job as SageMaker does.
-Every `CreateTrainingJob` body is recorded as received (moto drops fields such
+With `search_refused`, `Search` answers AccessDeniedException, as AWS does for a
+role without `sagemaker:Search`. Every `CreateTrainingJob` body is recorded as received (moto drops fields such
 as `Environment`).
 
 Example::
@@ -26,6 +27,7 @@ import urllib.request
 from typing import Any
 
 import boto3
+from moto.core.exceptions import JsonRESTError
 from moto.sagemaker.models import FakeTrainingJob, sagemaker_backends
 from moto.sagemaker.responses import SageMakerResponse
 from moto.server import ThreadedMotoServer
@@ -41,6 +43,8 @@ class SageMakerStandIn:
     def __init__(self) -> None:
         self.port = free_port()
         self.requests: list[dict[str, Any]] = []
+        # Answer Search as AWS does for a role without sagemaker:Search.
+        self.search_refused = False
         self._originals: dict[tuple[type, str], Any] = {}
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 
@@ -66,6 +70,7 @@ class SageMakerStandIn:
         recorded = self.requests
         create = SageMakerResponse.create_training_job
         init = FakeTrainingJob.__init__
+        original_search = SageMakerResponse.search
 
         def create_training_job(response: SageMakerResponse):
             # Recorded once moto holds the job: a test that sees the request then moves the job.
@@ -79,6 +84,12 @@ class SageMakerStandIn:
             _move(job, "Stopped", "Stopped", "Stopped by StopTrainingJob")
             return "{}"
 
+        def search(response: SageMakerResponse):
+            if self.search_refused:
+                raise JsonRESTError("AccessDeniedException", f"User: arn:aws:iam::{ACCOUNT}:user/agent is not "
+                                    "authorized to perform: sagemaker:Search")
+            return original_search(response)
+
         def starts_in_progress(job: FakeTrainingJob, *args, **kwargs) -> None:
             init(job, *args, **kwargs)
             _move(job, "InProgress", "Starting", "Preparing the instances for training")
@@ -86,6 +97,7 @@ class SageMakerStandIn:
 
         self._patch(SageMakerResponse, "create_training_job", create_training_job)
         self._patch(SageMakerResponse, "stop_training_job", stop_training_job)
+        self._patch(SageMakerResponse, "search", search)
         self._patch(FakeTrainingJob, "__init__", starts_in_progress)
         self._server.start()
         # moto keeps every service's state in this process, not in the server: a stand-in started

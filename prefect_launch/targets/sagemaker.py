@@ -17,8 +17,10 @@ environment's account. The launch fills in the rest:
   (100 variables, 512 characters each: `WANDB_CONFIG` is split as W&B does);
 - a `prefect-launch.run-id` tag.
 
-The monitor polls `DescribeTrainingJob`, logs each secondary status and the
-job's CloudWatch log lines; a status before `Training` is why the run waits
+The monitor follows the job's status through the agent's one poller for all
+its training jobs (`sagemaker_status.py`: a `Search` per round, a
+`DescribeTrainingJob` only for the jobs it does not return), logs each secondary
+status and the job's CloudWatch log lines; a status before `Training` is why the run waits
 (its progress), `Training` starts it; `Completed` completes the run, `Failed`
 fails it with SageMaker's reason, `Stopped` cancels it. A managed spot job
 (`EnableManagedSpotTraining`) that ends because SageMaker took its capacity
@@ -55,11 +57,13 @@ from pydantic import model_validator
 
 from prefect_launch.errors import LaunchError
 from prefect_launch.jobenv import split_long_config, wandb_env
+from prefect_launch.settings import settings
 from prefect_launch.spec import Resource, ResolvedJob
 from prefect_launch.targets.base import Handle, Outcome, Progress, Target, TargetConfig
 from prefect_launch.targets.policy import AllowedFields
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
+from prefect_launch.targets.sagemaker_status import follow_training_job
 
 REQUIRED = ("RoleArn", "OutputDataConfig.S3OutputPath", "ResourceConfig", "StoppingCondition")
 # Keys W&B's runner takes off the request before it sends it (older queue configs carry them).
@@ -70,6 +74,8 @@ RUN_ID_TAG = "prefect-launch.run-id"
 # Where a training job's checkpoints are, in its container (SageMaker's own default).
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+# How long past two rounds a run waits for its job's next description before it gives up.
+STATUS_TIMEOUT_SECONDS = 120
 # Secondary statuses: before the job runs (why the run waits), and once it has run.
 WAITING_STATUSES = {"Pending", "Starting", "LaunchingMLInstances", "PreparingTrainingStack", "Downloading",
                     "DownloadingTrainingImage"}
@@ -239,17 +245,18 @@ class SageMakerTarget(Target):
         client = self._client
         logs = _CloudWatchLogs(self.environment.client("logs"), handle.id)
         seen_status = None
+        interval = settings().cloud_poll_seconds
 
         def poll(stop_requested: bool) -> Outcome | None:
             nonlocal seen_status
-            job = client.describe_training_job(TrainingJobName=handle.id)
+            job = described.next(timeout=interval * 2 + STATUS_TIMEOUT_SECONDS)
             status, message = job.get("SecondaryStatus"), _last_message(job)
             if (status, message) != seen_status:
                 seen_status = status, message
-                described = f"{status} - {message}" if message else str(status)
-                log.info("SageMaker %s: %s", handle.id, described)
+                text = f"{status} - {message}" if message else str(status)
+                log.info("SageMaker %s: %s", handle.id, text)
                 if status in WAITING_STATUSES:
-                    progress.waiting(f"SageMaker {described}")
+                    progress.waiting(f"SageMaker {text}")
                 elif status in RAN_STATUSES:
                     progress.started()
             logs.forward(log)
@@ -259,7 +266,9 @@ class SageMakerTarget(Target):
             log.info("Stopping SageMaker training job %s", handle.id)
             client.stop_training_job(TrainingJobName=handle.id)
 
-        return follow_remote(poll, stop, cancel)
+        with follow_training_job(client, handle.id, interval) as described:
+            # The shared poller paces the polls: each waits for the job's next description.
+            return follow_remote(poll, stop, cancel, interval=0)
 
 
 def _environment(env: dict[str, str]) -> dict[str, str]:
