@@ -57,6 +57,8 @@ class RunPods:
 
     progress: Progress
     started_at: float = field(default_factory=time.monotonic)
+    # Read once: the run checks it at every wake (every few seconds), and reading settings parses the environment.
+    start_timeout: float = field(default_factory=lambda: settings().k8s_start_timeout)
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     reasons: dict[str, str | None] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
@@ -106,8 +108,7 @@ class RunPods:
             return Outcome(state="failed", message=f"pod {failed[0]}: {failure_reason(self.pods[failed[0]])}")
         if phases and all(phase == "Succeeded" for phase in phases.values()):
             return Outcome(state="completed")
-        start_timeout = settings().k8s_start_timeout
-        if not self.running and time.monotonic() - self.started_at > start_timeout:
+        if not self.running and time.monotonic() - self.started_at > self.start_timeout:
             waiting = self.waiting_for() or "no pod was scheduled"
-            return Outcome(state="failed", message=f"no pod started within {start_timeout:.0f} s ({waiting})")
+            return Outcome(state="failed", message=f"no pod started within {self.start_timeout:.0f} s ({waiting})")
         return None
