@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import queue
 import threading
 from typing import Any, Callable, Hashable, Iterator
@@ -138,6 +139,12 @@ def shared_fanouts(kind: type[Fanout]) -> list[Fanout]:
         return [fanout for fanout in _SHARED.values() if isinstance(fanout, kind)]
 
 
+def _forget(where: Hashable, fanout: Fanout) -> None:
+    """Take a stopped fanout out of the registry (called under its lock), unless another took its place."""
+    if _SHARED.get(where) is fanout:
+        del _SHARED[where]
+
+
 @contextlib.contextmanager
 def subscribe_shared(where: Hashable, make: Callable[[], Fanout], key: Hashable) -> Iterator[Mailbox]:
     """A mailbox for `key` on the fanout shared at `where` (made by `make()` if none runs there); `where` names
@@ -146,7 +153,7 @@ def subscribe_shared(where: Hashable, make: Callable[[], Fanout], key: Hashable)
         fanout = _SHARED.get(where)
         if fanout is None:
             fanout = _SHARED[where] = make()
-            fanout._forget = lambda: _SHARED.get(where) is fanout and _SHARED.pop(where)
+            fanout._forget = functools.partial(_forget, where, fanout)
         mailbox = fanout.subscribe(key)
     try:
         yield mailbox

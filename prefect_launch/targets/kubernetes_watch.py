@@ -18,6 +18,7 @@ Example, a run reads its own pods' events::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -55,6 +56,12 @@ class NamespacePods(Fanout):
         self.namespace = namespace
         self._pods: dict[str, dict[str, Any]] = {}  # every launch pod in the namespace, as last seen
         self._version: str | None = None  # the last resourceVersion the watch saw; None: list afresh
+
+    @functools.cached_property
+    def _core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api)
 
     def subscribed(self, mailbox: Mailbox) -> None:
         for pod in self._pods.values():
@@ -118,10 +125,9 @@ class NamespacePods(Fanout):
 
     def serve(self) -> None:
         """One watch call (a list first, at the start and after a 410)."""
-        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        core = client.CoreV1Api(self.api)
+        core = self._core
         try:
             if self._version is None:
                 self._version = self._relist(core)
