@@ -458,6 +458,32 @@ def test_a_run_whose_job_lost_the_server_as_it_started_is_put_back_not_crashed(m
     assert run_logs(final.id).count("job ran") == 1
 
 
+def test_the_orphan_round_reads_every_active_run_of_its_queue_page_by_page(make_queue):
+    """A read of flow runs returns one page (the server's default, 200 runs); an agent may run more than that,
+    and an orphan past the first page must still be found. Five runs Pending on the queue, read in pages of two."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
+
+    from prefect_launch.spec import ImageSource, LaunchSpec
+    from prefect_launch.worker.launch_worker import LaunchWorker
+
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    spec = LaunchSpec(source=ImageSource(image="registry.local/train:1"), entry_point=["python", "train.py"])
+
+    async def scenario() -> None:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(f"launch/{queue}")
+            created = [(await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"spec": spec.model_dump(mode="json", exclude_none=True)},
+                state=Pending())).id for _ in range(5)]
+        async with LaunchWorker(work_pool_name=queue, create_pool_if_not_found=False) as worker:
+            await worker.sync_with_backend()
+            assert sorted(run.id for run in await worker._active_runs(page_size=2)) == sorted(created)
+
+    anyio.run(scenario)
+
+
 def _left_running_by_a_dead_agent(queue: str, folder: Path) -> str:
     """A local-process run of a job that prints 'job ran', Running under an agent that died before submitting."""
     code = folder / "code"

@@ -33,6 +33,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.actions import VariableCreate
 from prefect.client.schemas.objects import FlowRun, StateDetails
 from prefect.client.schemas.responses import SetStateStatus
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import Cancelled, Running, Scheduled
 
@@ -69,11 +70,7 @@ class OrphanRound:
         Returns (requeued, adopted).
         """
         busy = set(self._claimed) | set(self._in_flight)  # before the read: a run that ends meanwhile is not an orphan
-        runs = await self.client.read_flow_runs(
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.queue_name])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running", "Cancelling"]))),
-        )
+        runs = await self._active_runs()
         busy |= self._claimed | self._in_flight.keys()  # and after: nor is one claimed meanwhile
         self._heartbeats = None  # read once a round, when an owner on another host is first judged
         self.orphans_waiting = False
@@ -104,6 +101,22 @@ class OrphanRound:
             elif gone and await self._adopt(flow_run, owner):
                 adopted.append(flow_run.id)
         return requeued, adopted
+
+    async def _active_runs(self, page_size: int | None = None) -> list[FlowRun]:
+        """Every Pending, Running or Cancelling run of this queue, page by page: one read returns at most the
+        server's default page (200 runs), and an agent may run more. Newest first; a run that changes state
+        between two pages may be missed, and is found at the next round."""
+        runs: list[FlowRun] = []
+        while True:
+            page = await self.client.read_flow_runs(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.queue_name])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running", "Cancelling"]))),
+                sort=FlowRunSort.ID_DESC, offset=len(runs), limit=page_size,
+            )
+            if not page:
+                return runs
+            runs += page
 
     async def _gone(self, owner: Owner, stale_after: timedelta) -> bool:
         """Whether the agent process `owner` names is gone: this one (its run is not in flight here), or dead."""
