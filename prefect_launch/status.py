@@ -280,11 +280,11 @@ async def _why_on_queue(client: PrefectClient, pool: WorkPool, flow_run: FlowRun
     scheduled_at = flow_run.state.timestamp if flow_run.state else now
     if (now - scheduled_at).total_seconds() < TAKE_SECONDS:
         return f"waiting for agent {', '.join(alive)} to take it"
-    held = await client.read_flow_runs(
+    held = await client.count_flow_runs(  # a count, not a read: a read stops at one page (200 runs)
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool.name])),
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Pending", "Running"]))),
     )
-    return (f"agent {', '.join(alive)} alive but not taking it: {len(held)} job(s) of this queue running, "
+    return (f"agent {', '.join(alive)} alive but not taking it: {held} job(s) of this queue running, "
             "so its job slots are likely full (max_jobs)")
 
 
