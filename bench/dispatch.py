@@ -55,6 +55,9 @@ MAX_JOBS = 8
 IDLE_GAP_SECONDS = 1.5
 READY_TIMEOUT_SECONDS = 60.0
 RUN_TIMEOUT_SECONDS = 120.0
+# The many-jobs benches end their untimed rest this many a second: at 50 a second, the agent's completions
+# exhausted the server's database pool (SQLAlchemy's 5 + 10 connections, 30 s timeout) and its count queries failed.
+REST_PACE = 10
 STOP_TIMEOUT_SECONDS = 20.0
 
 GOAL_LATENCY_MEDIAN = 0.5
@@ -192,6 +195,14 @@ def tree_rss_mb(root: int) -> float:
             total += rss_mb(pid)
         todo.extend(children.get(pid, []))
     return total
+
+
+def threads(pid: int) -> int:
+    """How many threads process `pid` has now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -704,6 +715,26 @@ def bench_and_report(bench: Callable[[Path, Processes, Any], Awaitable[Any]], si
     if results is None:
         return 130
     print_table(report(results, sizes), load_before, began)
+    return 0
+
+
+def bench_and_report_on_postgres(bench: Callable[[Path, Processes, Any], Awaitable[Any]], args: Any, name: str,
+                                 report: Callable[[Any, Any], str]) -> int:
+    """`bench_and_report` on a Prefect server over PostgreSQL (`drills/prefect_server.py`), its home kept with
+    `args.keep`."""
+    import anyio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "drills"))
+    from prefect_server import child_env, start_drill_server
+
+    began, load_before = time.monotonic(), os.getloadavg()[0]
+    with contextlib.ExitStack() as cleanup:
+        server = start_drill_server(cleanup, name, args.keep)
+        os.environ.update(child_env(server.home, server.api_url))
+        processes = Processes(dict(os.environ), server.home)
+        cleanup.callback(processes.stop_all)
+        results = anyio.run(bench, server.home, processes, args)
+    print_table(report(results, args), load_before, began)
     return 0
 
 

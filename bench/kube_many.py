@@ -23,8 +23,6 @@ For a before/after ratio, run it on an older checkout with the same Python
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import sys
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent / "drills")]
+sys.path.insert(0, str(BENCH))
 
 import dispatch  # noqa: E402  (bench/dispatch.py: the server, processes, RSS and CPU sampling)
 from dispatch import progress  # noqa: E402
@@ -42,9 +40,6 @@ from kube_lean import LeanKube  # noqa: E402
 NAMESPACE = "bench"
 IMAGE = "registry.local/train:1"
 RUN_ID_LABEL = "prefect-launch/run-id"
-# The untimed rest end this many a second: at 50 a second, the agent's completions exhausted the
-# server's database pool (SQLAlchemy's 5 + 10 connections, 30 s timeout) and its count queries failed.
-REST_PACE = 10
 GOAL_RSS_MB, GOAL_CPU_PERCENT, GOAL_LATENCY_S = 600, 20, 1.0
 
 
@@ -59,13 +54,6 @@ class Results:
     requests_per_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
-
-
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namespace) -> Results:
@@ -120,7 +108,7 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
                 results.running_rss = await dispatch.sample_rss(agent.pid, args.hold)
                 results.cpu_percent = 100 * (dispatch.cpu_seconds(agent.pid) - cpu) / args.hold
                 results.requests_per_s = (kube.requests - requests) / args.hold
-                results.threads = threads(agent.pid)
+                results.threads = dispatch.threads(agent.pid)
 
                 progress(f"ending {args.sample} jobs, {args.pace} per second, timed; then the rest")
                 ended: dict[str, tuple[float, str, bool]] = {}  # run id -> (when its pod ended, state expected, timed)
@@ -130,7 +118,7 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
                     failing = index % 10 == 9
                     ended[run_id] = (time.time(), "FAILED" if failing else "COMPLETED", index < args.sample)
                     kube.set_phase(namespace, name, "Failed" if failing else "Succeeded", exit_code=3 if failing else 0)
-                    await anyio.sleep(1 / args.pace if index < args.sample else 1 / REST_PACE)
+                    await anyio.sleep(1 / args.pace if index < args.sample else 1 / dispatch.REST_PACE)
                 runs = await dispatch.wait_for_runs(client, run_ids, timeout=args.timeout)
         for run in runs:
             when, expected, timed = ended.get(run.name, (None, None, False))
@@ -167,23 +155,6 @@ def report(results: Results, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def on_postgres(args: argparse.Namespace) -> int:
-    """The same bench on a Prefect server over PostgreSQL (`drills/prefect_server.py`)."""
-    import anyio
-
-    from prefect_server import child_env, start_drill_server
-
-    began, load_before = time.monotonic(), os.getloadavg()[0]
-    with contextlib.ExitStack() as cleanup:
-        server = start_drill_server(cleanup, "bench-kube-many", args.keep)
-        os.environ.update(child_env(server.home, server.api_url))
-        processes = dispatch.Processes(dict(os.environ), server.home)
-        cleanup.callback(processes.stop_all)
-        results = anyio.run(bench, server.home, processes, args)
-    dispatch.print_table(report(results, args), load_before, began)
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs running at once (the agent's --max-jobs)")
@@ -200,7 +171,7 @@ def main() -> int:
                              "~150 runs are Running)")
     args = parser.parse_args()
     if args.database == "postgres":
-        return on_postgres(args)
+        return dispatch.bench_and_report_on_postgres(bench, args, "bench-kube-many", report)
     return dispatch.bench_and_report(bench, args, args.keep, report)
 
 

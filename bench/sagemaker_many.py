@@ -1,0 +1,212 @@
+"""Many running SageMaker training jobs on one agent (issue 21, item 3).
+
+One Prefect server (on PostgreSQL, or the embedded one on SQLite), moto's AWS
+server in this process (`tests/aws_standin.py`: a new training job stays
+InProgress until the bench moves it) and one agent (`--max-jobs N`) on a
+sagemaker queue built from the seed's `CreateTrainingJob` body, polling every
+`--poll` seconds (the agent's `PREFECT_LAUNCH_CLOUD_POLL_SECONDS`). N runs are
+enqueued with a prebuilt image, at most `--ahead` ahead of the jobs created;
+the bench plays SageMaker, moving each new job to `Training` with one
+CloudWatch log line. Once all N train, it samples the agent for `--hold`
+seconds: RSS, CPU in % of one core, threads, and the AWS calls a second by
+action (AWS throttles an account's calls per region: DescribeLogStreams at 5 a
+second, for one). Then it ends `--sample` jobs, `--pace` a second, each
+Completed (every tenth Failed), and times each status change to its run's final
+state in Prefect (bounded by the poll interval) while the rest still train;
+then it ends the rest, untimed. Every run must end as its job did.
+
+    .venv/bin/python bench/sagemaker_many.py --jobs 200
+    .venv/bin/python bench/sagemaker_many.py --jobs 200 --agent-path /work/wt-before
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
+
+import dispatch  # noqa: E402  (bench/dispatch.py: the server, processes, RSS and CPU sampling)
+from aws_standin import ACCOUNT, SageMakerStandIn  # noqa: E402  (moto's server, jobs held InProgress)
+from dispatch import progress  # noqa: E402
+
+IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/launch-sm:prebuilt"
+SEED = BENCH.parent / "tests" / "seeds" / "001_sagemaker_queue_1.json"
+GOAL_RSS_MB, GOAL_CPU_PERCENT = 600, 20
+
+
+@dataclass
+class Results:
+    jobs: int
+    started_in: float = 0.0  # seconds from the first enqueue until every job trained
+    idle_rss: float = 0.0
+    running_rss: float = 0.0
+    cpu_percent: float = 0.0
+    threads: int = 0
+    calls_per_s: dict[str, float] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
+
+
+def counted_calls() -> Counter:
+    """Every AWS action moto serves in this process, counted by name (moto answers each through `call_action`)."""
+    from moto.core.responses import BaseResponse
+
+    calls: Counter = Counter()
+    call_action = BaseResponse.call_action
+
+    def counted(response: BaseResponse) -> Any:
+        calls[response._get_action()] += 1
+        return call_action(response)
+
+    BaseResponse.call_action = counted
+    return calls
+
+
+def queue_config() -> dict[str, Any]:
+    """The seed's CreateTrainingJob body with its `<REQUIRED>` values filled in."""
+    seed = json.loads(SEED.read_text())
+    seed["RoleArn"] = f"arn:aws:iam::{ACCOUNT}:role/SageMakerExecution"
+    seed["OutputDataConfig"]["S3OutputPath"] = "s3://launch-out/models"
+    return seed
+
+
+async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namespace) -> Results:
+    import anyio
+    from prefect.client.orchestration import get_client
+
+    from prefect_launch.deployments.queues import QueueDefinition, create_queue, enqueue
+    from prefect_launch.spec import ImageSource, LaunchSpec, Resource
+
+    results, calls = Results(args.jobs), counted_calls()
+    spec = LaunchSpec(source=ImageSource(image=IMAGE), entry_point=["python", "train.py"])
+    config = home / "launch-config.yaml"
+    config.write_text("environment:\n  type: aws\n  region: us-east-1\n")
+    with SageMakerStandIn() as aws:
+        env = {**aws.env, "PREFECT_LAUNCH_CLOUD_POLL_SECONDS": str(args.poll), "WANDB_API_KEY": "",
+               **({"PYTHONPATH": args.agent_path} if args.agent_path else {})}
+        agent_argv = [str(dispatch.VENV_BIN / "prefect-launch"), "agent", "-q", "sm", "--max-jobs", str(args.jobs),
+                      "--config", str(config)]
+        started: set[str] = set()
+
+        def train_new_jobs() -> None:
+            for request in aws.requests[len(started):]:
+                name = request["TrainingJobName"]
+                aws.set_status(name, "InProgress", "Training", "Training image download completed")
+                aws.log(name, f"{name} epoch 1")
+                started.add(name)
+
+        async with get_client() as client:
+            await create_queue(client, QueueDefinition(name="sm", resource=Resource.sagemaker, require_wandb_run=False,
+                                                       resource_args=queue_config()))
+            with dispatch.running(processes, "agent", agent_argv, ready_text="ready on", extra_env=env) as agent:
+                # One job first, not counted: the agent imports boto3 and starts its status poller.
+                warm_up = (await enqueue(client, "sm", spec, None, {})).id
+                name = await anyio.to_thread.run_sync(aws.wait_for_job, 1, args.timeout)
+                aws.set_status(name, "Completed")
+                await dispatch.wait_for_runs(client, [warm_up], timeout=args.timeout)
+                started.add(name)
+                results.idle_rss = await dispatch.sample_rss(agent.pid, 2)
+                progress(f"enqueueing {args.jobs} runs; jobs train as they are created")
+                began = time.monotonic()
+                run_ids: list[Any] = []
+
+                async def enqueue_all() -> None:
+                    for _ in range(args.jobs):
+                        while len(run_ids) - (len(aws.requests) - 1) >= args.ahead:
+                            await anyio.sleep(0.05)
+                        run_ids.append((await enqueue(client, "sm", spec, None, {})).id)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(enqueue_all)
+                    while len(started) < args.jobs + 1:
+                        train_new_jobs()
+                        if time.monotonic() - began > args.timeout:
+                            raise TimeoutError(f"only {len(started)} of {args.jobs} jobs were created within {args.timeout} s")
+                        await anyio.sleep(0.2)
+                results.started_in = time.monotonic() - began
+                progress(f"all {args.jobs} jobs training after {results.started_in:.0f} s; settling, then {args.hold} s of samples")
+                await anyio.sleep(args.settle)
+                before, cpu = Counter(calls), dispatch.cpu_seconds(agent.pid)
+                results.running_rss = await dispatch.sample_rss(agent.pid, args.hold)
+                results.cpu_percent = 100 * (dispatch.cpu_seconds(agent.pid) - cpu) / args.hold
+                results.calls_per_s = {action: count / args.hold for action, count in (calls - before).most_common()}
+                results.threads = dispatch.threads(agent.pid)
+
+                progress(f"ending {args.sample} jobs, {args.pace} per second, timed; then the rest")
+                ended: dict[str, tuple[float, str, bool]] = {}  # W&B run id -> (when its job ended, state expected, timed)
+                for index, request in enumerate(aws.requests[1:]):
+                    run_id = next(tag["Value"] for tag in request["Tags"] if tag["Key"] == "prefect-launch.run-id")
+                    failing = index % 10 == 9
+                    ended[run_id] = (time.time(), "FAILED" if failing else "COMPLETED", index < args.sample)
+                    aws.set_status(request["TrainingJobName"], "Failed" if failing else "Completed",
+                                   failure_reason="AlgorithmError: exit 3" if failing else None)
+                    await anyio.sleep(1 / args.pace if index < args.sample else 1 / dispatch.REST_PACE)
+                runs = await dispatch.wait_for_runs(client, run_ids, timeout=args.timeout)
+        for run in runs:
+            when, expected, timed = ended.get(run.name, (None, None, False))
+            if when is None or run.state.type.value != expected:
+                results.wrong.append(f"{run.name}: {run.state.type.value} ({run.state.message}), expected {expected}")
+            elif timed:
+                results.latencies.append(run.state.timestamp.timestamp() - when)
+    return results
+
+
+def report(results: Results, args: argparse.Namespace) -> str:
+    lat = sorted(results.latencies)
+    median = statistics.median(lat) if lat else float("nan")
+    p95 = dispatch.p95(lat) if lat else float("nan")
+    grow = results.running_rss - results.idle_rss
+    lines = [
+        f"One agent, {results.jobs} SageMaker training jobs at once (moto, polled every {args.poll} s, "
+        f"server on {args.database})" + (f", agent from {args.agent_path}" if args.agent_path else ""),
+        "| measure | value | goal |", "|---|---:|---:|",
+        f"| all jobs training after (s) | {results.started_in:.0f} | |",
+        f"| agent RSS idle / with the jobs running (MB) | {results.idle_rss:.0f} / {results.running_rss:.0f} "
+        f"({grow / max(results.jobs, 1):.2f} MB/job) | <= {GOAL_RSS_MB} {dispatch.verdict(results.running_rss <= GOAL_RSS_MB)} |",
+        f"| agent CPU while the jobs only run (% of one core, {args.hold} s) | {results.cpu_percent:.1f} | "
+        f"<= {GOAL_CPU_PERCENT} {dispatch.verdict(results.cpu_percent <= GOAL_CPU_PERCENT)} |",
+        f"| agent threads | {results.threads} | |",
+        *(f"| AWS {action} calls per second while the jobs only run | {rate:.2f} | |"
+          for action, rate in results.calls_per_s.items()),
+        f"| status change to final run state ({len(lat)} jobs, {args.pace}/s) (s), median / p95 / max | "
+        f"{median:.2f} / {p95:.2f} / {max(lat, default=float('nan')):.2f} | <= poll {args.poll} + 1 "
+        f"{dispatch.verdict(p95 <= args.poll + 1)} |",
+        f"| runs ended as their jobs did | {results.jobs - len(results.wrong)}/{results.jobs} | all "
+        f"{dispatch.verdict(not results.wrong)} |",
+    ]
+    lines += [f"wrong: {line}" for line in results.wrong[:5]]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200, help="jobs training at once (the agent's --max-jobs)")
+    parser.add_argument("--poll", type=float, default=10, help="the agent's cloud poll interval (its default: 10 s)")
+    parser.add_argument("--hold", type=float, default=60, help="seconds of samples while the jobs only train")
+    parser.add_argument("--settle", type=float, default=20, help="seconds to wait once all train, before sampling")
+    parser.add_argument("--ahead", type=int, default=32, help="runs enqueued ahead of the jobs created")
+    parser.add_argument("--sample", type=int, default=50, help="jobs ended one by one and timed, the rest training")
+    parser.add_argument("--pace", type=float, default=2, help="timed jobs ended per second")
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--agent-path", help="import the agent's prefect_launch from this folder (a before side)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home (server and agent logs)")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="postgres",
+                        help="the server's database (on SQLite, Prefect's create_flow_run slows to seconds once "
+                             "~150 runs are Running)")
+    args = parser.parse_args()
+    if args.database == "postgres":
+        return dispatch.bench_and_report_on_postgres(bench, args, "bench-sagemaker-many", report)
+    return dispatch.bench_and_report(bench, args, args.keep, report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
