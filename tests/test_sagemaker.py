@@ -94,12 +94,14 @@ def test_code_job_is_built_pushed_to_ecr_and_trained_on_sagemaker(aws, ecr_regis
     aws.log(name, "epoch 1 loss 0.25", "epoch 2 loss 0.125")
     aws.set_status(name, "InProgress", "Training", "Training image download completed. Training in progress.")
     wait_for_log(run_id, lambda line: "Training - Training image download completed" in line)
+    aws.log(name, "model saved")  # the job's last line, written as it ends
     aws.set_status(name, "Completed", "Completed", "Training job completed")
     flow_run = wait_for_final(run_id, timeout=60)
     assert flow_run.state.is_completed(), flow_run.state
     logs = run_logs(flow_run.id)
     assert "epoch 1 loss 0.25" in logs and "epoch 2 loss 0.125" in logs  # CloudWatch lines, once each
     assert logs.count("epoch 1 loss 0.25") == 1
+    assert "model saved" in logs
 
     # The same code again: the image is found in the registry (with the ECR login) and not rebuilt.
     again = run_id_of(launch("-q", aws_agent, "-u", str(code), "-E", "python train.py"))

@@ -1,8 +1,10 @@
-"""The shared SageMaker status poller (`prefect_launch/targets/sagemaker_status.py`) against moto's server.
+"""The shared SageMaker status poller and log reader (`prefect_launch/targets/sagemaker_status.py`,
+`sagemaker_logs.py`) against moto's server.
 
 Many followed training jobs cost one `Search` a round, plus a `DescribeTrainingJob` only for those
 the search did not return; each run sees its own job's newest description; a refused Search falls
-back to describing each job. Calls are counted with botocore's own event hooks on the real client.
+back to describing each job. Their log lines cost one `FilterLogEvents` a round, each line handed
+once to the runs of its own job. Calls are counted with botocore's own event hooks on the real client.
 The agent's end-to-end SageMaker runs are in test_sagemaker.py.
 """
 
@@ -18,6 +20,7 @@ import pytest
 from aws_standin import ACCOUNT, SageMakerStandIn
 from conftest import SEEDS
 from prefect_launch.targets.fanout import shared_fanouts
+from prefect_launch.targets.sagemaker_logs import TrainingJobLines, TrainingJobLogReader, follow_training_job_logs
 from prefect_launch.targets.sagemaker_status import TrainingJobPoller, follow_training_job
 
 INTERVAL = 0.5
@@ -35,14 +38,15 @@ def no_poller_outlives_its_runs():
     starts the next one)."""
     yield
     deadline = time.monotonic() + 30
-    while shared_fanouts(TrainingJobPoller):
-        assert time.monotonic() < deadline, "a SageMaker poller outlived its last run"
+    while shared_fanouts(TrainingJobPoller) or shared_fanouts(TrainingJobLogReader):
+        assert time.monotonic() < deadline, "a SageMaker poller or log reader outlived its last run"
         time.sleep(0.1)
 
 
-def _counted_client(aws: SageMakerStandIn) -> tuple[object, Counter]:
-    client, calls = aws.client("sagemaker"), Counter()
-    client.meta.events.register("before-call.sagemaker", lambda model, **_: calls.update([model.name]))
+def _counted_client(aws: SageMakerStandIn, service: str = "sagemaker") -> tuple[object, Counter]:
+    client, calls = aws.client(service), Counter()
+    client.meta.events.register(f"before-call.{client.meta.service_model.service_id.hyphenize()}",
+                                lambda model, **_: calls.update([model.name]))
     return client, calls
 
 
@@ -103,3 +107,44 @@ def test_a_refused_search_falls_back_to_one_describe_per_job(aws, caplog):
         aws.search_refused = False
     assert calls["Search"] == 1 and calls["DescribeTrainingJob"] >= 3, calls  # refused once, never asked again
     assert "allow sagemaker:Search" in caplog.text
+
+
+def _lines(lines: TrainingJobLines, count: int, timeout: float = 30) -> list[str]:
+    """The next `count` lines the run is handed."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{lines.name}: {got} after {timeout} s, expected {count} lines"
+        got += lines.new()
+        time.sleep(0.05)
+    return got
+
+
+def test_one_log_read_a_round_hands_each_run_its_own_lines_once(aws):
+    client, calls = _counted_client(aws, "logs")
+    aws.log("lines-1", "one: before it was followed")
+    with contextlib.ExitStack() as stack:
+        followed = {name: stack.enter_context(follow_training_job_logs(client, name, INTERVAL))
+                    for name in ("lines-1", "lines-2", "lines-3")}
+        assert _lines(followed["lines-1"], 1) == ["one: before it was followed"]
+        aws.log("lines-2", "two: a", "two: b")
+        aws.log("lines-3", "three: a")
+        aws.log("not-followed", "someone else's job")
+        assert _lines(followed["lines-2"], 2) == ["two: a", "two: b"]
+        assert _lines(followed["lines-3"], 1) == ["three: a"]
+        # Each round reads the last minute again: what was handed out is not handed out twice.
+        rounds = calls["FilterLogEvents"]
+        aws.log("lines-1", "one: later")
+        assert _lines(followed["lines-1"], 1) == ["one: later"]
+        assert calls["FilterLogEvents"] > rounds
+        assert followed["lines-2"].new() == [] and followed["lines-3"].new() == []
+    assert set(calls) == {"FilterLogEvents"}, calls  # no DescribeLogStreams or GetLogEvents per job
+
+
+def test_a_jobs_last_lines_are_read_when_it_ends_not_a_round_later(aws):
+    client = aws.client("logs")
+    aws.log("lines-last", "epoch 1")
+    with follow_training_job_logs(client, "lines-last", interval=3600) as lines:
+        assert _lines(lines, 1) == ["epoch 1"]
+        aws.log("lines-last", "epoch 2", "model saved")
+        assert lines.rest(timeout=30) == ["epoch 2", "model saved"]

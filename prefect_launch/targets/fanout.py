@@ -30,10 +30,11 @@ from typing import Any, Callable, Hashable, Iterator
 
 
 class Mailbox:
-    """What a fanout delivered to one run, in order; an exception delivered is raised when taken."""
+    """What `fanout` delivered to one run, in order; an exception delivered is raised when taken."""
 
-    def __init__(self, key: Hashable) -> None:
+    def __init__(self, key: Hashable, fanout: "Fanout") -> None:
         self.key = key
+        self.fanout = fanout
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def put(self, item: Any) -> None:
@@ -59,6 +60,8 @@ class Fanout(abc.ABC):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # guards the mailboxes, and what a subclass keeps beside them
+        # Set when a round should come early: a subscriber came or went (the last one gone ends the thread now).
+        self.wake = threading.Event()
         self._mailboxes: dict[Hashable, list[Mailbox]] = {}
         self._thread: threading.Thread | None = None
         self._forget: Callable[[], None] = lambda: None  # takes it out of the shared registry
@@ -74,13 +77,14 @@ class Fanout(abc.ABC):
         """The thread ends (no subscriber left, or `fail`), under `lock`: a subclass forgets what it saw."""
 
     def subscribe(self, key: Hashable) -> Mailbox:
-        mailbox = Mailbox(key)
+        mailbox = Mailbox(key, self)
         with self.lock:
             self._mailboxes.setdefault(key, []).append(mailbox)
             self.subscribed(mailbox)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
                 self._thread.start()
+        self.wake.set()
         return mailbox
 
     def unsubscribe(self, mailbox: Mailbox) -> None:
@@ -90,6 +94,7 @@ class Fanout(abc.ABC):
                 mailboxes.remove(mailbox)
             if not mailboxes:
                 self._mailboxes.pop(mailbox.key, None)
+        self.wake.set()
 
     def keys(self) -> list[Hashable]:
         with self.lock:

@@ -20,7 +20,8 @@ environment's account. The launch fills in the rest:
 The monitor follows the job's status through the agent's one poller for all
 its training jobs (`sagemaker_status.py`: a `Search` per round, a
 `DescribeTrainingJob` only for the jobs it does not return), logs each secondary
-status and the job's CloudWatch log lines; a status before `Training` is why the run waits
+status and the job's CloudWatch log lines (`sagemaker_logs.py`: one `FilterLogEvents`
+a round for all the agent's jobs, and their last lines once they end); a status before `Training` is why the run waits
 (its progress), `Training` starts it; `Completed` completes the run, `Failed`
 fails it with SageMaker's reason, `Stopped` cancels it. A managed spot job
 (`EnableManagedSpotTraining`) that ends because SageMaker took its capacity
@@ -63,6 +64,7 @@ from prefect_launch.targets.base import Handle, Outcome, Progress, Target, Targe
 from prefect_launch.targets.policy import AllowedFields
 from prefect_launch.targets.process import Log
 from prefect_launch.targets.remote import follow_remote, unfilled
+from prefect_launch.targets.sagemaker_logs import follow_training_job_logs
 from prefect_launch.targets.sagemaker_status import follow_training_job
 
 REQUIRED = ("RoleArn", "OutputDataConfig.S3OutputPath", "ResourceConfig", "StoppingCondition")
@@ -73,7 +75,6 @@ MAX_ENV_VALUE = 512
 RUN_ID_TAG = "prefect-launch.run-id"
 # Where a training job's checkpoints are, in its container (SageMaker's own default).
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 # How long past two rounds a run waits for its job's next description before it gives up.
 STATUS_TIMEOUT_SECONDS = 120
 # Secondary statuses: before the job runs (why the run waits), and once it has run.
@@ -243,7 +244,6 @@ class SageMakerTarget(Target):
 
     def wait(self, handle: Handle, cancel: threading.Event, log: Log, progress: Progress) -> Outcome:
         client = self._client
-        logs = _CloudWatchLogs(self.environment.client("logs"), handle.id)
         seen_status = None
         interval = settings().cloud_poll_seconds
 
@@ -259,16 +259,22 @@ class SageMakerTarget(Target):
                     progress.waiting(f"SageMaker {text}")
                 elif status in RAN_STATUSES:
                     progress.started()
-            logs.forward(log)
+            for line in lines.new():
+                log.info("%s", line)
             return _outcome(job, stop_requested)
 
         def stop() -> None:
             log.info("Stopping SageMaker training job %s", handle.id)
             client.stop_training_job(TrainingJobName=handle.id)
 
-        with follow_training_job(client, handle.id, interval) as described:
-            # The shared poller paces the polls: each waits for the job's next description.
-            return follow_remote(poll, stop, cancel, interval=0)
+        # The shared status poller paces the polls (each waits for the job's next description); the shared
+        # log reader brings the job's lines, and once it has ended, the last of them.
+        with follow_training_job(client, handle.id, interval) as described, \
+                follow_training_job_logs(self.environment.client("logs"), handle.id, interval) as lines:
+            outcome = follow_remote(poll, stop, cancel, interval=0)
+            for line in lines.rest(timeout=interval * 2 + STATUS_TIMEOUT_SECONDS):
+                log.info("%s", line)
+            return outcome
 
 
 def _environment(env: dict[str, str]) -> dict[str, str]:
@@ -320,29 +326,3 @@ def _outcome(job: dict[str, Any], stop_requested: bool) -> Outcome | None:
 def _aws_error(exc: Exception) -> str:
     error = getattr(exc, "response", {}).get("Error", {})
     return f"{error.get('Code', type(exc).__name__)}: {error.get('Message', exc)}"
-
-
-class _CloudWatchLogs:
-    """The training job's CloudWatch log streams (`<job name>/algo-N-...`), forwarded line by line."""
-
-    def __init__(self, client: Any, job_name: str) -> None:
-        self.client = client
-        self.prefix = f"{job_name}/"
-        self.tokens: dict[str, str] = {}
-
-    def forward(self, log: Log) -> None:
-        try:
-            streams = self.client.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=self.prefix)["logStreams"]
-        except self.client.exceptions.ResourceNotFoundException:
-            return  # no log group yet: the job has not written a line
-        for stream in streams:
-            name = stream["logStreamName"]
-            while True:
-                args = {"nextToken": self.tokens[name]} if name in self.tokens else {"startFromHead": True}
-                page = self.client.get_log_events(logGroupName=LOG_GROUP, logStreamName=name, **args)
-                for event in page["events"]:
-                    log.info("%s", event["message"])
-                if page["nextForwardToken"] == self.tokens.get(name) or not page["events"]:
-                    self.tokens[name] = page["nextForwardToken"]
-                    break
-                self.tokens[name] = page["nextForwardToken"]

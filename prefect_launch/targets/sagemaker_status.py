@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from typing import Any, Iterator
 
@@ -59,12 +58,10 @@ class TrainingJobPoller(Fanout):
         self.interval = interval
         self.search_allowed = True
         self._new: set[str] = set()  # followed since the last round: described at once, not a round later
-        self._wake = threading.Event()
         self._due = 0.0  # when the next whole round is
 
     def subscribed(self, mailbox: Mailbox) -> None:
         self._new.add(mailbox.key)
-        self._wake.set()
 
     def stopped(self) -> None:
         self._due = 0.0
@@ -109,7 +106,7 @@ class TrainingJobPoller(Fanout):
 
     def serve(self) -> None:
         """A whole round when one is due (one Search, then describes of the rest), else the new jobs alone."""
-        self._wake.clear()
+        self.wake.clear()
         with self.lock:
             new, self._new = self._new, set()
         try:
@@ -120,7 +117,7 @@ class TrainingJobPoller(Fanout):
                 self._describe(new, {})
         except Exception as exc:  # never let one bad round end the cadence every run relies on
             logger.warning("SageMaker status round failed: %s", exc)
-        self._wake.wait(max(0.0, self._due - time.monotonic()))
+        self.wake.wait(max(0.0, self._due - time.monotonic()))
 
 
 @contextlib.contextmanager
