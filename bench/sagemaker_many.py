@@ -51,24 +51,30 @@ class Results:
     running_rss: float = 0.0
     cpu_percent: float = 0.0
     threads: int = 0
-    calls_per_s: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, tuple[float, float]] = field(default_factory=dict)  # action -> (calls a second, mean seconds)
     latencies: list[float] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
 
 
-def counted_calls() -> Counter:
-    """Every AWS action moto serves in this process, counted by name (moto answers each through `call_action`)."""
+def counted_calls() -> tuple[Counter, Counter]:
+    """Every AWS action moto serves in this process, counted and timed by name (moto answers each through
+    `call_action`): how many, and the seconds moto took to answer them."""
     from moto.core.responses import BaseResponse
 
     calls: Counter = Counter()
+    seconds: Counter = Counter()
     call_action = BaseResponse.call_action
 
     def counted(response: BaseResponse) -> Any:
-        calls[response._get_action()] += 1
-        return call_action(response)
+        began = time.perf_counter()
+        try:
+            return call_action(response)
+        finally:
+            calls[response._get_action()] += 1
+            seconds[response._get_action()] += time.perf_counter() - began
 
     BaseResponse.call_action = counted
-    return calls
+    return calls, seconds
 
 
 def queue_config() -> dict[str, Any]:
@@ -86,7 +92,7 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
     from prefect_launch.deployments.queues import QueueDefinition, create_queue, enqueue
     from prefect_launch.spec import ImageSource, LaunchSpec, Resource
 
-    results, calls = Results(args.jobs), counted_calls()
+    results, (calls, seconds) = Results(args.jobs), counted_calls()
     spec = LaunchSpec(source=ImageSource(image=IMAGE), entry_point=["python", "train.py"])
     config = home / "launch-config.yaml"
     config.write_text("environment:\n  type: aws\n  region: us-east-1\n")
@@ -135,10 +141,11 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
                 results.started_in = time.monotonic() - began
                 progress(f"all {args.jobs} jobs training after {results.started_in:.0f} s; settling, then {args.hold} s of samples")
                 await anyio.sleep(args.settle)
-                before, cpu = Counter(calls), dispatch.cpu_seconds(agent.pid)
+                before, before_seconds, cpu = Counter(calls), Counter(seconds), dispatch.cpu_seconds(agent.pid)
                 results.running_rss = await dispatch.sample_rss(agent.pid, args.hold)
                 results.cpu_percent = 100 * (dispatch.cpu_seconds(agent.pid) - cpu) / args.hold
-                results.calls_per_s = {action: count / args.hold for action, count in (calls - before).most_common()}
+                results.calls = {action: (count / args.hold, (seconds[action] - before_seconds[action]) / count)
+                                 for action, count in (calls - before).most_common()}
                 results.threads = dispatch.threads(agent.pid)
 
                 progress(f"ending {args.sample} jobs, {args.pace} per second, timed; then the rest")
@@ -175,11 +182,10 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"| agent CPU while the jobs only run (% of one core, {args.hold} s) | {results.cpu_percent:.1f} | "
         f"<= {GOAL_CPU_PERCENT} {dispatch.verdict(results.cpu_percent <= GOAL_CPU_PERCENT)} |",
         f"| agent threads | {results.threads} | |",
-        *(f"| AWS {action} calls per second while the jobs only run | {rate:.2f} | |"
-          for action, rate in results.calls_per_s.items()),
+        *(f"| AWS {action} calls per second while the jobs only run (moto's mean answer time) | {rate:.2f} "
+          f"({answer:.2f} s) | |" for action, (rate, answer) in results.calls.items()),
         f"| status change to final run state ({len(lat)} jobs, {args.pace}/s) (s), median / p95 / max | "
-        f"{median:.2f} / {p95:.2f} / {max(lat, default=float('nan')):.2f} | <= poll {args.poll} + 1 "
-        f"{dispatch.verdict(p95 <= args.poll + 1)} |",
+        f"{median:.2f} / {p95:.2f} / {max(lat, default=float('nan')):.2f} | (a poll every {args.poll} s) |",
         f"| runs ended as their jobs did | {results.jobs - len(results.wrong)}/{results.jobs} | all "
         f"{dispatch.verdict(not results.wrong)} |",
     ]
