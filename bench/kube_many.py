@@ -23,10 +23,9 @@ For a before/after ratio, run it on an older checkout with the same Python
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +35,18 @@ sys.path.insert(0, str(BENCH))
 import dispatch  # noqa: E402  (bench/dispatch.py: the server, processes, RSS and CPU sampling)
 from dispatch import progress  # noqa: E402
 from kube_lean import LeanKube  # noqa: E402
+import many_jobs  # noqa: E402  (bench/many_jobs.py: what the many-running-jobs benches share)
+from many_jobs import ManyJobsResults  # noqa: E402
 
 NAMESPACE = "bench"
 IMAGE = "registry.local/train:1"
 RUN_ID_LABEL = "prefect-launch/run-id"
-GOAL_RSS_MB, GOAL_CPU_PERCENT, GOAL_LATENCY_S = 600, 20, 1.0
+GOAL_LATENCY_S = 1.0
 
 
 @dataclass
-class Results:
-    jobs: int
-    started_in: float = 0.0  # seconds from the first enqueue until every job ran
-    idle_rss: float = 0.0
-    running_rss: float = 0.0
-    cpu_percent: float = 0.0
-    threads: int = 0
-    requests_per_s: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    wrong: list[str] = field(default_factory=list)
+class Results(ManyJobsResults):
+    requests_per_s: float = 0.0  # to the API stand-in while the jobs only run
 
 
 async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namespace) -> Results:
@@ -65,8 +58,7 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
 
     results = Results(args.jobs)
     with LeanKube() as kube:
-        env = {"KUBECONFIG": kube.kubeconfig(home / "kubeconfig"), "WANDB_API_KEY": "",
-               **({"PYTHONPATH": args.agent_path} if args.agent_path else {})}
+        env = many_jobs.agent_env(args, {"KUBECONFIG": kube.kubeconfig(home / "kubeconfig")})
         agent_argv = [str(dispatch.VENV_BIN / "prefect-launch"), "agent", "-q", "k8s", "--max-jobs", str(args.jobs)]
         async with get_client() as client:
             await create_queue(client, QueueDefinition(name="k8s", resource=Resource.kubernetes, require_wandb_run=False,
@@ -104,11 +96,9 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
                 results.started_in = time.monotonic() - began
                 progress(f"all {args.jobs} jobs running after {results.started_in:.0f} s; settling, then {args.hold} s of samples")
                 await anyio.sleep(args.settle)
-                requests, cpu = kube.requests, dispatch.cpu_seconds(agent.pid)
-                results.running_rss = await dispatch.sample_rss(agent.pid, args.hold)
-                results.cpu_percent = 100 * (dispatch.cpu_seconds(agent.pid) - cpu) / args.hold
+                requests = kube.requests
+                await results.sample_agent(agent.pid, args.hold)
                 results.requests_per_s = (kube.requests - requests) / args.hold
-                results.threads = dispatch.threads(agent.pid)
 
                 progress(f"ending {args.sample} jobs, {args.pace} per second, timed; then the rest")
                 ended: dict[str, tuple[float, str, bool]] = {}  # run id -> (when its pod ended, state expected, timed)
@@ -119,60 +109,26 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
                     ended[run_id] = (time.time(), "FAILED" if failing else "COMPLETED", index < args.sample)
                     kube.set_phase(namespace, name, "Failed" if failing else "Succeeded", exit_code=3 if failing else 0)
                     await anyio.sleep(1 / args.pace if index < args.sample else 1 / dispatch.REST_PACE)
-                runs = await dispatch.wait_for_runs(client, run_ids, timeout=args.timeout)
-        for run in runs:
-            when, expected, timed = ended.get(run.name, (None, None, False))
-            if when is None or run.state.type.value != expected:
-                results.wrong.append(f"{run.name}: {run.state.type.value} ({run.state.message}), expected {expected}")
-            elif timed:
-                results.latencies.append(run.state.timestamp.timestamp() - when)
+                results.check(await dispatch.wait_for_runs(client, run_ids, timeout=args.timeout), ended)
     return results
 
 
 def report(results: Results, args: argparse.Namespace) -> str:
-    lat = sorted(results.latencies)
-    median = statistics.median(lat) if lat else float("nan")
-    p95 = dispatch.p95(lat) if lat else float("nan")
-    grow = results.running_rss - results.idle_rss
-    lines = [
+    p95 = dispatch.p95(results.latencies) if results.latencies else float("nan")
+    return "\n".join([
         f"One agent, {results.jobs} Kubernetes jobs running at once (lean API stand-in, one namespace, "
-        f"server on {args.database})"
-        + (f", agent from {args.agent_path}" if args.agent_path else ""),
-        "| measure | value | goal |", "|---|---:|---:|",
-        f"| all jobs running after (s) | {results.started_in:.0f} | |",
-        f"| agent RSS idle / with the jobs running (MB) | {results.idle_rss:.0f} / {results.running_rss:.0f} "
-        f"({grow / max(results.jobs, 1):.2f} MB/job) | <= {GOAL_RSS_MB} {dispatch.verdict(results.running_rss <= GOAL_RSS_MB)} |",
-        f"| agent CPU while the jobs only run (% of one core, {args.hold} s) | {results.cpu_percent:.1f} | "
-        f"<= {GOAL_CPU_PERCENT} {dispatch.verdict(results.cpu_percent <= GOAL_CPU_PERCENT)} |",
-        f"| agent threads | {results.threads} | |",
-        f"| API requests per second while the jobs only run | {results.requests_per_s:.1f} | |",
-        f"| pod phase change to final run state ({len(lat)} jobs, {args.pace}/s) (s), median / p95 / max | {median:.2f} / {p95:.2f} / "
-        f"{max(lat, default=float('nan')):.2f} | <= {GOAL_LATENCY_S} {dispatch.verdict(p95 <= GOAL_LATENCY_S)} |",
-        f"| runs ended as their pods did | {results.jobs - len(results.wrong)}/{results.jobs} | all "
-        f"{dispatch.verdict(not results.wrong)} |",
-    ]
-    lines += [f"wrong: {line}" for line in results.wrong[:5]]
-    return "\n".join(lines)
+        f"server on {args.database})" + (f", agent from {args.agent_path}" if args.agent_path else ""),
+        *results.rows(args, "jobs running", [
+            f"| API requests per second while the jobs only run | {results.requests_per_s:.1f} | |",
+            f"| pod phase change to final run state ({len(results.latencies)} jobs, {args.pace}/s) (s), median / p95 / "
+            f"max | {results.latency_text()} | <= {GOAL_LATENCY_S} {dispatch.verdict(p95 <= GOAL_LATENCY_S)} |",
+        ]),
+    ])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=1000, help="jobs running at once (the agent's --max-jobs)")
-    parser.add_argument("--hold", type=float, default=30, help="seconds of samples while the jobs only run")
-    parser.add_argument("--settle", type=float, default=10, help="seconds to wait once all run, before sampling")
-    parser.add_argument("--ahead", type=int, default=32, help="runs enqueued ahead of the Jobs created")
-    parser.add_argument("--sample", type=int, default=100, help="jobs ended one by one and timed, the rest running")
-    parser.add_argument("--pace", type=float, default=2, help="timed jobs ended per second")
-    parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--agent-path", help="import the agent's prefect_launch from this folder (a before side)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary home (server and agent logs)")
-    parser.add_argument("--database", choices=("sqlite", "postgres"), default="postgres",
-                        help="the server's database (on SQLite, Prefect's create_flow_run slows to seconds once "
-                             "~150 runs are Running)")
-    args = parser.parse_args()
-    if args.database == "postgres":
-        return dispatch.bench_and_report_on_postgres(bench, args, "bench-kube-many", report)
-    return dispatch.bench_and_report(bench, args, args.keep, report)
+    args = many_jobs.command_line(__doc__.splitlines()[0], jobs=1000, hold=30, settle=10, sample=100).parse_args()
+    return many_jobs.run(bench, args, "bench-kube-many", report)
 
 
 if __name__ == "__main__":

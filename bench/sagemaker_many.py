@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections import Counter
@@ -37,23 +36,16 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
 import dispatch  # noqa: E402  (bench/dispatch.py: the server, processes, RSS and CPU sampling)
 from aws_standin import ACCOUNT, SageMakerStandIn  # noqa: E402  (moto's server, jobs held InProgress)
 from dispatch import progress  # noqa: E402
+import many_jobs  # noqa: E402  (bench/many_jobs.py: what the many-running-jobs benches share)
+from many_jobs import ManyJobsResults  # noqa: E402
 
 IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/launch-sm:prebuilt"
 SEED = BENCH.parent / "tests" / "seeds" / "001_sagemaker_queue_1.json"
-GOAL_RSS_MB, GOAL_CPU_PERCENT = 600, 20
 
 
 @dataclass
-class Results:
-    jobs: int
-    started_in: float = 0.0  # seconds from the first enqueue until every job trained
-    idle_rss: float = 0.0
-    running_rss: float = 0.0
-    cpu_percent: float = 0.0
-    threads: int = 0
+class Results(ManyJobsResults):
     calls: dict[str, tuple[float, float]] = field(default_factory=dict)  # action -> (calls a second, mean seconds)
-    latencies: list[float] = field(default_factory=list)
-    wrong: list[str] = field(default_factory=list)
 
 
 def counted_calls() -> tuple[Counter, Counter]:
@@ -97,8 +89,7 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
     config = home / "launch-config.yaml"
     config.write_text("environment:\n  type: aws\n  region: us-east-1\n")
     with SageMakerStandIn() as aws:
-        env = {**aws.env, "PREFECT_LAUNCH_CLOUD_POLL_SECONDS": str(args.poll), "WANDB_API_KEY": "",
-               **({"PYTHONPATH": args.agent_path} if args.agent_path else {})}
+        env = many_jobs.agent_env(args, {**aws.env, "PREFECT_LAUNCH_CLOUD_POLL_SECONDS": str(args.poll)})
         agent_argv = [str(dispatch.VENV_BIN / "prefect-launch"), "agent", "-q", "sm", "--max-jobs", str(args.jobs),
                       "--config", str(config)]
         started: set[str] = set()
@@ -141,12 +132,10 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
                 results.started_in = time.monotonic() - began
                 progress(f"all {args.jobs} jobs training after {results.started_in:.0f} s; settling, then {args.hold} s of samples")
                 await anyio.sleep(args.settle)
-                before, before_seconds, cpu = Counter(calls), Counter(seconds), dispatch.cpu_seconds(agent.pid)
-                results.running_rss = await dispatch.sample_rss(agent.pid, args.hold)
-                results.cpu_percent = 100 * (dispatch.cpu_seconds(agent.pid) - cpu) / args.hold
+                before, before_seconds = Counter(calls), Counter(seconds)
+                await results.sample_agent(agent.pid, args.hold)
                 results.calls = {action: (count / args.hold, (seconds[action] - before_seconds[action]) / count)
                                  for action, count in (calls - before).most_common()}
-                results.threads = dispatch.threads(agent.pid)
 
                 progress(f"ending {args.sample} jobs, {args.pace} per second, timed; then the rest")
                 ended: dict[str, tuple[float, str, bool]] = {}  # W&B run id -> (when its job ended, state expected, timed)
@@ -157,61 +146,28 @@ async def bench(home: Path, processes: dispatch.Processes, args: argparse.Namesp
                     aws.set_status(request["TrainingJobName"], "Failed" if failing else "Completed",
                                    failure_reason="AlgorithmError: exit 3" if failing else None)
                     await anyio.sleep(1 / args.pace if index < args.sample else 1 / dispatch.REST_PACE)
-                runs = await dispatch.wait_for_runs(client, run_ids, timeout=args.timeout)
-        for run in runs:
-            when, expected, timed = ended.get(run.name, (None, None, False))
-            if when is None or run.state.type.value != expected:
-                results.wrong.append(f"{run.name}: {run.state.type.value} ({run.state.message}), expected {expected}")
-            elif timed:
-                results.latencies.append(run.state.timestamp.timestamp() - when)
+                results.check(await dispatch.wait_for_runs(client, run_ids, timeout=args.timeout), ended)
     return results
 
 
 def report(results: Results, args: argparse.Namespace) -> str:
-    lat = sorted(results.latencies)
-    median = statistics.median(lat) if lat else float("nan")
-    p95 = dispatch.p95(lat) if lat else float("nan")
-    grow = results.running_rss - results.idle_rss
-    lines = [
+    return "\n".join([
         f"One agent, {results.jobs} SageMaker training jobs at once (moto, polled every {args.poll} s, "
         f"server on {args.database})" + (f", agent from {args.agent_path}" if args.agent_path else ""),
-        "| measure | value | goal |", "|---|---:|---:|",
-        f"| all jobs training after (s) | {results.started_in:.0f} | |",
-        f"| agent RSS idle / with the jobs running (MB) | {results.idle_rss:.0f} / {results.running_rss:.0f} "
-        f"({grow / max(results.jobs, 1):.2f} MB/job) | <= {GOAL_RSS_MB} {dispatch.verdict(results.running_rss <= GOAL_RSS_MB)} |",
-        f"| agent CPU while the jobs only run (% of one core, {args.hold} s) | {results.cpu_percent:.1f} | "
-        f"<= {GOAL_CPU_PERCENT} {dispatch.verdict(results.cpu_percent <= GOAL_CPU_PERCENT)} |",
-        f"| agent threads | {results.threads} | |",
-        *(f"| AWS {action} calls per second while the jobs only run (moto's mean answer time) | {rate:.2f} "
-          f"({answer:.2f} s) | |" for action, (rate, answer) in results.calls.items()),
-        f"| status change to final run state ({len(lat)} jobs, {args.pace}/s) (s), median / p95 / max | "
-        f"{median:.2f} / {p95:.2f} / {max(lat, default=float('nan')):.2f} | (a poll every {args.poll} s) |",
-        f"| runs ended as their jobs did | {results.jobs - len(results.wrong)}/{results.jobs} | all "
-        f"{dispatch.verdict(not results.wrong)} |",
-    ]
-    lines += [f"wrong: {line}" for line in results.wrong[:5]]
-    return "\n".join(lines)
+        *results.rows(args, "jobs training", [
+            *(f"| AWS {action} calls per second while the jobs only run (moto's mean answer time) | {rate:.2f} "
+              f"({answer:.2f} s) | |" for action, (rate, answer) in results.calls.items()),
+            f"| status change to final run state ({len(results.latencies)} jobs, {args.pace}/s) (s), median / p95 / "
+            f"max | {results.latency_text()} | (a poll every {args.poll} s) |",
+        ]),
+    ])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200, help="jobs training at once (the agent's --max-jobs)")
+    parser = many_jobs.command_line(__doc__.splitlines()[0], jobs=200, hold=60, settle=20, sample=50)
     parser.add_argument("--poll", type=float, default=10, help="the agent's cloud poll interval (its default: 10 s)")
-    parser.add_argument("--hold", type=float, default=60, help="seconds of samples while the jobs only train")
-    parser.add_argument("--settle", type=float, default=20, help="seconds to wait once all train, before sampling")
-    parser.add_argument("--ahead", type=int, default=32, help="runs enqueued ahead of the jobs created")
-    parser.add_argument("--sample", type=int, default=50, help="jobs ended one by one and timed, the rest training")
-    parser.add_argument("--pace", type=float, default=2, help="timed jobs ended per second")
-    parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--agent-path", help="import the agent's prefect_launch from this folder (a before side)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary home (server and agent logs)")
-    parser.add_argument("--database", choices=("sqlite", "postgres"), default="postgres",
-                        help="the server's database (on SQLite, Prefect's create_flow_run slows to seconds once "
-                             "~150 runs are Running)")
     args = parser.parse_args()
-    if args.database == "postgres":
-        return dispatch.bench_and_report_on_postgres(bench, args, "bench-sagemaker-many", report)
-    return dispatch.bench_and_report(bench, args, args.keep, report)
+    return many_jobs.run(bench, args, "bench-sagemaker-many", report)
 
 
 if __name__ == "__main__":
