@@ -82,6 +82,27 @@ def test_a_run_borrows_a_client_the_engine_uses_and_the_next_run_gets_it_back():
     assert first._closed and second._closed
 
 
+def test_the_launch_flow_names_its_result_storage_so_no_run_reads_the_servers(monkeypatch):
+    """Otherwise Prefect's engine asks the server for its default result storage on every run's way to its job."""
+    from types import SimpleNamespace
+
+    from prefect import flow
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.results import get_result_store
+    from prefect.settings import get_current_settings
+
+    from prefect_launch.flows.launch import launch
+
+    asked = []
+    monkeypatch.setattr(SyncPrefectClient, "read_server_default_result_storage",
+                        lambda self: asked.append(self) or SimpleNamespace(default_result_storage_block_id=None))
+    get_result_store().update_for_flow(flow(lambda: None, name="plain"))
+    assert len(asked) == 1, broken("ResultStore.update_for_flow (no longer reads the server's default storage)")
+    store = get_result_store().update_for_flow(launch)
+    assert len(asked) == 1 and not launch.persist_result
+    assert store.result_storage.basepath == str(get_current_settings().results.local_storage_path)
+
+
 def test_a_poll_is_recorded_where_the_health_check_reads_it():
     from prefect_launch.worker.launch_worker import LaunchWorker
 

@@ -23,6 +23,7 @@ import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -30,6 +31,7 @@ from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.settings import get_current_settings
 from prefect.states import Cancelled, Crashed, Failed, State
 from prefect.utilities.annotations import quote
 
@@ -244,7 +246,10 @@ def wandb_run_created(job: ResolvedJob) -> bool:
     return job.run_dir is None or run_created(job.run_dir, job.run_id)
 
 
-@flow(name="launch", persist_result=False, log_prints=False)
+# The flow persists no result; naming the storage Prefect falls back to when the server sets none spares its
+# engine reading the server's default result storage (`GET /admin/storage`) on the way to every job's start.
+@flow(name="launch", persist_result=False, log_prints=False,
+      result_storage=Path(get_current_settings().results.local_storage_path))
 def launch(spec: LaunchSpec) -> State | None:
     """Run one launch job on the queue this flow run was put on."""
     context = current_launch.get(None)
