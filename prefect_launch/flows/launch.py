@@ -260,7 +260,9 @@ def launch(spec: LaunchSpec) -> State | None:
         )
     log = get_run_logger()
     flow_run = FlowRunContext.get().flow_run
-    if spec.run_id is None:
+    # An id fixed by this run's own flow run id (enqueued without one) cannot be held by an earlier run.
+    run_id_given = spec.run_id is not None
+    if not run_id_given:
         spec = spec.model_copy(update={"run_id": run_id_for(flow_run.id)})
     if flow_run.name != spec.run_id:
         # Started from the Prefect UI, `prefect deployment run` or a schedule, the run has a name of Prefect's
@@ -283,7 +285,8 @@ def launch(spec: LaunchSpec) -> State | None:
         log.warning("%s", expired)
         return Cancelled(name="Expired", message=expired)
     try:
-        _check_run_id_free(spec, flow_run)
+        if run_id_given:
+            _check_run_id_free(spec, flow_run)
         timeline.begin("resolve")
         # quote(): Prefect would walk every value of each task's arguments (a 400,000-character run
         # config is thousands of them, once per stage); these tasks take no futures to resolve.
