@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -421,13 +421,17 @@ class Throughput:
     jobs_per_minute: float
     worker_cpu: float
     server_cpu: float
+    failed: list[str] = field(default_factory=list)  # the runs that did not complete, why
 
 
-async def measure_throughput(ctx: "Context", submit: Submit, dispatcher: Callable[[], Any], label: str) -> Throughput:
+async def measure_throughput(ctx: "Context", submit: Submit, dispatcher: Callable[[], Any], label: str,
+                             may_fail: bool = False) -> Throughput:
     """Jobs per minute draining a backlog: N runs created first, then the agent/worker started.
 
     Creating runs costs the server the same for both sides and is not what is
-    compared, so the clock runs from the first run's start to the last one's end.
+    compared, so the clock runs from the first run's start to the last completed one's end. Every
+    run must complete unless `may_fail` (the stock worker crashes a run now and then when SQLite
+    keeps the server busy: such runs are counted and left out of the jobs per minute, not fatal).
     """
     jobs = ctx.sizes.throughput_jobs
     run_ids = [(await submit(ctx.stamps / f"{label}-throughput-{index}", None))[1] for index in range(jobs)]
@@ -437,14 +441,18 @@ async def measure_throughput(ctx: "Context", submit: Submit, dispatcher: Callabl
         # The stock worker drains ~15 jobs/min here: allow 10 s per job.
         runs = await wait_for_runs(ctx.client, run_ids, timeout=max(RUN_TIMEOUT_SECONDS * 5, 10.0 * jobs))
         worker_cpu = cpu_seconds(process.pid)
-    check_completed(runs, f"{label} throughput")
+    failed = [f"{run.id} {run.state.name}: {run.state.message}" for run in runs if not run.state.is_completed()]
+    if failed and not may_fail:
+        check_completed(runs, f"{label} throughput")
+    runs = [run for run in runs if run.state.is_completed()]
     elapsed = max(run.end_time.timestamp() for run in runs) - min(run.start_time.timestamp() for run in runs)
     server_cpu = cpu_seconds(ctx.server_pid) - server_before
     progress(
         f"  {label}: {jobs} jobs in {elapsed:.1f} s; CPU per job: "
         f"worker+children {worker_cpu / jobs:.2f} s, server {server_cpu / jobs:.2f} s"
     )
-    return Throughput(jobs_per_minute=jobs / elapsed * 60, worker_cpu=worker_cpu / jobs, server_cpu=server_cpu / jobs)
+    return Throughput(jobs_per_minute=len(runs) / elapsed * 60, worker_cpu=worker_cpu / jobs,
+                      server_cpu=server_cpu / jobs, failed=failed)
 
 
 @dataclass
@@ -523,6 +531,7 @@ async def bench_stock_fast(ctx: "Context", results: Results) -> None:
         submit,
         lambda: running(ctx.processes, "worker-1s-drain", stock_worker_argv(), ready_text="started!", extra_env=fast),
         "stock-1s",
+        may_fail=True,
     )
 
 
@@ -633,6 +642,8 @@ def report(results: Results) -> str:
                 ("stock-1s", "stock process worker --limit 8, 1 s poll"),
             )
         ),
+        *(f"  {key}: {len(thr[key].failed)} of {results.sizes.throughput_jobs} runs did not complete, e.g. "
+          f"{thr[key].failed[0][:200]}" for key in ("launch", "stock-1s") if thr[key].failed),
         f"  ratio {ratio:.1f}x; goal >= {GOAL_THROUGHPUT_RATIO:.0f}x: {verdict(ratio >= GOAL_THROUGHPUT_RATIO)}",
         "",
         f"Memory: RSS idle and with {results.sizes.memory_jobs} jobs running at once",
