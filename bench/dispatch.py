@@ -387,9 +387,13 @@ async def wait_for_runs(client: Any, run_ids: list[Any], timeout: float = RUN_TI
     return runs
 
 
+def incomplete(runs: list[Any]) -> list[str]:
+    """Each run of `runs` that did not complete: its id, its state and why."""
+    return [f"{run.id} {run.state.name}: {run.state.message}" for run in runs if not run.state.is_completed()]
+
+
 def check_completed(runs: list[Any], what: str) -> None:
-    bad = [f"{run.id} {run.state.name}: {run.state.message}" for run in runs if not run.state.is_completed()]
-    if bad:
+    if bad := incomplete(runs):
         raise RuntimeError(f"{what}: {len(bad)} run(s) did not complete, e.g. {bad[0]}")
 
 
@@ -441,9 +445,9 @@ async def measure_throughput(ctx: "Context", submit: Submit, dispatcher: Callabl
         # The stock worker drains ~15 jobs/min here: allow 10 s per job.
         runs = await wait_for_runs(ctx.client, run_ids, timeout=max(RUN_TIMEOUT_SECONDS * 5, 10.0 * jobs))
         worker_cpu = cpu_seconds(process.pid)
-    failed = [f"{run.id} {run.state.name}: {run.state.message}" for run in runs if not run.state.is_completed()]
-    if failed and not may_fail:
+    if not may_fail:
         check_completed(runs, f"{label} throughput")
+    failed = incomplete(runs)
     runs = [run for run in runs if run.state.is_completed()]
     elapsed = max(run.end_time.timestamp() for run in runs) - min(run.start_time.timestamp() for run in runs)
     server_cpu = cpu_seconds(ctx.server_pid) - server_before

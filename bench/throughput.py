@@ -135,15 +135,13 @@ async def drain(ctx: Any, label: str, submit: Any, argv: list[str], jobs: int, r
         own, children = own_and_children_cpu(process.pid)
     server_cpu = dispatch.cpu_seconds(ctx.server_pid) - server_before
     log_end = log.stat().st_size
-    failed = [run for run in runs if not run.state.is_completed()]
-    if failed and not may_fail:
+    if not may_fail:
         dispatch.check_completed(runs, label)
     completed = [run for run in runs if run.state.is_completed()]
     seconds = max(r.end_time.timestamp() for r in completed) - min(r.start_time.timestamp() for r in completed)
     requests, paths = requests_in(log, log_start, log_end)
     events = await events_since(ctx.client, since)
-    result = Drain(jobs, seconds, own, children, server_cpu, requests, paths, events, failed=[
-        f"{run.state.name}: {run.state.message}" for run in failed])
+    result = Drain(jobs, seconds, own, children, server_cpu, requests, paths, events, failed=dispatch.incomplete(runs))
     progress(f"  {label}: {jobs} jobs in {seconds:.1f} s ({result.per_minute:.0f}/min); CPU per job: "
              f"own {own / jobs:.3f} s, server {server_cpu / jobs:.3f} s; {sum(requests.values()) / jobs:.1f} requests/job")
     return result
