@@ -36,6 +36,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 90  # seconds: two shared cores, a cold UI bundle and a Vue app rendering a large form
 SUBMIT_WAIT = 15  # seconds for a Submit to leave the run form before it counts as lost
+SUBMIT = "//button[@type='submit'][normalize-space()='Submit']"
+ERROR_TOAST = "//div[contains(@class,'p-toast__card')][.//*[contains(@class,'p-toast__icon--error')]]"
 
 
 @pytest.fixture
@@ -155,25 +157,40 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def submit_until_it_leaves_the_form(ui: UI, deployment_id) -> None:
-    """Click Submit, and again while the form stays and the server has no run of it, as a user whose
-    click did nothing does: under load the oldest Prefect's UI has lost a Submit now and then (CI)."""
+    """Click Submit until the UI leaves the run form, as a user does: again when the UI shows an error
+    (its toast lies over Submit, so it is closed first) or when a click did nothing, but never once the
+    server has a run of the deployment. Under load the server has refused a create (an error toast) and
+    the oldest Prefect's UI has lost a click (CI)."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     def left(driver) -> bool:
         return "/run" not in driver.current_url.split("?")[0]
 
+    def outcome(driver):
+        return "left" if left(driver) else driver.find_elements("xpath", ERROR_TOAST)
+
+    errors: dict[str, int] = {}  # each message the UI showed, and how often
     deadline = time.monotonic() + WAIT
     while True:
-        ui.click("//button[@type='submit'][normalize-space()='Submit']")
+        ui.click(SUBMIT)
         try:
-            WebDriverWait(ui.driver, SUBMIT_WAIT, poll_frequency=0.25).until(left)
-            return
+            seen = WebDriverWait(ui.driver, SUBMIT_WAIT, poll_frequency=0.25).until(outcome)
         except TimeoutException:
-            if deployment_runs(deployment_id):  # the click was taken and the page is slow: never submit twice
-                ui.until(lambda: left(ui.driver), "Submit did not leave the run form")
-                return
-            assert time.monotonic() < deadline, "Submit did not leave the run form"
+            seen = []
+        if seen == "left":
+            return
+        if deployment_runs(deployment_id):  # the click was taken and the page is slow: never submit twice
+            ui.until(lambda: left(ui.driver), "Submit did not leave the run form")
+            return
+        for toast in seen:
+            message = toast.find_element("xpath", ".//*[contains(@class,'p-toast__message')]").text
+            errors[message] = errors.get(message, 0) + 1
+            # The button's own circle lies over its centre and takes a pointer click: click it in the page.
+            close = toast.find_element("xpath", ".//button[contains(@class,'p-toast__close-btn')]")
+            ui.driver.execute_script("arguments[0].click()", close)
+        ui.until(lambda: not ui.driver.find_elements("xpath", ERROR_TOAST), "the UI's error toast did not close")
+        assert time.monotonic() < deadline, f"Submit did not leave the run form; the UI said (times): {errors}"
 
 
 def deployment_runs(deployment_id) -> list:
@@ -280,7 +297,7 @@ def test_custom_run_from_the_ui_with_override_and_template_value(make_queue, sta
     ui.open(f"/deployments/deployment/{deployment.id}/run")
     bad_name = "ui" + uuid.uuid4().hex[:10]
     fill_custom_run(ui, bad_name, **form, job_variables={"epochs": 11})
-    ui.click("//button[@type='submit'][normalize-space()='Submit']")
+    ui.click(SUBMIT)
     toast = ui.visible("//div[contains(@class,'p-toast-container')]//*[contains(normalize-space(), 'maximum of 10')]")
     assert "'epochs'" in toast.text and "11 is greater than the maximum of 10" in toast.text, toast.text
     refused_shot = ui.screenshot("custom-run-refused")
