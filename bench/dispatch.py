@@ -303,14 +303,15 @@ def launch_submitter(client: Any, source: Any, job_dir: Path) -> Submit:
     from prefect_launch.deployments.queues import enqueue
     from prefect_launch.spec import LaunchSpec
 
-    create = client.create_flow_run_from_deployment
+    request = client.request
     call_times: list[float] = []
 
-    async def timed_create(*args: Any, **kwargs: Any) -> Any:
-        call_times.append(time.time())
-        return await create(*args, **kwargs)
+    async def timed_request(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        if path == "/deployments/{id}/create_flow_run":
+            call_times.append(time.time())
+        return await request(method, path, *args, **kwargs)
 
-    client.create_flow_run_from_deployment = timed_create
+    client.request = timed_request
 
     async def submit(out: Path, release: Path | None) -> tuple[float, Any]:
         argv = ["python", "job.py", str(out)] + ([str(release)] if release else [])

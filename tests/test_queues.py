@@ -92,6 +92,36 @@ def test_server_itself_enforces_the_schema(make_queue, tmp_path):
             raise AssertionError(f"server accepted {values}")
 
 
+def test_a_launched_spec_is_not_checked_again_by_the_server_which_checks_prefects_own_runs(make_queue):
+    """`launch -q` sends a spec pydantic validated, and opts its run out of the server's parameter schema check
+    (~20 ms of server CPU a run); a run from Prefect's client, the UI or `prefect deployment run` keeps it."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    name = make_queue("--resource", "local-process")
+    deployment = on_server("read_deployment_by_name", f"launch/{name}")
+    assert deployment.enforce_parameter_schema
+    # A schema no spec fits shows which runs the server checks against it.
+    on_server("update_deployment", deployment.id, DeploymentUpdate(
+        parameter_openapi_schema={"type": "object", "properties": {"spec": {"type": "integer"}}}))
+    run_id = run_id_of(launch("-q", name, "-u", str(JOBS), "-E", "python report.py"))
+    run = flow_run_of(run_id)
+    assert run.state.is_scheduled() and run.parameters["spec"]["entry_point"] == ["python", "report.py"]
+
+    async def prefects_own():
+        async with get_client() as client:
+            await client.create_flow_run_from_deployment(deployment.id, parameters=run.parameters)
+
+    try:
+        anyio.run(prefects_own)
+    except PrefectHTTPStatusError as exc:
+        assert exc.response.status_code == 409 and "Validation failed for field 'spec'" in exc.response.text, exc.response.text
+    else:
+        raise AssertionError("the server did not check a run from Prefect's client against the schema")
+
+
 def test_template_value_reaches_the_job(make_queue, start_agent, tmp_path):
     config = write(tmp_path / "queue.yaml", "env:\n  TEMPLATE_GPUS: '{{ gpus }}'\n")
     templates = write(tmp_path / "t.yaml", "gpus: {type: integer, default: 1, minimum: 0, maximum: 4}\n")
