@@ -34,7 +34,6 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
-from prefect.states import Scheduled, to_state_create
 from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -322,10 +321,15 @@ async def enqueue(
 
 
 async def create_validated_run(
-    client: PrefectClient, deployment_id: UUID, spec: LaunchSpec, **fields: Any
+    client: PrefectClient,
+    deployment_id: UUID,
+    spec: LaunchSpec,
+    job_variables: dict[str, Any],
+    work_queue_name: str | None,
+    name: str | None,
 ) -> FlowRun:
-    """A run of a queue's launch deployment for a spec pydantic has validated, without the server checking
-    it again: `fields` are `DeploymentFlowRunCreate`'s (`job_variables`, `work_queue_name`, `name`).
+    """A Scheduled run of a queue's launch deployment for a spec pydantic has validated, without the server
+    checking it again (the server names the run and picks the deployment's work queue when given None).
 
     The deployment enforces its parameter schema, so a run from the Prefect UI, `prefect deployment run` or
     the API is checked before it exists. A `LaunchSpec` fits that schema by construction, and the server's
@@ -335,10 +339,12 @@ async def create_validated_run(
     """
     create = DeploymentFlowRunCreate(
         parameters={"spec": spec.model_dump(mode="json", exclude_none=True)},
-        state=to_state_create(Scheduled()),
+        job_variables=job_variables,
+        name=name,
         enforce_parameter_schema=False,
-        **{name: value for name, value in fields.items() if value is not None},
     )
+    if work_queue_name is not None:  # set only when given, as Prefect's client does (older servers lack it)
+        create.work_queue_name = work_queue_name
     response = await client.request(
         "POST", "/deployments/{id}/create_flow_run", path_params={"id": deployment_id},
         json=create.model_dump(mode="json", exclude_unset=True),
