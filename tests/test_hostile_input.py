@@ -100,6 +100,24 @@ def test_a_run_id_in_use_is_refused_at_enqueue_and_by_the_agent_and_the_first_ru
     assert resumed.returncode == 0 and run_id_of(resumed) == run_id
 
 
+def test_a_line_the_job_writes_in_pieces_is_not_cut_by_its_other_stream(tmp_path: Path, make_queue, start_agent) -> None:
+    code = tmp_path / "pieces"
+    code.mkdir()
+    # `print` under PYTHONUNBUFFERED writes its text, then its newline: here a stderr line falls between.
+    (code / "pieces.py").write_text(
+        "import sys\n"
+        "for n in range(20):\n"
+        "    sys.stdout.write(f'out {n} '); sys.stdout.flush()\n"
+        "    sys.stderr.write(f'err {n}\\n'); sys.stderr.flush()\n"
+        "    sys.stdout.write('end\\n'); sys.stdout.flush()\n")
+    queue = make_queue("--resource", "local-process", "--no-require-wandb-run")
+    start_agent("-q", queue)
+    run_id = run_id_of(launch("-q", queue, "-u", str(code), "-E", "python pieces.py", "--wait", timeout=300))
+    logged = cli("logs", run_id).stdout.splitlines()
+    assert [line for line in logged if line.startswith("out ")] == [f"out {n} end" for n in range(20)]
+    assert [line for line in logged if line.startswith("err ")] == [f"err {n}" for n in range(20)]
+
+
 def test_logs_pages_through_every_line_splits_long_ones_tail_shows_the_last_and_wait_prints_the_last(
         tmp_path: Path, make_queue, start_agent) -> None:
     lines = 3_000  # 15 pages of the API's 200

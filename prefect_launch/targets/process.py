@@ -61,8 +61,10 @@ def start(argv: list[str], env: dict[str, str], cwd: str | None, log: Log, cooki
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
+            # Two pipes, not one: a line the job writes in pieces (`print` under PYTHONUNBUFFERED writes its
+            # text, then its newline) is never cut by a line of the other stream in the run's log.
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             start_new_session=True,
             text=True,
             errors="replace",
@@ -88,21 +90,22 @@ def follow(
     """Stream the process's output until it exits; call `stop` once if `cancel` is set first, and `on_exit`
     with its exit code the moment it exits (before what is left of its output is read)."""
     proc: subprocess.Popen[str] = handle.detail
-    lines: queue.Queue[str | None] = queue.Queue()
+    lines: queue.Queue[str | None] = queue.Queue()  # both streams' lines; None as each one closes
+    streams = (proc.stdout, proc.stderr)
 
-    def read() -> None:
-        assert proc.stdout is not None
+    def read(stream) -> None:
         try:
             # Bounded reads: a job printing megabytes without a newline costs the agent one piece at a time.
-            while line := proc.stdout.readline(MAX_LOG_LINE):
+            while line := stream.readline(MAX_LOG_LINE):
                 lines.put(line)
         except (OSError, ValueError):
             pass
         lines.put(None)
 
     watch = CancelWatch(cancel, lambda: stop(proc), name=f"cancel-{proc.pid}")
-    threading.Thread(target=read, name=f"output-{proc.pid}", daemon=True).start()
-    eof = False
+    for stream in streams:
+        threading.Thread(target=read, args=(stream,), name=f"output-{proc.pid}", daemon=True).start()
+    open_streams, eof = len(streams), False
     while not eof:
         try:
             line = lines.get(timeout=0.25)
@@ -111,7 +114,8 @@ def follow(
                 break
             continue
         if line is None:
-            eof = True
+            open_streams -= 1
+            eof = open_streams == 0
         else:
             log.info(line.rstrip("\n"))
     code = proc.wait()
@@ -133,7 +137,8 @@ def follow(
                 log.warning("The job's output is still held open by a process outside the run; not read further")
                 break
             if line is None:
-                eof = True
+                open_streams -= 1
+                eof = open_streams == 0
             else:
                 log.info(line.rstrip("\n"))
     finally:
